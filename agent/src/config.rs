@@ -1,0 +1,646 @@
+//! The agent's configuration: one YAML file per agent.
+//!
+//! Shaped after the familiar `dr_config.yaml`: the datacenters (each with its
+//! Milvus and its agent), this agent's listeners and TLS files, and the
+//! replication, backup, dns, monitoring and alerts sections. Every field has
+//! a documented default where one is sensible; [`Config::validate`] names the
+//! offending field and the fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: which field, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}; fix: {fix}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Id of the datacenter this agent runs in; a key of `datacenters`.
+    pub datacenter: String,
+    /// Every datacenter of the deployment (exactly two).
+    pub datacenters: BTreeMap<String, Datacenter>,
+    /// The primary at epoch 1, before any failover has been decided.
+    pub initial_primary: String,
+    /// Where this agent keeps its checkpoints and capture state.
+    pub state_dir: PathBuf,
+    pub listen: Listen,
+    pub tls: Tls,
+    #[serde(default)]
+    pub replication: Replication,
+    #[serde(default)]
+    pub backup: Backup,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub monitoring: Monitoring,
+    #[serde(default)]
+    pub alerts: Alerts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Datacenter {
+    pub milvus: MilvusEndpoint,
+    /// Address at which this datacenter's agent serves gRPC (replication and
+    /// admin), e.g. `https://dr-a.example.net:7443`.
+    pub agent: String,
+    /// DNS name in the agent's certificate. Default: `agent.<datacenter id>`.
+    #[serde(default)]
+    pub agent_identity: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilvusEndpoint {
+    /// gRPC endpoint, e.g. `http://127.0.0.1:19530`.
+    pub endpoint: String,
+    /// Management health URL, e.g. `http://127.0.0.1:9091/healthz`.
+    #[serde(default)]
+    pub health_url: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (never put secrets in this YAML).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "d_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// gRPC (replication from the peer agent, admin from operators).
+    pub grpc: SocketAddr,
+    /// Prometheus `/metrics` (plain HTTP).
+    pub metrics: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The deployment's CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This agent's certificate (PEM) and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificate DNS names allowed to call the admin API.
+    #[serde(default = "d_operators")]
+    pub operator_identities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// Pause between two capture passes when nothing is pending.
+    #[serde(default = "d_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Rows per scan page (at most 16384, Milvus' query window).
+    #[serde(default = "d_page_rows")]
+    pub page_rows: usize,
+    /// Batches sent but not yet acknowledged.
+    #[serde(default = "d_in_flight")]
+    pub max_in_flight: usize,
+    /// Databases to replicate; empty = all.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// `database.collection` names never replicated.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Delay before reconnecting after the stream broke (doubles up to 30 s).
+    #[serde(default = "d_reconnect", with = "humantime_serde")]
+    pub reconnect_backoff: Duration,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            poll_interval: d_poll(),
+            page_rows: d_page_rows(),
+            max_in_flight: d_in_flight(),
+            databases: vec![],
+            exclude: vec![],
+            reconnect_backoff: d_reconnect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Cron expression (with seconds omitted), e.g. `0 2 * * *`.
+    #[serde(default = "d_schedule")]
+    pub schedule: String,
+    #[serde(default = "d_tz")]
+    pub timezone: String,
+    #[serde(default = "d_retention_days")]
+    pub retention_days: u32,
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub s3: Option<S3>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "d_region")]
+    pub region: String,
+    #[serde(default)]
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// `none`, `route53` or `rfc2136`.
+    #[serde(default = "d_dns_provider")]
+    pub provider: String,
+    /// The name clients use for Milvus, e.g. `milvus.example.net.`.
+    #[serde(default)]
+    pub record: Option<String>,
+    #[serde(default = "d_ttl")]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    /// How often the local Milvus is probed.
+    #[serde(default = "d_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Consecutive failed probes before Milvus counts as unhealthy.
+    #[serde(default = "d_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Lag above which an alert fires.
+    #[serde(default = "d_lag_alert", with = "humantime_serde")]
+    pub lag_alert: Duration,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Self {
+            health_interval: d_health_interval(),
+            failure_threshold: d_failure_threshold(),
+            lag_alert: d_lag_alert(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `slack`, `pagerduty` or `generic`.
+    pub kind: String,
+    /// Environment variable holding the URL (or routing key for PagerDuty).
+    pub url_env: String,
+}
+
+fn d_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_operators() -> Vec<String> {
+    vec!["operator".into()]
+}
+fn d_poll() -> Duration {
+    Duration::from_millis(500)
+}
+fn d_page_rows() -> usize {
+    8192
+}
+fn d_in_flight() -> usize {
+    4
+}
+fn d_reconnect() -> Duration {
+    Duration::from_millis(200)
+}
+fn d_schedule() -> String {
+    "0 2 * * *".into()
+}
+fn d_tz() -> String {
+    "UTC".into()
+}
+fn d_retention_days() -> u32 {
+    30
+}
+fn d_region() -> String {
+    "us-east-1".into()
+}
+fn d_dns_provider() -> String {
+    "none".into()
+}
+fn d_ttl() -> u32 {
+    30
+}
+fn d_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_failure_threshold() -> u32 {
+    3
+}
+fn d_lag_alert() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                path.display().to_string(),
+                format!("cannot read the config file: {e}"),
+                "pass an existing, readable file with --config",
+            )
+        })?;
+        let mut cfg = Self::parse(&text)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML without validating.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        serde_norway::from_str(text).map_err(|e| {
+            let loc = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "config".into());
+            err(
+                loc,
+                e.to_string(),
+                "see deploy/examples/agent.yaml for every field and its format",
+            )
+        })
+    }
+
+    /// Relative file paths are relative to the config file's folder.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        fix(&mut self.tls.ca);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        for dc in self.datacenters.values_mut() {
+            if let Some(p) = &mut dc.milvus.password_file {
+                fix(p);
+            }
+        }
+    }
+
+    /// Checks everything that can be checked without the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.datacenters.len() != 2 {
+            return Err(err(
+                "datacenters",
+                format!("{} datacenters configured", self.datacenters.len()),
+                "configure exactly two datacenters (the primary and the standby)",
+            ));
+        }
+        let ids: Vec<&String> = self.datacenters.keys().collect();
+        if !self.datacenters.contains_key(&self.datacenter) {
+            return Err(err(
+                "datacenter",
+                format!("'{}' is not one of the datacenters", self.datacenter),
+                format!("set it to one of {ids:?}"),
+            ));
+        }
+        if !self.datacenters.contains_key(&self.initial_primary) {
+            return Err(err(
+                "initial_primary",
+                format!("'{}' is not one of the datacenters", self.initial_primary),
+                format!("set it to one of {ids:?}"),
+            ));
+        }
+        for (id, dc) in &self.datacenters {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(err(
+                    format!("datacenters.{id}"),
+                    "datacenter ids may only use letters, digits and '-'",
+                    "rename the datacenter, e.g. dc-a",
+                ));
+            }
+            let f = format!("datacenters.{id}.milvus.endpoint");
+            check_url(&f, &dc.milvus.endpoint, &["http", "https"])?;
+            if let Some(u) = &dc.milvus.health_url {
+                check_url(&format!("datacenters.{id}.milvus.health_url"), u, &["http", "https"])?;
+            }
+            check_url(&format!("datacenters.{id}.agent"), &dc.agent, &["https"])?;
+            if dc.milvus.password_file.is_some() && dc.milvus.password_env.is_some() {
+                return Err(err(
+                    format!("datacenters.{id}.milvus"),
+                    "both password_file and password_env are set",
+                    "keep one of them",
+                ));
+            }
+            if (dc.milvus.password_file.is_some() || dc.milvus.password_env.is_some())
+                && dc.milvus.username.is_none()
+            {
+                return Err(err(
+                    format!("datacenters.{id}.milvus.username"),
+                    "a password is configured without a username",
+                    "set username",
+                ));
+            }
+            if dc.milvus.request_timeout < Duration::from_secs(1) {
+                return Err(err(
+                    format!("datacenters.{id}.milvus.request_timeout"),
+                    "shorter than 1s",
+                    "use at least 1s (a scan page can take a while)",
+                ));
+            }
+        }
+        if self.listen.grpc == self.listen.metrics && self.listen.grpc.port() != 0 {
+            return Err(err(
+                "listen.metrics",
+                "same address as listen.grpc",
+                "use another port for metrics",
+            ));
+        }
+        let r = &self.replication;
+        if r.page_rows == 0 || r.page_rows > crate::milvus::MAX_QUERY_WINDOW {
+            return Err(err(
+                "replication.page_rows",
+                format!("{} is out of range", r.page_rows),
+                "use 1 to 16384 (Milvus' maxQueryResultWindow); 8192 is a good default",
+            ));
+        }
+        if r.max_in_flight == 0 || r.max_in_flight > 64 {
+            return Err(err(
+                "replication.max_in_flight",
+                format!("{} is out of range", r.max_in_flight),
+                "use 1 to 64",
+            ));
+        }
+        if r.poll_interval > Duration::from_secs(3600) {
+            return Err(err(
+                "replication.poll_interval",
+                "longer than an hour",
+                "use a pause of seconds: lag grows by at least this much",
+            ));
+        }
+        for e in &r.exclude {
+            if e.split('.').count() != 2 {
+                return Err(err(
+                    "replication.exclude",
+                    format!("'{e}' is not database.collection"),
+                    "write entries as database.collection, e.g. default.scratch",
+                ));
+            }
+        }
+        if self.tls.operator_identities.is_empty() {
+            return Err(err(
+                "tls.operator_identities",
+                "empty: nobody could call the admin API",
+                "list at least one certificate name, e.g. operator",
+            ));
+        }
+        if self.backup.enabled {
+            if self.backup.s3.is_none() {
+                return Err(err(
+                    "backup.s3",
+                    "backups are enabled but no bucket is configured",
+                    "add backup.s3.bucket (and endpoint for non-AWS stores)",
+                ));
+            }
+            if self.backup.schedule.split_whitespace().count() != 5 {
+                return Err(err(
+                    "backup.schedule",
+                    format!("'{}' is not a 5-field cron expression", self.backup.schedule),
+                    "write minute hour day-of-month month day-of-week, e.g. '0 2 * * *'",
+                ));
+            }
+        }
+        if self.backup.retention_days == 0 && self.backup.keep_last.is_none() {
+            return Err(err(
+                "backup.retention_days",
+                "0 with no keep_last would keep only the newest backup",
+                "set retention_days ≥ 1 or keep_last",
+            ));
+        }
+        match self.dns.provider.as_str() {
+            "none" => {}
+            "route53" | "rfc2136" => {
+                if self.dns.record.is_none() {
+                    return Err(err(
+                        "dns.record",
+                        "a DNS provider is set but no record name",
+                        "set dns.record to the name clients use, e.g. milvus.example.net.",
+                    ));
+                }
+            }
+            other => {
+                return Err(err(
+                    "dns.provider",
+                    format!("unknown provider '{other}'"),
+                    "use none, route53 or rfc2136",
+                ))
+            }
+        }
+        if self.monitoring.failure_threshold == 0 {
+            return Err(err(
+                "monitoring.failure_threshold",
+                "0",
+                "use at least 1",
+            ));
+        }
+        if self.monitoring.health_interval < Duration::from_millis(100) {
+            return Err(err(
+                "monitoring.health_interval",
+                "shorter than 100ms",
+                "probe at most ten times a second",
+            ));
+        }
+        for (i, w) in self.alerts.webhooks.iter().enumerate() {
+            if !matches!(w.kind.as_str(), "slack" | "pagerduty" | "generic") {
+                return Err(err(
+                    format!("alerts.webhooks[{i}].kind"),
+                    format!("unknown kind '{}'", w.kind),
+                    "use slack, pagerduty or generic",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn local(&self) -> &Datacenter {
+        &self.datacenters[&self.datacenter]
+    }
+
+    pub fn peer_id(&self) -> &str {
+        self.datacenters
+            .keys()
+            .find(|k| **k != self.datacenter)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    pub fn peer(&self) -> &Datacenter {
+        &self.datacenters[self.peer_id()]
+    }
+
+    /// DNS name the given datacenter's agent certificate carries.
+    pub fn agent_identity(&self, dc: &str) -> String {
+        self.datacenters
+            .get(dc)
+            .and_then(|d| d.agent_identity.clone())
+            .unwrap_or_else(|| format!("agent.{dc}"))
+    }
+}
+
+impl MilvusEndpoint {
+    /// The `authorization` metadata value, reading the secret now.
+    pub fn authorization(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context;
+        let Some(user) = &self.username else {
+            return Ok(None);
+        };
+        let password = if let Some(f) = &self.password_file {
+            std::fs::read_to_string(f)
+                .with_context(|| format!("read the Milvus password file {}", f.display()))?
+                .trim_end()
+                .to_string()
+        } else if let Some(v) = &self.password_env {
+            std::env::var(v).with_context(|| format!("read the Milvus password from ${v}"))?
+        } else {
+            String::new()
+        };
+        Ok(Some(base64_encode(format!("{user}:{password}").as_bytes())))
+    }
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn check_url(field: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+    if !url.contains("://") || !schemes.contains(&scheme) || rest.is_empty() {
+        return Err(err(
+            field,
+            format!("'{url}' is not a {} URL", schemes.join(" or ")),
+            format!("write it as {}://host:port", schemes[0]),
+        ));
+    }
+    let hostport = rest.split('/').next().unwrap_or_default();
+    if !hostport.contains(':') {
+        return Err(err(
+            field,
+            format!("'{url}' has no port"),
+            format!("write it as {}://host:port", schemes[0]),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const SAMPLE: &str = r#"
+datacenter: dc-a
+initial_primary: dc-a
+state_dir: state
+datacenters:
+  dc-a:
+    milvus: { endpoint: "http://127.0.0.1:19530", health_url: "http://127.0.0.1:9091/healthz" }
+    agent: "https://127.0.0.1:7443"
+  dc-b:
+    milvus: { endpoint: "http://127.0.0.1:19531" }
+    agent: "https://127.0.0.1:7444"
+listen: { grpc: "127.0.0.1:7443", metrics: "127.0.0.1:9464" }
+tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
+"#;
+
+    #[test]
+    fn sample_is_valid_with_defaults() {
+        let c = Config::parse(SAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.replication.page_rows, 8192);
+        assert_eq!(c.backup.retention_days, 30);
+        assert_eq!(c.peer_id(), "dc-b");
+        assert_eq!(c.agent_identity("dc-b"), "agent.dc-b");
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_fix() {
+        let c = Config::parse(&SAMPLE.replace("initial_primary: dc-a", "initial_primary: dc-x"))
+            .unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "initial_primary");
+        assert!(e.fix.contains("dc-a"), "{e}");
+
+        let c = Config::parse(&format!("{SAMPLE}replication: {{ page_rows: 20000 }}\n")).unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "replication.page_rows");
+        assert!(e.to_string().contains("16384"));
+
+        let c = Config::parse(&SAMPLE.replace("https://127.0.0.1:7444", "127.0.0.1:7444")).unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "datacenters.dc-b.agent");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_a_location() {
+        let e = Config::parse(&format!("{SAMPLE}replicaton: {{}}\n")).unwrap_err();
+        assert!(e.field.starts_with("line"), "{e}");
+        assert!(e.problem.contains("replicaton"), "{e}");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64_encode(b"root:Milvus"), "cm9vdDpNaWx2dXM=");
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(base64_encode(b"abc"), "YWJj");
+    }
+}

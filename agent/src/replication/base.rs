@@ -1,0 +1,471 @@
+//! The source's capture base: for every replicated scope (database,
+//! collection, partition), the hash of every row as the sink holds it.
+//!
+//! A capture pass merges the primary-key ordered scan of the primary with
+//! this base, range by range, so memory stays bounded by one page whatever
+//! the collection size. The base lives on disk (redb).
+//!
+//! Crash safety: a batch's changes are written to the base *before* it is
+//! sent, and the batch's keys are kept in the `pending` table until the sink
+//! acknowledges it. After a restart or a broken stream,
+//! [`Base::recover_pending`] marks every pending key as [`UNKNOWN`], so the
+//! next pass resends it (or its delete) whatever the sink did with the
+//! unacknowledged batch. Row hashes are never `UNKNOWN` (their low bit is 1).
+
+use std::ops::Bound;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::milvus::Pk;
+use dr_proto::pb;
+
+/// Hash value meaning "the sink may hold anything for this key".
+pub const UNKNOWN: u64 = 0;
+
+const INT: TableDefinition<(u64, i64), u64> = TableDefinition::new("int_rows");
+const STR: TableDefinition<(u64, &str), u64> = TableDefinition::new("str_rows");
+const SCOPES: TableDefinition<&str, u64> = TableDefinition::new("scopes");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// seq -> encoded PendingKeys.
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PendingScope {
+    #[prost(uint64, tag = "1")]
+    scope: u64,
+    #[prost(int64, repeated, tag = "2")]
+    ints: Vec<i64>,
+    #[prost(string, repeated, tag = "3")]
+    strs: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PendingKeys {
+    #[prost(message, repeated, tag = "1")]
+    scopes: Vec<PendingScope>,
+}
+
+/// One change of the base: `Some(hash)` = the sink will hold this row,
+/// `None` = the sink will not hold this key.
+pub type Change = (Pk, Option<u64>);
+
+pub struct Base {
+    db: Database,
+}
+
+impl Base {
+    pub fn open(path: &Path) -> Result<Base> {
+        let db = Database::create(path)
+            .with_context(|| format!("open the capture base {}", path.display()))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(INT)?;
+            txn.open_table(STR)?;
+            txn.open_table(SCOPES)?;
+            txn.open_table(META)?;
+            txn.open_table(PENDING)?;
+        }
+        txn.commit()?;
+        let base = Base { db };
+        if base.meta("lineage")?.is_none() {
+            base.set_meta("lineage", uuid::Uuid::new_v4().to_string().as_bytes())?;
+        }
+        Ok(base)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The id of this base's history. A sink that reports another lineage
+    /// holds data this base knows nothing about.
+    pub fn lineage(&self) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.meta("lineage")?.unwrap_or_default()).into_owned())
+    }
+
+    pub fn next_seq(&self) -> Result<u64> {
+        Ok(self
+            .meta("next_seq")?
+            .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(1))
+    }
+
+    pub fn set_next_seq(&self, seq: u64) -> Result<()> {
+        self.set_meta("next_seq", &seq.to_le_bytes())
+    }
+
+    /// Forgets everything: the sink's content is unknown. Starts a new lineage.
+    pub fn reset(&self) -> Result<String> {
+        let lineage = uuid::Uuid::new_v4().to_string();
+        let txn = self.db.begin_write()?;
+        {
+            txn.delete_table(INT)?;
+            txn.delete_table(STR)?;
+            txn.delete_table(SCOPES)?;
+            txn.delete_table(PENDING)?;
+            txn.open_table(INT)?;
+            txn.open_table(STR)?;
+            txn.open_table(SCOPES)?;
+            txn.open_table(PENDING)?;
+            let mut m = txn.open_table(META)?;
+            m.insert("lineage", lineage.as_bytes())?;
+            m.remove("catalog")?;
+        }
+        txn.commit()?;
+        Ok(lineage)
+    }
+
+    /// The numeric id of a scope name, created on first use.
+    pub fn scope_id(&self, name: &str) -> Result<u64> {
+        {
+            let r = self.db.begin_read()?;
+            if let Some(v) = r.open_table(SCOPES)?.get(name)? {
+                return Ok(v.value());
+            }
+        }
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut t = txn.open_table(SCOPES)?;
+            let next = t.iter()?.filter_map(|e| e.ok()).map(|(_, v)| v.value()).max().unwrap_or(0) + 1;
+            t.insert(name, next)?;
+            next
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Scope names whose name starts with `prefix`.
+    pub fn scopes_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SCOPES)?;
+        let mut out = vec![];
+        for e in t.iter()? {
+            let (k, v) = e?;
+            if k.value().starts_with(prefix) {
+                out.push((k.value().to_string(), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops a scope and all its rows (collection dropped or recreated).
+    pub fn drop_scope(&self, name: &str) -> Result<()> {
+        let Some(id) = ({
+            let r = self.db.begin_read()?;
+            let v = r.open_table(SCOPES)?.get(name)?.map(|v| v.value());
+            v
+        }) else {
+            return Ok(());
+        };
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(INT)?
+                .retain_in((id, i64::MIN)..=(id, i64::MAX), |_, _| false)?;
+            let mut s = txn.open_table(STR)?;
+            s.retain_in::<(u64, &str), _>((Bound::Included((id, "")), Bound::Excluded((id + 1, ""))), |_, _| false)?;
+            txn.open_table(SCOPES)?.remove(name)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Base entries of `scope` with key in `(after, upto]` (unbounded where
+    /// `None`), in key order.
+    pub fn range(
+        &self,
+        scope: u64,
+        after: Option<&Pk>,
+        upto: Option<&Pk>,
+        is_str: bool,
+    ) -> Result<Vec<(Pk, u64)>> {
+        let r = self.db.begin_read()?;
+        let mut out = Vec::new();
+        if is_str {
+            let t = r.open_table(STR)?;
+            let lo = match after {
+                Some(Pk::Str(s)) => Bound::Excluded((scope, s.as_str())),
+                _ => Bound::Included((scope, "")),
+            };
+            let hi = match upto {
+                Some(Pk::Str(s)) => Bound::Included((scope, s.as_str())),
+                _ => Bound::Excluded((scope + 1, "")),
+            };
+            for e in t.range::<(u64, &str)>((lo, hi))? {
+                let (k, v) = e?;
+                out.push((Pk::Str(k.value().1.to_string()), v.value()));
+            }
+        } else {
+            let t = r.open_table(INT)?;
+            let lo = match after {
+                Some(Pk::Int(v)) => Bound::Excluded((scope, *v)),
+                _ => Bound::Included((scope, i64::MIN)),
+            };
+            let hi = match upto {
+                Some(Pk::Int(v)) => Bound::Included((scope, *v)),
+                _ => Bound::Included((scope, i64::MAX)),
+            };
+            for e in t.range::<(u64, i64)>((lo, hi))? {
+                let (k, v) = e?;
+                out.push((Pk::Int(k.value().1), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the changes of batch `seq` before it is sent: the base now
+    /// says what the sink will hold once it applies the batch, and the keys
+    /// stay pending until [`Base::ack`].
+    pub fn stage(&self, seq: u64, scope: u64, changes: &[Change]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut pending = PendingScope {
+                scope,
+                ..Default::default()
+            };
+            let mut ints = txn.open_table(INT)?;
+            let mut strs = txn.open_table(STR)?;
+            for (pk, h) in changes {
+                match (pk, h) {
+                    (Pk::Int(k), Some(h)) => {
+                        ints.insert((scope, *k), *h)?;
+                        pending.ints.push(*k);
+                    }
+                    (Pk::Int(k), None) => {
+                        ints.remove((scope, *k))?;
+                        pending.ints.push(*k);
+                    }
+                    (Pk::Str(k), Some(h)) => {
+                        strs.insert((scope, k.as_str()), *h)?;
+                        pending.strs.push(k.clone());
+                    }
+                    (Pk::Str(k), None) => {
+                        strs.remove((scope, k.as_str()))?;
+                        pending.strs.push(k.clone());
+                    }
+                }
+            }
+            let keys = PendingKeys {
+                scopes: vec![pending],
+            };
+            txn.open_table(PENDING)?
+                .insert(seq, keys.encode_to_vec().as_slice())?;
+            txn.open_table(META)?
+                .insert("next_seq", (seq + 1).to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records a batch without row changes (DDL, pass marks).
+    pub fn stage_empty(&self, seq: u64) -> Result<()> {
+        self.stage(seq, 0, &[])
+    }
+
+    /// The sink has applied every batch up to `seq`.
+    pub fn ack(&self, seq: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PENDING)?
+            .retain_in(..=seq, |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Marks the keys of every unacknowledged batch as [`UNKNOWN`]; returns
+    /// how many keys that touched.
+    pub fn recover_pending(&self) -> Result<usize> {
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut pending = txn.open_table(PENDING)?;
+            let mut ints = txn.open_table(INT)?;
+            let mut strs = txn.open_table(STR)?;
+            let mut all = Vec::new();
+            for e in pending.iter()? {
+                let (_, v) = e?;
+                all.push(PendingKeys::decode(v.value()).context("decode a pending batch")?);
+            }
+            for keys in all {
+                for s in keys.scopes {
+                    for k in s.ints {
+                        ints.insert((s.scope, k), UNKNOWN)?;
+                        n += 1;
+                    }
+                    for k in s.strs {
+                        strs.insert((s.scope, k.as_str()), UNKNOWN)?;
+                        n += 1;
+                    }
+                }
+            }
+            pending.retain(|_, _| false)?;
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    pub fn pending_count(&self) -> Result<usize> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(PENDING)?;
+        Ok(t.iter()?.count())
+    }
+}
+
+/// The diff of one page against the base range it covers.
+#[derive(Debug, Default, PartialEq)]
+pub struct PageDiff {
+    /// Row indexes (into the page) of rows the sink never had.
+    pub inserts: Vec<usize>,
+    /// Row indexes of rows the sink may hold in another version.
+    pub upserts: Vec<usize>,
+    /// Keys the sink holds that the primary no longer has.
+    pub deletes: Vec<Pk>,
+}
+
+impl PageDiff {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty() && self.upserts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// Merges a page (keys sorted ascending with their hashes) with the base
+/// entries of the same key range.
+pub fn diff_page(page: &[(Pk, u64, usize)], base: &[(Pk, u64)]) -> PageDiff {
+    let mut d = PageDiff::default();
+    let (mut i, mut j) = (0, 0);
+    while i < page.len() || j < base.len() {
+        match (page.get(i), base.get(j)) {
+            (Some((pk, h, idx)), Some((bk, bh))) => match pk.cmp(bk) {
+                std::cmp::Ordering::Less => {
+                    d.inserts.push(*idx);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    d.deletes.push(bk.clone());
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if h != bh {
+                        d.upserts.push(*idx);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some((_, _, idx)), None) => {
+                d.inserts.push(*idx);
+                i += 1;
+            }
+            (None, Some((bk, _))) => {
+                d.deletes.push(bk.clone());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    d
+}
+
+/// Converts keys to the wire form.
+pub fn keys_to_pb(keys: &[Pk]) -> pb::Keys {
+    let mut k = pb::Keys::default();
+    for pk in keys {
+        match pk {
+            Pk::Int(v) => k.ints.push(*v),
+            Pk::Str(s) => k.strs.push(s.clone()),
+        }
+    }
+    k
+}
+
+pub fn keys_from_pb(k: &pb::Keys) -> Vec<Pk> {
+    k.ints
+        .iter()
+        .map(|v| Pk::Int(*v))
+        .chain(k.strs.iter().map(|s| Pk::Str(s.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_finds_inserts_upserts_and_deletes() {
+        let page = vec![
+            (Pk::Int(1), 11, 0),
+            (Pk::Int(2), 99, 1),
+            (Pk::Int(4), 44, 2),
+        ];
+        let base = vec![(Pk::Int(1), 11), (Pk::Int(2), 22), (Pk::Int(3), 33), (Pk::Int(5), 55)];
+        let d = diff_page(&page, &base);
+        assert_eq!(d.inserts, vec![2]);
+        assert_eq!(d.upserts, vec![1]);
+        assert_eq!(d.deletes, vec![Pk::Int(3), Pk::Int(5)]);
+    }
+
+    #[test]
+    fn unknown_entries_are_always_resent() {
+        let page = vec![(Pk::Int(1), 11, 0)];
+        let base = vec![(Pk::Int(1), UNKNOWN)];
+        assert_eq!(diff_page(&page, &base).upserts, vec![0]);
+    }
+
+    #[test]
+    fn staged_changes_survive_and_pending_becomes_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("base.redb");
+        let scope;
+        {
+            let b = Base::open(&path).unwrap();
+            scope = b.scope_id("default/c/").unwrap();
+            b.stage(1, scope, &[(Pk::Int(1), Some(11)), (Pk::Int(2), Some(21))]).unwrap();
+            b.ack(1).unwrap();
+            b.stage(2, scope, &[(Pk::Int(2), None), (Pk::Int(3), Some(31))]).unwrap();
+            assert_eq!(b.pending_count().unwrap(), 1);
+        }
+        // Restart: batch 2 was never acknowledged.
+        let b = Base::open(&path).unwrap();
+        assert_eq!(b.next_seq().unwrap(), 3);
+        assert_eq!(b.recover_pending().unwrap(), 2);
+        let r = b.range(scope, None, None, false).unwrap();
+        assert_eq!(
+            r,
+            vec![(Pk::Int(1), 11), (Pk::Int(2), UNKNOWN), (Pk::Int(3), UNKNOWN)]
+        );
+        assert_eq!(b.range(scope, Some(&Pk::Int(1)), Some(&Pk::Int(2)), false).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn string_scopes_are_isolated_and_droppable() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Base::open(&dir.path().join("b.redb")).unwrap();
+        let s1 = b.scope_id("db/a/").unwrap();
+        let s2 = b.scope_id("db/b/").unwrap();
+        assert_ne!(s1, s2);
+        b.stage(1, s1, &[(Pk::Str("x".into()), Some(1)), (Pk::Str("y".into()), Some(3))]).unwrap();
+        b.stage(2, s2, &[(Pk::Str("x".into()), Some(5))]).unwrap();
+        assert_eq!(b.range(s1, None, None, true).unwrap().len(), 2);
+        assert_eq!(
+            b.range(s1, Some(&Pk::Str("x".into())), None, true).unwrap(),
+            vec![(Pk::Str("y".into()), 3)]
+        );
+        b.drop_scope("db/a/").unwrap();
+        assert_eq!(b.range(s1, None, None, true).unwrap().len(), 0);
+        assert_eq!(b.range(s2, None, None, true).unwrap().len(), 1);
+        let old = b.lineage().unwrap();
+        let new = b.reset().unwrap();
+        assert_ne!(old, new);
+        assert_eq!(b.range(s2, None, None, true).unwrap().len(), 0);
+    }
+}

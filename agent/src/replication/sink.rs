@@ -1,0 +1,364 @@
+//! The sink side: the `Replication` gRPC service of the standby's agent.
+//!
+//! It accepts one stream at a time from the peer agent's certificate,
+//! refuses sources at an epoch older than the newest it knows, applies every
+//! batch idempotently to the local Milvus, persists its checkpoint, and only
+//! then acknowledges the batch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use milvus::proto::schema::FieldData;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Mutex};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::base::keys_from_pb;
+use super::catalog::{self, Managed};
+use super::{retry, SharedState};
+use crate::milvus::Milvus;
+use dr_proto::pb::{self, replication_server::Replication, sink_message, source_message};
+
+/// What the sink persists after every applied batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Newest epoch this sink has seen; older sources are refused.
+    pub epoch: u64,
+    pub lineage: String,
+    pub applied_seq: u64,
+    /// Snapshot time of the newest pass fully applied here.
+    pub applied_snapshot_ms: i64,
+    /// Collections this sink created or adopted, by `database.collection`.
+    pub managed: BTreeMap<String, Managed>,
+    /// Primary-key field of each managed collection.
+    #[serde(default)]
+    pub pk_fields: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("parse the sink checkpoint {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// Writes atomically and durably (temp file, fsync, rename, fsync dir).
+    pub fn store(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)
+                .with_context(|| format!("create {}", tmp.display()))?;
+            f.write_all(&serde_json::to_vec(self)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// The `Replication` service.
+#[derive(Clone)]
+pub struct Sink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    datacenter: String,
+    peer_identity: Vec<String>,
+    milvus: Milvus,
+    path: PathBuf,
+    checkpoint: Mutex<Checkpoint>,
+    state: SharedState,
+    /// Incremented by every new stream; an older stream stops applying.
+    generation: AtomicU64,
+}
+
+impl Sink {
+    pub fn new(
+        datacenter: String,
+        peer_identity: String,
+        milvus: Milvus,
+        state_dir: &Path,
+        state: SharedState,
+    ) -> Result<Sink> {
+        let path = state_dir.join("sink-checkpoint.json");
+        let checkpoint = Checkpoint::load(&path)?;
+        {
+            let mut s = state.lock().unwrap();
+            s.role = "sink".into();
+            s.epoch = checkpoint.epoch;
+            s.acked_seq = checkpoint.applied_seq;
+            s.applied_snapshot_ms = checkpoint.applied_snapshot_ms;
+            s.lineage = checkpoint.lineage.clone();
+        }
+        Ok(Sink {
+            inner: Arc::new(Inner {
+                datacenter,
+                peer_identity: vec![peer_identity],
+                milvus,
+                path,
+                checkpoint: Mutex::new(checkpoint),
+                state,
+                generation: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub async fn checkpoint(&self) -> Checkpoint {
+        self.inner.checkpoint.lock().await.clone()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the standby could not apply the batch: {e}"))
+}
+
+type Out = mpsc::Sender<Result<pb::SinkMessage, Status>>;
+
+#[tonic::async_trait]
+impl Replication for Sink {
+    type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SinkMessage, Status>>;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<pb::SourceMessage>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let who = crate::tls::authorize(&request, &self.inner.peer_identity)?;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::SourceMessage {
+                msg: Some(source_message::Msg::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the stream must start with SourceHello")),
+        };
+        if hello.epoch == 0 {
+            return Err(Status::invalid_argument("SourceHello.epoch must be at least 1"));
+        }
+        let my_gen = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let reply = {
+            let mut cp = self.inner.checkpoint.lock().await;
+            if hello.epoch < cp.epoch {
+                warn!(source_epoch = hello.epoch, known = cp.epoch, "refused a source at a stale epoch");
+                return Err(Status::failed_precondition(format!(
+                    "stale epoch: this sink knows epoch {}, the source is at {}",
+                    cp.epoch, hello.epoch
+                )));
+            }
+            if hello.epoch > cp.epoch {
+                cp.epoch = hello.epoch;
+                cp.store(&self.inner.path).map_err(internal)?;
+                self.inner.state.lock().unwrap().epoch = cp.epoch;
+            }
+            pb::SinkHello {
+                sink_dc: self.inner.datacenter.clone(),
+                epoch: cp.epoch,
+                lineage: cp.lineage.clone(),
+                applied_seq: cp.applied_seq,
+            }
+        };
+        info!(source = %who, source_dc = %hello.source_dc, epoch = hello.epoch, "replication stream accepted");
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(Ok(pb::SinkMessage {
+            msg: Some(sink_message::Msg::Hello(reply)),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("stream closed"))?;
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            inner.state.lock().unwrap().connected = true;
+            let r = inner.serve(my_gen, hello.epoch, &mut inbound, &tx).await;
+            if let Err(status) = r {
+                warn!(error = %status.message(), "replication stream failed");
+                inner.state.lock().unwrap().last_error = status.message().to_string();
+                let _ = tx.send(Err(status)).await;
+            }
+            if inner.generation.load(Ordering::SeqCst) == my_gen {
+                inner.state.lock().unwrap().connected = false;
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+impl Inner {
+    async fn serve(
+        &self,
+        my_gen: u64,
+        epoch: u64,
+        inbound: &mut Streaming<pb::SourceMessage>,
+        tx: &Out,
+    ) -> Result<(), Status> {
+        while let Some(msg) = inbound.message().await? {
+            if self.generation.load(Ordering::SeqCst) != my_gen {
+                return Err(Status::aborted("superseded by a newer replication stream"));
+            }
+            match msg.msg {
+                Some(source_message::Msg::Hello(h)) => {
+                    // The source reset its capture base: a new lineage.
+                    let mut cp = self.checkpoint.lock().await;
+                    if h.lineage != cp.lineage {
+                        info!(old = %cp.lineage, new = %h.lineage, "new replication lineage");
+                        cp.lineage = h.lineage.clone();
+                        cp.applied_seq = 0;
+                        cp.store(&self.path).map_err(internal)?;
+                        self.state.lock().unwrap().lineage = h.lineage;
+                    }
+                }
+                Some(source_message::Msg::Batch(b)) => {
+                    dr_proto::validate_batch(&b)?;
+                    if b.epoch != epoch {
+                        return Err(Status::failed_precondition(format!(
+                            "batch epoch {} differs from the stream's epoch {epoch}",
+                            b.epoch
+                        )));
+                    }
+                    let seq = b.seq;
+                    self.apply(b).await?;
+                    tx.send(Ok(pb::SinkMessage {
+                        msg: Some(sink_message::Msg::Ack(pb::Ack { seq })),
+                    }))
+                    .await
+                    .map_err(|_| Status::cancelled("stream closed"))?;
+                }
+                None => return Err(Status::invalid_argument("empty SourceMessage")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, b: pb::ChangeBatch) -> Result<(), Status> {
+        let mut cp = self.checkpoint.lock().await;
+        if b.epoch < cp.epoch {
+            return Err(Status::failed_precondition(format!(
+                "stale epoch {} (this sink knows {})",
+                b.epoch, cp.epoch
+            )));
+        }
+        if b.seq <= cp.applied_seq {
+            // Already applied (a resent batch): acknowledge again.
+            return Ok(());
+        }
+        let m = &self.milvus;
+        let lineage = cp.lineage.clone();
+        if b.catalog {
+            let cat = catalog::from_ddl(&b.ddl).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            let mut managed = cp.managed.clone();
+            let changes = catalog::reconcile(m, &cat, &mut managed, &lineage)
+                .await
+                .map_err(|e| internal(format!("{e:#}")))?;
+            for c in &changes {
+                info!(change = %c, "catalog");
+            }
+            cp.managed = managed;
+            cp.pk_fields = cat
+                .collections
+                .iter()
+                .filter_map(|c| Some((c.key(), c.info.primary_field()?.name.clone())))
+                .collect();
+        }
+        let key = format!("{}.{}", b.database, b.collection);
+        let partition = (!b.partition.is_empty()).then_some(b.partition.as_str());
+        let mut deleted = 0u64;
+        let mut upserted = 0u64;
+        if let Some(keys) = b.deletes.as_ref().filter(|k| !k.ints.is_empty() || !k.strs.is_empty()) {
+            let pk_field = match cp.pk_fields.get(&key) {
+                Some(f) => f.clone(),
+                None => m
+                    .describe(&b.database, &b.collection)
+                    .await
+                    .map_err(internal)?
+                    .primary_field()
+                    .map(|f| f.name.clone())
+                    .ok_or_else(|| internal("collection without a primary key"))?,
+            };
+            let keys = keys_from_pb(keys);
+            retry("apply deletes", 5, || m.delete(&b.database, &b.collection, partition, &pk_field, &keys))
+                .await
+                .map_err(internal)?;
+            deleted += keys.len() as u64;
+        }
+        let may_insert = cp
+            .managed
+            .get(&key)
+            .is_some_and(|mg| !mg.created_in.is_empty() && mg.created_in == lineage);
+        for (rows, insert) in [(&b.inserts, may_insert), (&b.upserts, false)] {
+            let Some(rows) = rows.as_ref().filter(|r| r.num_rows > 0) else {
+                continue;
+            };
+            let fields: Vec<FieldData> = rows
+                .fields
+                .iter()
+                .map(|f| FieldData::decode(f.as_slice()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| Status::invalid_argument(format!("undecodable field data: {e}")))?;
+            let n = u32::try_from(rows.num_rows).map_err(|_| Status::invalid_argument("too many rows"))?;
+            match crate::milvus::rows::num_rows(&fields) {
+                Ok(k) if k as u64 == rows.num_rows => {}
+                _ => return Err(Status::invalid_argument("row count does not match the field data")),
+            }
+            if insert {
+                retry("apply inserts", 5, || m.insert(&b.database, &b.collection, partition, fields.clone(), n))
+                    .await
+                    .map_err(internal)?;
+            } else {
+                retry("apply upserts", 5, || m.upsert(&b.database, &b.collection, partition, fields.clone(), n))
+                    .await
+                    .map_err(internal)?;
+            }
+            upserted += rows.num_rows;
+        }
+        cp.applied_seq = b.seq;
+        if b.pass_snapshot_ms > 0 {
+            cp.applied_snapshot_ms = cp.applied_snapshot_ms.max(b.pass_snapshot_ms);
+        }
+        cp.store(&self.path).map_err(internal)?;
+        let mut s = self.state.lock().unwrap();
+        s.acked_seq = cp.applied_seq;
+        s.applied_snapshot_ms = cp.applied_snapshot_ms;
+        s.last_pass_snapshot_ms = cp.applied_snapshot_ms;
+        s.rows_upserted += upserted;
+        s.rows_deleted += deleted;
+        s.last_error.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_round_trips_and_missing_file_is_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp.json");
+        assert_eq!(Checkpoint::load(&p).unwrap(), Checkpoint::default());
+        let mut cp = Checkpoint {
+            epoch: 3,
+            lineage: "L".into(),
+            applied_seq: 17,
+            applied_snapshot_ms: 5,
+            ..Default::default()
+        };
+        cp.managed.insert(
+            "default.c".into(),
+            Managed {
+                source_id: 9,
+                created_in: "L".into(),
+            },
+        );
+        cp.store(&p).unwrap();
+        assert_eq!(Checkpoint::load(&p).unwrap(), cp);
+    }
+}

@@ -1,0 +1,514 @@
+//! The source side: capture passes and the stream to the sink.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use milvus::proto::schema::FieldData;
+use prost::Message;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::base::{self, Base, Change};
+use super::catalog::{self, Catalog, CollectionEntry, Filter};
+use super::{now_ms, retry, SharedState};
+use crate::milvus::{self as mv, rows, Milvus, Pk};
+use dr_proto::pb::{self, replication_client::ReplicationClient, sink_message, source_message};
+
+/// Everything the source needs.
+#[derive(Clone)]
+pub struct SourceConfig {
+    pub datacenter: String,
+    pub epoch: u64,
+    pub peer_address: String,
+    pub peer_tls: tonic::transport::ClientTlsConfig,
+    pub page_rows: usize,
+    pub max_in_flight: usize,
+    pub poll_interval: Duration,
+    pub reconnect_backoff: Duration,
+    pub filter: Filter,
+}
+
+/// Runs the source until `shutdown`: reconnects with backoff after any
+/// failure, and resumes from the sink's checkpoint.
+pub async fn run(
+    cfg: SourceConfig,
+    milvus: Milvus,
+    base: Arc<Base>,
+    state: SharedState,
+    shutdown: CancellationToken,
+) {
+    {
+        let mut s = state.lock().unwrap();
+        s.role = "source".into();
+        s.epoch = cfg.epoch;
+    }
+    let mut backoff = cfg.reconnect_backoff;
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        match session(&cfg, &milvus, &base, &state, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!(error = %msg, "replication stream to {} ended; reconnecting in {backoff:?}", cfg.peer_address);
+                {
+                    let mut s = state.lock().unwrap();
+                    s.connected = false;
+                    s.last_error = msg;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = cfg.reconnect_backoff;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    state.lock().unwrap().connected = false;
+    info!("replication source stopped");
+}
+
+/// What the ack reader learned.
+struct Acks {
+    /// seq -> snapshot time, for pass marks not yet acknowledged.
+    pass_marks: std::sync::Mutex<BTreeMap<u64, i64>>,
+}
+
+async fn session(
+    cfg: &SourceConfig,
+    milvus: &Milvus,
+    base: &Arc<Base>,
+    state: &SharedState,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let recovered = base.recover_pending()?;
+    if recovered > 0 {
+        info!(keys = recovered, "unacknowledged changes will be resent");
+    }
+    let channel = tonic::transport::Endpoint::from_shared(cfg.peer_address.clone())?
+        .tls_config(cfg.peer_tls.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connect to the peer agent {}", cfg.peer_address))?;
+    let mut client = ReplicationClient::new(channel)
+        .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(mv::MAX_MESSAGE_BYTES);
+
+    let (tx, rx) = mpsc::channel::<pb::SourceMessage>(cfg.max_in_flight + 2);
+    tx.send(pb::SourceMessage {
+        msg: Some(source_message::Msg::Hello(pb::SourceHello {
+            source_dc: cfg.datacenter.clone(),
+            epoch: cfg.epoch,
+            lineage: base.lineage()?,
+        })),
+    })
+    .await?;
+    let mut inbound = client
+        .replicate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .context("open the replication stream")?
+        .into_inner();
+    let hello = match inbound.message().await? {
+        Some(pb::SinkMessage {
+            msg: Some(sink_message::Msg::Hello(h)),
+        }) => h,
+        other => bail!("the sink did not start with a hello: {other:?}"),
+    };
+    if hello.epoch > cfg.epoch {
+        bail!(
+            "the sink knows epoch {} but this source is at epoch {}: not acting as source",
+            hello.epoch,
+            cfg.epoch
+        );
+    }
+    let mut lineage = base.lineage()?;
+    if hello.lineage != lineage {
+        if !hello.lineage.is_empty() || base.next_seq()? > 1 {
+            warn!(sink = %hello.lineage, ours = %lineage, "the sink's data is not from this capture base; starting a full resync");
+        }
+        lineage = base.reset()?;
+        // Tell the sink which lineage the coming batches belong to.
+        tx.send(pb::SourceMessage {
+            msg: Some(source_message::Msg::Hello(pb::SourceHello {
+                source_dc: cfg.datacenter.clone(),
+                epoch: cfg.epoch,
+                lineage: lineage.clone(),
+            })),
+        })
+        .await?;
+    }
+    let first_seq = base.next_seq()?.max(hello.applied_seq + 1);
+    info!(
+        peer = %cfg.peer_address, sink_dc = %hello.sink_dc, applied_seq = hello.applied_seq,
+        next_seq = first_seq, %lineage, "replication stream open"
+    );
+    {
+        let mut s = state.lock().unwrap();
+        s.connected = true;
+        s.lineage = lineage.clone();
+        s.acked_seq = hello.applied_seq;
+        s.last_error.clear();
+    }
+
+    let window = Arc::new(Semaphore::new(cfg.max_in_flight));
+    let acks = Arc::new(Acks {
+        pass_marks: Default::default(),
+    });
+    let broken = CancellationToken::new();
+    let reader = {
+        let (base, state, window, acks, broken) = (
+            base.clone(),
+            state.clone(),
+            window.clone(),
+            acks.clone(),
+            broken.clone(),
+        );
+        tokio::spawn(async move {
+            let r: Result<()> = async {
+                while let Some(m) = inbound.message().await? {
+                    let Some(sink_message::Msg::Ack(a)) = m.msg else {
+                        bail!("unexpected message from the sink: {m:?}");
+                    };
+                    base.ack(a.seq)?;
+                    window.add_permits(1);
+                    let snap = {
+                        let mut marks = acks.pass_marks.lock().unwrap();
+                        let done: Vec<u64> = marks.range(..=a.seq).map(|(k, _)| *k).collect();
+                        done.iter().filter_map(|k| marks.remove(k)).max()
+                    };
+                    let mut s = state.lock().unwrap();
+                    s.acked_seq = a.seq;
+                    if let Some(t) = snap {
+                        s.applied_snapshot_ms = s.applied_snapshot_ms.max(t);
+                    }
+                }
+                bail!("the sink closed the stream")
+            }
+            .await;
+            broken.cancel();
+            r
+        })
+    };
+
+    let mut sender = Sender {
+        cfg,
+        base,
+        tx,
+        window,
+        acks,
+        state,
+        seq: first_seq,
+        lineage: lineage.clone(),
+    };
+    let result = async {
+        loop {
+            tokio::select! {
+                r = pass(&mut sender, milvus) => r?,
+                _ = broken.cancelled() => break,
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.poll_interval) => {}
+                _ = broken.cancelled() => break,
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        Err(anyhow!("stream broken"))
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            reader.abort();
+            Ok(())
+        }
+        Err(e) => {
+            reader.abort();
+            match reader.await {
+                Ok(Err(re)) => Err(re),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+struct Sender<'a> {
+    cfg: &'a SourceConfig,
+    base: &'a Arc<Base>,
+    tx: mpsc::Sender<pb::SourceMessage>,
+    window: Arc<Semaphore>,
+    acks: Arc<Acks>,
+    state: &'a SharedState,
+    seq: u64,
+    lineage: String,
+}
+
+impl Sender<'_> {
+    /// Stages the batch's changes in the base, then sends it (waiting for a
+    /// free slot in the in-flight window).
+    async fn send(&mut self, mut batch: pb::ChangeBatch, scope: u64, changes: &[Change]) -> Result<()> {
+        let permit = self.window.acquire().await?;
+        permit.forget();
+        let seq = self.seq;
+        batch.seq = seq;
+        batch.epoch = self.cfg.epoch;
+        batch.produced_ms = now_ms();
+        self.base.stage(seq, scope, changes)?;
+        if batch.pass_snapshot_ms > 0 {
+            self.acks
+                .pass_marks
+                .lock()
+                .unwrap()
+                .insert(seq, batch.pass_snapshot_ms);
+        }
+        let len = batch.encoded_len() as u64;
+        self.tx
+            .send(pb::SourceMessage {
+                msg: Some(source_message::Msg::Batch(batch)),
+            })
+            .await
+            .map_err(|_| anyhow!("stream closed"))?;
+        self.seq += 1;
+        let mut s = self.state.lock().unwrap();
+        s.sent_seq = seq;
+        s.bytes_sent += len;
+        Ok(())
+    }
+}
+
+fn scope_name(e: &CollectionEntry, partition: Option<&str>) -> String {
+    format!(
+        "{}/{}/{}",
+        e.info.database,
+        e.info.name,
+        partition.unwrap_or("")
+    )
+}
+
+/// One capture pass over every replicated collection.
+async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
+    let started = Instant::now();
+    let ts = retry("AllocTimestamp", 5, || milvus.alloc_timestamp()).await?;
+    let snapshot_ms = mv::hybrid_ts_to_ms(ts);
+    let cat: Catalog = retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
+
+    // Collections dropped or recreated on the primary: forget their rows.
+    let known_raw = s.base.meta("catalog_ids")?.unwrap_or_default();
+    let known: BTreeMap<String, i64> = serde_json::from_slice(&known_raw).unwrap_or_default();
+    let now_ids: BTreeMap<String, i64> = cat
+        .collections
+        .iter()
+        .map(|c| (format!("{}/{}/", c.info.database, c.info.name), c.info.id))
+        .collect();
+    for (prefix, id) in &known {
+        if now_ids.get(prefix) != Some(id) {
+            for (scope, _) in s.base.scopes_with_prefix(prefix)? {
+                s.base.drop_scope(&scope)?;
+            }
+            debug!(collection = %prefix, "forgot the capture base of a dropped or recreated collection");
+        }
+    }
+    s.base.set_meta("catalog_ids", &serde_json::to_vec(&now_ids)?)?;
+
+    // The catalog first, so that every collection exists before its rows.
+    let ddl = catalog::to_ddl(&cat);
+    s.send(
+        pb::ChangeBatch {
+            ddl,
+            catalog: true,
+            ..Default::default()
+        },
+        0,
+        &[],
+    )
+    .await?;
+
+    let mut statuses = Vec::new();
+    for entry in &cat.collections {
+        let mut st = pb::CollectionStatus {
+            database: entry.info.database.clone(),
+            collection: entry.info.name.clone(),
+            ..Default::default()
+        };
+        if !entry.loaded {
+            st.state = "not-loaded (not replicated until loaded on the primary)".into();
+            statuses.push(st);
+            continue;
+        }
+        let mut rows_seen = 0;
+        for part in entry.scan_partitions() {
+            rows_seen += scan_scope(s, milvus, entry, part.as_deref(), ts).await?;
+        }
+        st.state = "replicating".into();
+        st.rows = rows_seen;
+        statuses.push(st);
+    }
+
+    // The pass mark: once acked, everything acknowledged by the primary
+    // before `snapshot_ms` is applied on the sink.
+    s.send(
+        pb::ChangeBatch {
+            pass_snapshot_ms: snapshot_ms,
+            ..Default::default()
+        },
+        0,
+        &[],
+    )
+    .await?;
+    let mut st = s.state.lock().unwrap();
+    st.collections = statuses;
+    st.last_pass_snapshot_ms = snapshot_ms;
+    st.last_pass_duration_ms = started.elapsed().as_millis() as i64;
+    st.passes += 1;
+    st.lineage = s.lineage.clone();
+    Ok(())
+}
+
+/// Scans one scope in key order, one page ahead, and sends its changes.
+/// Returns the number of rows seen.
+async fn scan_scope(
+    s: &mut Sender<'_>,
+    milvus: &Milvus,
+    entry: &CollectionEntry,
+    partition: Option<&str>,
+    ts: u64,
+) -> Result<u64> {
+    let info = &entry.info;
+    let pk_type = info
+        .pk_type()
+        .ok_or_else(|| anyhow!("{}: primary key is neither Int64 nor VarChar", entry.key()))?;
+    let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
+    let is_str = pk_type == mv::PkType::Str;
+    let scope = s.base.scope_id(&scope_name(entry, partition))?;
+    let page_rows = s.cfg.page_rows;
+
+    // Prefetch: the next page is read while this one is diffed and sent.
+    let (ptx, mut prx) = mpsc::channel::<Result<(Vec<FieldData>, Vec<Pk>)>>(1);
+    let fetcher = {
+        let (milvus, info, partition, pk_name) = (
+            milvus.clone(),
+            info.clone(),
+            partition.map(str::to_string),
+            pk_name.clone(),
+        );
+        let fields = info.output_fields();
+        tokio::spawn(async move {
+            let mut after: Option<Pk> = None;
+            loop {
+                let page = retry("scan page", 5, || {
+                    milvus.query_page(&info, partition.as_deref(), &fields, after.as_ref(), page_rows, ts)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|f| {
+                    let keys = rows::primary_keys(&f, &pk_name).or_else(|e| {
+                        if rows::num_rows(&f).unwrap_or(0) == 0 { Ok(vec![]) } else { Err(e) }
+                    })?;
+                    Ok((f, keys))
+                });
+                let done = match &page {
+                    Ok((_, keys)) => {
+                        after = keys.last().cloned();
+                        keys.len() < page_rows
+                    }
+                    Err(_) => true,
+                };
+                if ptx.send(page).await.is_err() || done {
+                    break;
+                }
+            }
+        })
+    };
+
+    let mut after: Option<Pk> = None;
+    let mut seen = 0u64;
+    while let Some(page) = prx.recv().await {
+        let (fields, keys) = page?;
+        if keys.is_empty() {
+            break;
+        }
+        // Deletes are computed from what a page does not contain, so the
+        // page must be exactly the smallest keys after `after`.
+        if keys.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "{}: Milvus returned a page not in primary-key order; refusing to derive deletes from it",
+                entry.key()
+            );
+        }
+        let hashes = rows::row_hashes(&fields)?;
+        let last = keys.last().cloned();
+        let page: Vec<(Pk, u64, usize)> = keys
+            .into_iter()
+            .zip(hashes.iter().copied())
+            .enumerate()
+            .map(|(i, (k, h))| (k, h, i))
+            .collect();
+        seen += page.len() as u64;
+        let base_rows = s.base.range(scope, after.as_ref(), last.as_ref(), is_str)?;
+        let diff = base::diff_page(&page, &base_rows);
+        after = last;
+        if diff.is_empty() {
+            continue;
+        }
+        let mut changes: Vec<Change> = Vec::with_capacity(diff.inserts.len() + diff.upserts.len() + diff.deletes.len());
+        for &i in diff.inserts.iter().chain(diff.upserts.iter()) {
+            changes.push((page[i].0.clone(), Some(page[i].1)));
+        }
+        for k in &diff.deletes {
+            changes.push((k.clone(), None));
+        }
+        let encode = |idx: &[usize]| -> Option<pb::Rows> {
+            if idx.is_empty() {
+                return None;
+            }
+            let cols = if idx.len() == page.len() {
+                fields.clone()
+            } else {
+                rows::take(&fields, idx)
+            };
+            Some(pb::Rows {
+                num_rows: idx.len() as u64,
+                fields: cols.iter().map(|f| f.encode_to_vec()).collect(),
+            })
+        };
+        let batch = pb::ChangeBatch {
+            database: info.database.clone(),
+            collection: info.name.clone(),
+            partition: partition.unwrap_or_default().to_string(),
+            inserts: encode(&diff.inserts),
+            upserts: encode(&diff.upserts),
+            deletes: (!diff.deletes.is_empty()).then(|| base::keys_to_pb(&diff.deletes)),
+            ..Default::default()
+        };
+        s.send(batch, scope, &changes).await?;
+    }
+    fetcher.await.ok();
+
+    // Whatever the base still has after the last key is gone from the primary.
+    let rest = s.base.range(scope, after.as_ref(), None, is_str)?;
+    for chunk in rest.chunks(8192) {
+        let keys: Vec<Pk> = chunk.iter().map(|(k, _)| k.clone()).collect();
+        let changes: Vec<Change> = keys.iter().map(|k| (k.clone(), None)).collect();
+        s.send(
+            pb::ChangeBatch {
+                database: info.database.clone(),
+                collection: info.name.clone(),
+                partition: partition.unwrap_or_default().to_string(),
+                deletes: Some(base::keys_to_pb(&keys)),
+                ..Default::default()
+            },
+            scope,
+            &changes,
+        )
+        .await?;
+    }
+    Ok(seen)
+}
