@@ -1,12 +1,18 @@
 //! dr-agent: the per-datacenter agent of milvus-dr.
 //!
-//! Subsystems, one folder each: [`milvus`] (the only code that speaks
+//! Subsystems, one module each: [`milvus`] (the only code that speaks
 //! Milvus), [`replication`] (capture, stream, apply), [`admin`] (the gRPC
-//! API `drctl` uses), plus [`config`], [`tls`] and [`metrics`]. The binaries
-//! in `src/bin/` are thin: they parse arguments and call [`agent::run`].
+//! API `drctl` uses), [`drctl`] (the operator CLI's logic), plus
+//! [`config`], [`tls`] and [`metrics`]. The binaries in `src/bin/` are thin:
+//! they parse arguments and call into this library.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod agent;
 pub mod config;
+pub mod drctl;
+pub mod logging;
+pub mod metrics;
 pub mod milvus;
 pub mod replication;
 pub mod tls;

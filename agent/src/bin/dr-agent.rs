@@ -1,1 +1,55 @@
-fn main() {}
+//! `dr-agent --config FILE [--check]`: the per-datacenter agent.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// milvus-dr agent: replicates, probes health and serves the admin API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The agent's YAML config file.
+    #[arg(long, env = "DR_AGENT_CONFIG")]
+    config: PathBuf,
+    /// Validate the config and exit (0 valid, 64 invalid).
+    #[arg(long)]
+    check: bool,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    dr_agent::logging::init(&args.log_format);
+    let cfg = match dr_agent::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dr-agent: invalid config {}: {e}", args.config.display());
+            return ExitCode::from(64);
+        }
+    };
+    if args.check {
+        println!("{}: valid (datacenter {}, peer {})", args.config.display(), cfg.datacenter, cfg.peer_id());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dr-agent: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(dr_agent::logging::on_signal(shutdown.clone()));
+        match dr_agent::agent::run(cfg, shutdown, |_| {}).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "dr-agent failed");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

@@ -987,3 +987,62 @@ mod tests {
         assert!(e.is_retryable());
     }
 }
+
+/// One page of a scan: columns and their primary keys (ascending).
+pub struct Page {
+    pub fields: Vec<FieldData>,
+    pub keys: Vec<Pk>,
+}
+
+/// Scans a collection (or one partition) in primary-key order, pinned to
+/// `ts`, reading one page ahead of the consumer. Pages arrive on the
+/// returned channel; the last page is the first with fewer than
+/// `page_rows` rows (possibly empty). A page whose keys are not strictly
+/// ascending is an error: callers derive deletes from what a page lacks.
+pub fn scan_pages(
+    milvus: &Milvus,
+    info: &CollectionInfo,
+    partition: Option<&str>,
+    ts: u64,
+    page_rows: usize,
+) -> tokio::sync::mpsc::Receiver<std::result::Result<Page, anyhow::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (milvus, info, partition) = (milvus.clone(), info.clone(), partition.map(str::to_string));
+    tokio::spawn(async move {
+        let fields = info.output_fields();
+        let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
+        let mut after: Option<Pk> = None;
+        loop {
+            let page = crate::replication::retry("scan page", 5, || {
+                milvus.query_page(&info, partition.as_deref(), &fields, after.as_ref(), page_rows, ts)
+            })
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|f| {
+                if rows::num_rows(&f)? == 0 {
+                    return Ok(Page { fields: f, keys: vec![] });
+                }
+                let keys = rows::primary_keys(&f, &pk_name)?;
+                if keys.windows(2).any(|w| w[0] >= w[1]) || after.as_ref().is_some_and(|a| keys.first().is_some_and(|k| k <= a)) {
+                    anyhow::bail!(
+                        "{}.{}: Milvus returned a page not in primary-key order",
+                        info.database,
+                        info.name
+                    );
+                }
+                Ok(Page { fields: f, keys })
+            });
+            let done = match &page {
+                Ok(p) => {
+                    after = p.keys.last().cloned();
+                    p.keys.len() < page_rows
+                }
+                Err(_) => true,
+            };
+            if tx.send(page).await.is_err() || done {
+                break;
+            }
+        }
+    });
+    rx
+}

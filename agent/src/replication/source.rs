@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use milvus::proto::schema::FieldData;
 use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -385,63 +384,16 @@ async fn scan_scope(
     let pk_type = info
         .pk_type()
         .ok_or_else(|| anyhow!("{}: primary key is neither Int64 nor VarChar", entry.key()))?;
-    let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
     let is_str = pk_type == mv::PkType::Str;
     let scope = s.base.scope_id(&scope_name(entry, partition))?;
-    let page_rows = s.cfg.page_rows;
-
-    // Prefetch: the next page is read while this one is diffed and sent.
-    let (ptx, mut prx) = mpsc::channel::<Result<(Vec<FieldData>, Vec<Pk>)>>(1);
-    let fetcher = {
-        let (milvus, info, partition, pk_name) = (
-            milvus.clone(),
-            info.clone(),
-            partition.map(str::to_string),
-            pk_name.clone(),
-        );
-        let fields = info.output_fields();
-        tokio::spawn(async move {
-            let mut after: Option<Pk> = None;
-            loop {
-                let page = retry("scan page", 5, || {
-                    milvus.query_page(&info, partition.as_deref(), &fields, after.as_ref(), page_rows, ts)
-                })
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|f| {
-                    let keys = rows::primary_keys(&f, &pk_name).or_else(|e| {
-                        if rows::num_rows(&f).unwrap_or(0) == 0 { Ok(vec![]) } else { Err(e) }
-                    })?;
-                    Ok((f, keys))
-                });
-                let done = match &page {
-                    Ok((_, keys)) => {
-                        after = keys.last().cloned();
-                        keys.len() < page_rows
-                    }
-                    Err(_) => true,
-                };
-                if ptx.send(page).await.is_err() || done {
-                    break;
-                }
-            }
-        })
-    };
+    let mut pages = mv::scan_pages(milvus, info, partition, ts, s.cfg.page_rows);
 
     let mut after: Option<Pk> = None;
     let mut seen = 0u64;
-    while let Some(page) = prx.recv().await {
-        let (fields, keys) = page?;
+    while let Some(page) = pages.recv().await {
+        let mv::Page { fields, keys } = page?;
         if keys.is_empty() {
             break;
-        }
-        // Deletes are computed from what a page does not contain, so the
-        // page must be exactly the smallest keys after `after`.
-        if keys.windows(2).any(|w| w[0] >= w[1]) {
-            bail!(
-                "{}: Milvus returned a page not in primary-key order; refusing to derive deletes from it",
-                entry.key()
-            );
         }
         let hashes = rows::row_hashes(&fields)?;
         let last = keys.last().cloned();
@@ -490,7 +442,6 @@ async fn scan_scope(
         };
         s.send(batch, scope, &changes).await?;
     }
-    fetcher.await.ok();
 
     // Whatever the base still has after the last key is gone from the primary.
     let rest = s.base.range(scope, after.as_ref(), None, is_str)?;

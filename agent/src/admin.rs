@@ -1,0 +1,184 @@
+//! The admin gRPC API that `drctl` calls, over mutual TLS, from operator
+//! certificates only.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use tonic::{Request, Response, Status};
+
+use crate::milvus::{self as mv, rows, Health, Milvus};
+use crate::replication::{catalog, now_ms, SharedState};
+use dr_proto::pb::{self, admin_server::Admin};
+
+/// Upper bound on digest buckets (memory is 12 bytes a bucket).
+pub const MAX_BUCKETS: u32 = 1 << 20;
+
+#[derive(Clone)]
+pub struct AdminService {
+    pub datacenter: String,
+    pub peer: String,
+    pub operators: Vec<String>,
+    pub milvus: Milvus,
+    pub health: Arc<Mutex<Health>>,
+    pub state: SharedState,
+    pub page_rows: usize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("{e:#}"))
+}
+
+impl AdminService {
+    async fn collections(&self, wanted: &[pb::CollectionRef]) -> Result<Vec<mv::CollectionInfo>, Status> {
+        let mut out = Vec::new();
+        if wanted.is_empty() {
+            for db in catalog::databases(&self.milvus).await.map_err(unavailable)? {
+                for name in self.milvus.list_collections(&db).await.map_err(unavailable)? {
+                    out.push(self.milvus.describe(&db, &name).await.map_err(unavailable)?);
+                }
+            }
+        } else {
+            for r in wanted {
+                let db = if r.database.is_empty() { "default" } else { &r.database };
+                match self.milvus.describe(db, &r.collection).await {
+                    Ok(i) => out.push(i),
+                    Err(e) if e.is_not_found() => {
+                        return Err(Status::not_found(format!("no collection {db}.{}", r.collection)))
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Scans `info` at `ts` and calls `f(key, row hash)` for every row.
+    async fn scan(
+        &self,
+        info: &mv::CollectionInfo,
+        ts: u64,
+        mut f: impl FnMut(&mv::Pk, u64),
+    ) -> Result<u64, Status> {
+        let mut pages = mv::scan_pages(&self.milvus, info, None, ts, self.page_rows);
+        let mut n = 0;
+        while let Some(page) = pages.recv().await {
+            let page = page.map_err(unavailable)?;
+            let hashes = rows::row_hashes(&page.fields).map_err(unavailable)?;
+            for (k, h) in page.keys.iter().zip(hashes) {
+                f(k, h);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        crate::tls::authorize(&request, &self.operators)?;
+        let now = now_ms();
+        let health = self.health.lock().unwrap().clone();
+        let s = self.state.lock().unwrap().clone();
+        Ok(Response::new(pb::StatusReply {
+            datacenter: self.datacenter.clone(),
+            role: if s.role.is_empty() { "idle".into() } else { s.role.clone() },
+            epoch: s.epoch,
+            peer: self.peer.clone(),
+            milvus_healthy: health.healthy,
+            milvus_detail: health.detail,
+            replication: Some(s.to_pb(now)),
+            version: env!("CARGO_PKG_VERSION").into(),
+            now_ms: now,
+        }))
+    }
+
+    async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestReply>, Status> {
+        crate::tls::authorize(&request, &self.operators)?;
+        let req = request.into_inner();
+        if req.buckets == 0 || req.buckets > MAX_BUCKETS {
+            return Err(Status::invalid_argument(format!(
+                "buckets must be 1 to {MAX_BUCKETS}, got {}",
+                req.buckets
+            )));
+        }
+        let ts = self.milvus.alloc_timestamp().await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        for info in self.collections(&req.collections).await? {
+            let nb = req.buckets as usize;
+            let mut d = pb::CollectionDigest {
+                database: info.database.clone(),
+                collection: info.name.clone(),
+                ..Default::default()
+            };
+            let loaded = self
+                .milvus
+                .load_state(&info.database, &info.name)
+                .await
+                .map_err(unavailable)?
+                == milvus::proto::common::LoadState::Loaded;
+            if !loaded {
+                d.error = "not loaded: its rows cannot be read".into();
+                out.push(d);
+                continue;
+            }
+            let mut sums = vec![0u64; nb];
+            let mut counts = vec![0u32; nb];
+            d.rows = self
+                .scan(&info, ts, |k, h| {
+                    let b = (k.hash64() % nb as u64) as usize;
+                    sums[b] = sums[b].wrapping_add(h);
+                    counts[b] += 1;
+                })
+                .await?;
+            d.buckets = sums;
+            d.counts = counts;
+            out.push(d);
+        }
+        Ok(Response::new(pb::DigestReply {
+            collections: out,
+            snapshot_ms: mv::hybrid_ts_to_ms(ts),
+        }))
+    }
+
+    async fn bucket_rows(
+        &self,
+        request: Request<pb::BucketRowsRequest>,
+    ) -> Result<Response<pb::BucketRowsReply>, Status> {
+        crate::tls::authorize(&request, &self.operators)?;
+        let req = request.into_inner();
+        if req.buckets == 0 || req.buckets > MAX_BUCKETS {
+            return Err(Status::invalid_argument("buckets out of range"));
+        }
+        let coll = req
+            .collection
+            .ok_or_else(|| Status::invalid_argument("collection is required"))?;
+        let info = self.collections(std::slice::from_ref(&coll)).await?.remove(0);
+        let wanted: BTreeSet<u32> = req.wanted.iter().copied().collect();
+        let limit = if req.limit == 0 { 10_000 } else { req.limit as usize };
+        let ts = self.milvus.alloc_timestamp().await.map_err(unavailable)?;
+        let mut rows_out = Vec::new();
+        let mut truncated = false;
+        self.scan(&info, ts, |k, h| {
+            let b = (k.hash64() % req.buckets as u64) as u32;
+            if wanted.contains(&b) {
+                if rows_out.len() >= limit {
+                    truncated = true;
+                    return;
+                }
+                rows_out.push(pb::KeyHash {
+                    key: Some(match k {
+                        mv::Pk::Int(v) => pb::key_hash::Key::Int(*v),
+                        mv::Pk::Str(s) => pb::key_hash::Key::Str(s.clone()),
+                    }),
+                    hash: h,
+                });
+            }
+        })
+        .await?;
+        Ok(Response::new(pb::BucketRowsReply {
+            rows: rows_out,
+            truncated,
+        }))
+    }
+}

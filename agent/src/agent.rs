@@ -1,0 +1,199 @@
+//! The agent runtime: builds every subsystem from a validated config, runs
+//! them until `shutdown`, and tears them down in order.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::metrics::{self, MetricsSource};
+use crate::milvus::{self as mv, Health, Milvus};
+use crate::replication::{base::Base, catalog::Filter, sink::Sink, source, SharedState};
+use crate::tls::TlsFiles;
+use dr_proto::pb::{admin_server::AdminServer, replication_server::ReplicationServer};
+
+/// Addresses the agent actually bound (useful with port 0).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub pid: u32,
+}
+
+/// Connects to a configured Milvus.
+pub fn milvus_for(ep: &crate::config::MilvusEndpoint) -> Result<Milvus> {
+    Ok(Milvus::connect(mv::Connection {
+        endpoint: ep.endpoint.clone(),
+        health_url: ep.health_url.clone(),
+        authorization: ep.authorization()?,
+        request_timeout: ep.request_timeout,
+    })?)
+}
+
+/// Runs the agent until `shutdown` is cancelled. `on_bound` is called once
+/// every listener is bound.
+pub async fn run(cfg: Config, shutdown: CancellationToken, on_bound: impl FnOnce(&Bound)) -> Result<()> {
+    crate::tls::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("create the state directory {}", cfg.state_dir.display()))?;
+    let local = cfg.local();
+    let milvus = milvus_for(&local.milvus)?;
+    let tls = TlsFiles {
+        ca: cfg.tls.ca.clone(),
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+    };
+    let state: SharedState = Default::default();
+    let health = Arc::new(Mutex::new(Health {
+        healthy: false,
+        detail: "not probed yet".into(),
+    }));
+
+    // Listeners first: a bad address fails before anything starts.
+    let grpc_listener = TcpListener::bind(cfg.listen.grpc)
+        .await
+        .with_context(|| format!("bind listen.grpc {}", cfg.listen.grpc))?;
+    let metrics_listener = TcpListener::bind(cfg.listen.metrics)
+        .await
+        .with_context(|| format!("bind listen.metrics {}", cfg.listen.metrics))?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+        pid: std::process::id(),
+    };
+    std::fs::write(cfg.state_dir.join("bound.json"), serde_json::to_vec(&bound)?)?;
+    info!(grpc = %bound.grpc, metrics = %metrics::describe(bound.metrics), datacenter = %cfg.datacenter, "listening");
+
+    let sink = Sink::new(
+        cfg.datacenter.clone(),
+        cfg.agent_identity(cfg.peer_id()),
+        milvus.clone(),
+        &cfg.state_dir,
+        state.clone(),
+    )?;
+    let admin = AdminService {
+        datacenter: cfg.datacenter.clone(),
+        peer: cfg.peer_id().to_string(),
+        operators: cfg.tls.operator_identities.clone(),
+        milvus: milvus.clone(),
+        health: health.clone(),
+        state: state.clone(),
+        page_rows: cfg.replication.page_rows,
+    };
+    let server_shutdown = CancellationToken::new();
+    let grpc = {
+        let tls_cfg = tls.server_config()?;
+        let stop = server_shutdown.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tls_config(tls_cfg)?
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(
+                    ReplicationServer::new(sink)
+                        .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(mv::MAX_MESSAGE_BYTES),
+                )
+                .add_service(
+                    AdminServer::new(admin)
+                        .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(mv::MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+                .context("gRPC server")
+        })
+    };
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_listener,
+        MetricsSource {
+            datacenter: cfg.datacenter.clone(),
+            state: state.clone(),
+            health: health.clone(),
+        },
+        server_shutdown.clone(),
+    ));
+    let prober = {
+        let (milvus, health, every, stop) = (
+            milvus.clone(),
+            health.clone(),
+            cfg.monitoring.health_interval,
+            shutdown.clone(),
+        );
+        let threshold = cfg.monitoring.failure_threshold;
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let h = milvus.health().await;
+                failures = if h.healthy { 0 } else { failures + 1 };
+                {
+                    let mut cur = health.lock().unwrap();
+                    if h.healthy || failures >= threshold || cur.detail == "not probed yet" {
+                        if cur.healthy != h.healthy {
+                            info!(healthy = h.healthy, detail = %h.detail, "local Milvus health changed");
+                        }
+                        *cur = h;
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    };
+
+    // Until the witness quorum decides epochs, the configured initial
+    // primary is the source at epoch 1.
+    let source_stop = CancellationToken::new();
+    let source_task = if cfg.datacenter == cfg.initial_primary {
+        let base = Arc::new(Base::open(&cfg.state_dir.join("capture-base.redb"))?);
+        let peer = cfg.peer();
+        let scfg = source::SourceConfig {
+            datacenter: cfg.datacenter.clone(),
+            epoch: 1,
+            peer_address: peer.agent.clone(),
+            peer_tls: tls.client_config(&cfg.agent_identity(cfg.peer_id()))?,
+            page_rows: cfg.replication.page_rows,
+            max_in_flight: cfg.replication.max_in_flight,
+            poll_interval: cfg.replication.poll_interval,
+            reconnect_backoff: cfg.replication.reconnect_backoff,
+            filter: Filter {
+                databases: cfg.replication.databases.clone(),
+                exclude: cfg.replication.exclude.clone(),
+            },
+        };
+        Some(tokio::spawn(source::run(
+            scfg,
+            milvus.clone(),
+            base,
+            state.clone(),
+            source_stop.clone(),
+        )))
+    } else {
+        None
+    };
+
+    on_bound(&bound);
+    shutdown.cancelled().await;
+    info!("shutting down: stopping replication first");
+    // Order: stop being a source, then the probes, then the APIs.
+    source_stop.cancel();
+    if let Some(t) = source_task {
+        if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+            warn!("the replication source did not stop within 10s");
+        }
+    }
+    prober.abort();
+    server_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+    info!("stopped");
+    Ok(())
+}

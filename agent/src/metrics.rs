@@ -1,0 +1,167 @@
+//! Prometheus metrics at `GET /metrics` (plain HTTP on `listen.metrics`).
+//!
+//! Values are read from the live state at scrape time, so lag keeps growing
+//! on every scrape while nothing new is applied.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::milvus::Health;
+use crate::replication::{now_ms, SharedState};
+
+#[derive(Clone)]
+pub struct MetricsSource {
+    pub datacenter: String,
+    pub state: SharedState,
+    pub health: Arc<Mutex<Health>>,
+}
+
+fn gauge_f(reg: &mut Registry, name: &str, help: &str, v: f64) {
+    let g = Gauge::<f64, AtomicU64>::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
+/// The exposition text for the current state.
+pub fn render(src: &MetricsSource) -> String {
+    let s = src.state.lock().unwrap().clone();
+    let h = src.health.lock().unwrap().clone();
+    let now = now_ms();
+    let mut reg = Registry::with_prefix_and_labels(
+        "milvus_dr",
+        [(
+            std::borrow::Cow::Borrowed("datacenter"),
+            std::borrow::Cow::Owned(src.datacenter.clone()),
+        )]
+        .into_iter(),
+    );
+    let role = Family::<Vec<(String, String)>, Gauge>::default();
+    for r in ["source", "sink", "idle", "fenced"] {
+        role.get_or_create(&vec![("role".into(), r.into())])
+            .set(i64::from(s.role == r || (s.role.is_empty() && r == "idle")));
+    }
+    reg.register("role", "1 for the role this agent has now", role);
+    gauge_f(&mut reg, "epoch", "Newest epoch this agent knows", s.epoch as f64);
+    gauge_f(
+        &mut reg,
+        "milvus_healthy",
+        "1 when the local Milvus passed its last health probe",
+        f64::from(u8::from(h.healthy)),
+    );
+    gauge_f(
+        &mut reg,
+        "replication_connected",
+        "1 while the replication stream is up",
+        f64::from(u8::from(s.connected)),
+    );
+    if let Some(lag) = s.lag_ms(now) {
+        gauge_f(
+            &mut reg,
+            "replication_lag_seconds",
+            "Age of the newest primary state known to be applied on the standby",
+            lag as f64 / 1000.0,
+        );
+    }
+    gauge_f(
+        &mut reg,
+        "replication_applied_snapshot_timestamp_seconds",
+        "Primary time up to which every acknowledged write is applied on the standby",
+        s.applied_snapshot_ms as f64 / 1000.0,
+    );
+    gauge_f(&mut reg, "replication_sent_seq", "Last batch sequence sent", s.sent_seq as f64);
+    gauge_f(&mut reg, "replication_acked_seq", "Last batch sequence applied and acknowledged", s.acked_seq as f64);
+    gauge_f(
+        &mut reg,
+        "replication_last_pass_duration_seconds",
+        "Duration of the last capture pass",
+        s.last_pass_duration_ms as f64 / 1000.0,
+    );
+    let rows = Family::<Vec<(String, String)>, Counter>::default();
+    rows.get_or_create(&vec![("op".into(), "upsert".into())]).inc_by(s.rows_upserted);
+    rows.get_or_create(&vec![("op".into(), "delete".into())]).inc_by(s.rows_deleted);
+    reg.register("replication_rows_applied", "Rows applied on the standby", rows);
+    counter(&mut reg, "replication_bytes_sent", "Change batch bytes sent", s.bytes_sent);
+    counter(&mut reg, "replication_passes", "Capture passes completed", s.passes);
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, src: MetricsSource, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use axum::{routing::get, Router};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let src = src.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        render(&src),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "OK" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::ReplicationState;
+
+    #[test]
+    fn lag_metric_is_absent_until_something_is_applied_and_then_grows() {
+        let state: SharedState = Default::default();
+        let src = MetricsSource {
+            datacenter: "dc-b".into(),
+            state: state.clone(),
+            health: Arc::new(Mutex::new(Health {
+                healthy: true,
+                detail: "ok".into(),
+            })),
+        };
+        let text = render(&src);
+        assert!(!text.contains("milvus_dr_replication_lag_seconds"), "{text}");
+        assert!(text.contains("milvus_dr_milvus_healthy{datacenter=\"dc-b\"} 1"), "{text}");
+        *state.lock().unwrap() = ReplicationState {
+            role: "sink".into(),
+            applied_snapshot_ms: now_ms() - 90_000,
+            ..Default::default()
+        };
+        let text = render(&src);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("milvus_dr_replication_lag_seconds"))
+            .expect("lag metric");
+        let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((89.0..200.0).contains(&v), "{line}");
+        assert!(text.contains("milvus_dr_role{datacenter=\"dc-b\",role=\"sink\"} 1"), "{text}");
+    }
+}
