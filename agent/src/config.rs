@@ -145,7 +145,7 @@ impl Default for Replication {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
     #[serde(default)]
@@ -163,6 +163,19 @@ pub struct Backup {
     pub s3: Option<S3>,
 }
 
+impl Default for Backup {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            schedule: d_schedule(),
+            timezone: d_tz(),
+            retention_days: d_retention_days(),
+            keep_last: None,
+            s3: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3 {
@@ -177,7 +190,7 @@ pub struct S3 {
     pub force_path_style: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// `none`, `route53` or `rfc2136`.
@@ -188,6 +201,16 @@ pub struct Dns {
     pub record: Option<String>,
     #[serde(default = "d_ttl")]
     pub ttl: u32,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            provider: d_dns_provider(),
+            record: None,
+            ttl: d_ttl(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -434,6 +434,25 @@ impl Milvus {
         }
     }
 
+    pub async fn drop_database(&self, db: &str) -> Result<()> {
+        let r = self
+            .c()
+            .drop_database(mpb::DropDatabaseRequest {
+                db_name: db.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| MilvusError::Transport {
+                call: "DropDatabase",
+                status,
+            })?
+            .into_inner();
+        match check("DropDatabase", Some(r)) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     pub async fn list_collections(&self, db: &str) -> Result<Vec<String>> {
         let r = self
             .c()

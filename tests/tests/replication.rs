@@ -1,0 +1,386 @@
+//! Replication between two real Milvus servers through real `dr-agent`
+//! processes over mutual TLS.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use dr_agent::drctl::{self, DrctlConfig};
+use dr_agent::milvus::{Pk, PkType};
+use dr_agent::replication::now_ms;
+use dr_tests::data::{self, Shape};
+use dr_tests::{proxy::Proxy, start_pair, wait_until, Agent, TestEnv};
+use milvus::proto::common::LoadState;
+use tracing::info;
+
+const SIMPLE: Shape = Shape::Simple { dim: 16 };
+const LONG: Duration = Duration::from_secs(180);
+
+/// Waits until the standby has applied the primary's state as of `since`
+/// (a pass that began after `since` is acknowledged), as the primary's
+/// agent reports it.
+async fn caught_up(ctl: &DrctlConfig, since: i64) -> Result<()> {
+    wait_until(LONG, "the standby to apply the primary's state", || async {
+        let s = ctl.status("dc-a").await.ok()?;
+        let r = s.replication?;
+        (r.applied_snapshot_ms >= since).then_some(())
+    })
+    .await
+}
+
+async fn assert_identical(env: &TestEnv, coll: &str) -> Result<BTreeMap<Pk, u64>> {
+    let a = data::read_all(&env.primary, &env.name, coll).await?;
+    let b = data::read_all(&env.standby, &env.name, coll)
+        .await
+        .with_context(|| format!("read {coll} on the standby"))?;
+    let (missing, extra, changed) = data::diff(&a, &b);
+    ensure!(
+        missing.is_empty() && extra.is_empty() && changed.is_empty(),
+        "{coll}: standby differs: {} missing (e.g. {:?}), {} extra (e.g. {:?}), {} changed (e.g. {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        changed.len(),
+        changed.first()
+    );
+    Ok(a)
+}
+
+fn no_errors(agents: &[&Agent]) -> Result<()> {
+    for a in agents {
+        let errs = a.error_lines();
+        ensure!(errs.is_empty(), "{} logged errors:\n{}", a.dc, errs.join("\n"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_beyond_the_query_window_is_exact() -> Result<()> {
+    let env = TestEnv::new("t_initial").await?;
+    let db = env.name.clone();
+    info!("phase: 20,000 rows on the primary before any agent runs");
+    data::create(&env.primary, &db, "big", SIMPLE).await?;
+    let ids: Vec<i64> = (0..20_000).collect();
+    data::insert(&env.primary, &db, "big", SIMPLE, &ids, 1).await?;
+    let since = now_ms();
+
+    info!("phase: agents start; initial sync");
+    let (a, b) = start_pair(&env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, since).await?;
+    let rows = assert_identical(&env, "big").await?;
+    assert_eq!(rows.len(), 20_000, "all 20,000 rows, past the 16,384 query window");
+
+    info!("phase: drctl verify agrees");
+    let report = drctl::verify(
+        &ctl,
+        &drctl::VerifyOptions {
+            buckets: 256,
+            limit: 10,
+            settle: Duration::from_secs(60),
+        },
+    )
+    .await?;
+    assert!(report.settled && report.identical, "{report:?}");
+    assert_eq!(report.collections.len(), 1);
+    assert_eq!(report.collections[0].standby_rows, 20_000);
+    no_errors(&[&a, &b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_upserts_and_deletes_all_arrive() -> Result<()> {
+    let env = TestEnv::new("t_dml").await?;
+    let db = env.name.clone();
+    data::create(&env.primary, &db, "c", SIMPLE).await?;
+    data::insert(&env.primary, &db, "c", SIMPLE, &(0..3000).collect::<Vec<_>>(), 1).await?;
+    let (a, b) = start_pair(&env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+
+    info!("phase: 500 deletes, 500 upserts, 500 inserts while replicating");
+    data::delete(&env.primary, &db, "c", SIMPLE, &(0..500).collect::<Vec<_>>()).await?;
+    data::upsert(&env.primary, &db, "c", SIMPLE, &(500..1000).collect::<Vec<_>>(), 2).await?;
+    data::insert(&env.primary, &db, "c", SIMPLE, &(3000..3500).collect::<Vec<_>>(), 1).await?;
+    let since = now_ms();
+    caught_up(&ctl, since).await?;
+    let rows = assert_identical(&env, "c").await?;
+    assert_eq!(rows.len(), 3000);
+    assert!(!rows.contains_key(&Pk::Int(0)) && !rows.contains_key(&Pk::Int(499)));
+    assert!(rows.contains_key(&Pk::Int(3499)));
+
+    info!("phase: the upserted version is the one on the standby");
+    let info = env.standby.describe(&db, "c").await?;
+    let got = env
+        .standby
+        .query(&info, None, "id == 700", &["n".into()], None, 0)
+        .await?;
+    let n = dr_agent::milvus::rows::primary_keys(&got, "n")?;
+    assert_eq!(n, vec![Pk::Int(700 * 10 + 2)], "row 700 must hold version 2");
+    no_errors(&[&a, &b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_collection_with_partition_and_index_is_created_and_loaded() -> Result<()> {
+    let env = TestEnv::new("t_ddl").await?;
+    let db = env.name.clone();
+    let (a, b) = start_pair(&env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+
+    info!("phase: a collection with a partition appears on the primary");
+    data::create(&env.primary, &db, "parts", SIMPLE).await?;
+    env.primary.create_partition(&db, "parts", "p1").await?;
+    // The new partition must be loaded too before it can be read.
+    env.primary.load(&db, "parts").await?;
+    env.primary.wait_loaded(&db, "parts", LONG).await?;
+    env.primary
+        .insert(&db, "parts", Some("p1"), data::rows(SIMPLE, &(0..300).collect::<Vec<_>>(), 1), 300)
+        .await?;
+    data::insert(&env.primary, &db, "parts", SIMPLE, &(1000..1200).collect::<Vec<_>>(), 1).await?;
+    caught_up(&ctl, now_ms()).await?;
+
+    info!("phase: schema, partition, index and load state on the standby");
+    let p = env.primary.describe(&db, "parts").await?;
+    let s = env.standby.describe(&db, "parts").await?;
+    assert_eq!(p.schema.fields.len(), s.schema.fields.len());
+    let parts = env.standby.list_partitions(&db, "parts").await?;
+    assert!(parts.contains(&"p1".to_string()), "{parts:?}");
+    let pi = env.primary.list_indexes(&db, "parts").await?;
+    let si = env.standby.list_indexes(&db, "parts").await?;
+    assert_eq!(pi.len(), 1);
+    assert_eq!(
+        si.iter().map(|i| (&i.field, &i.index_name)).collect::<Vec<_>>(),
+        pi.iter().map(|i| (&i.field, &i.index_name)).collect::<Vec<_>>()
+    );
+    let pparams: BTreeMap<_, _> = pi[0].params.iter().cloned().collect();
+    let sparams: BTreeMap<_, _> = si[0].params.iter().cloned().collect();
+    assert_eq!(pparams.get("index_type"), sparams.get("index_type"));
+    assert_eq!(pparams.get("metric_type"), sparams.get("metric_type"));
+    assert_eq!(env.standby.load_state(&db, "parts").await?, LoadState::Loaded);
+    assert_identical(&env, "parts").await?;
+
+    info!("phase: rows of p1 are in p1 on the standby");
+    let in_p1 = env
+        .standby
+        .query(&s, Some("p1"), "", &["count(*)".into()], None, 0)
+        .await?;
+    let n = dr_agent::milvus::rows::primary_keys(&in_p1, "count(*)")?;
+    assert_eq!(n, vec![Pk::Int(300)]);
+
+    info!("phase: dropping the collection on the primary drops it on the standby");
+    env.primary.drop_collection(&db, "parts").await?;
+    caught_up(&ctl, now_ms()).await?;
+    assert!(env.standby.list_collections(&db).await?.is_empty());
+    no_errors(&[&a, &b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_type_and_both_key_types_replicate_exactly() -> Result<()> {
+    let env = TestEnv::new("t_types").await?;
+    let db = env.name.clone();
+    let int = Shape::AllTypes { pk: PkType::Int };
+    let str_ = Shape::AllTypes { pk: PkType::Str };
+    data::create(&env.primary, &db, "ints", int).await?;
+    data::create(&env.primary, &db, "strs", str_).await?;
+    for (c, sh) in [("ints", int), ("strs", str_)] {
+        data::insert(&env.primary, &db, c, sh, &(0..2000).collect::<Vec<_>>(), 1).await?;
+    }
+    let (a, b) = start_pair(&env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+    for (c, sh) in [("ints", int), ("strs", str_)] {
+        data::upsert(&env.primary, &db, c, sh, &(100..200).collect::<Vec<_>>(), 7).await?;
+        data::delete(&env.primary, &db, c, sh, &(300..350).collect::<Vec<_>>()).await?;
+    }
+    caught_up(&ctl, now_ms()).await?;
+    for c in ["ints", "strs"] {
+        let rows = assert_identical(&env, c).await?;
+        assert_eq!(rows.len(), 1950, "{c}");
+    }
+    no_errors(&[&a, &b])
+}
+
+/// Slow replication down so that a fault lands in the middle of a sync.
+const SLOW: &str = "  page_rows: 1000\n  max_in_flight: 1\n";
+
+async fn kill9_mid_sync(which: &str) -> Result<()> {
+    let env = TestEnv::new(&format!("t_kill_{which}")).await?;
+    let db = env.name.clone();
+    let shape = Shape::Simple { dim: 32 };
+    data::create(&env.primary, &db, "c", shape).await?;
+    let total = 30_000;
+    data::insert(&env.primary, &db, "c", shape, &(0..total).collect::<Vec<_>>(), 1).await?;
+    let since = now_ms();
+    let (mut a, mut b) = start_pair(&env, SLOW, None).await?;
+    let ctl = env.drctl(&a, &b);
+
+    info!("phase: wait until the sync is under way, then kill -9 the {which}");
+    let acked = wait_until(LONG, "a few batches applied", || async {
+        let r = ctl.status("dc-b").await.ok()?.replication?;
+        (r.acked_seq >= 4).then_some(r.rows_upserted)
+    })
+    .await?;
+    if which == "source" {
+        a.kill9();
+    } else {
+        b.kill9();
+    }
+    assert!(acked < total as u64, "the kill must land mid-sync ({acked} rows applied)");
+
+    info!("phase: restart; replication converges with no duplicates");
+    if which == "source" {
+        a.restart().await?;
+    } else {
+        b.restart().await?;
+    }
+    caught_up(&ctl, since).await?;
+    // A second, changing pass after the restart must still be exact.
+    data::upsert(&env.primary, &db, "c", shape, &(0..100).collect::<Vec<_>>(), 2).await?;
+    data::delete(&env.primary, &db, "c", shape, &(100..200).collect::<Vec<_>>()).await?;
+    caught_up(&ctl, now_ms()).await?;
+    let rows = assert_identical(&env, "c").await?;
+    assert_eq!(rows.len(), total as usize - 100);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_source_mid_sync_converges() -> Result<()> {
+    kill9_mid_sync("source").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_sink_mid_sync_converges() -> Result<()> {
+    kill9_mid_sync("sink").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_resumes() -> Result<()> {
+    let env = TestEnv::new("t_cut").await?;
+    let db = env.name.clone();
+    data::create(&env.primary, &db, "c", SIMPLE).await?;
+    data::insert(&env.primary, &db, "c", SIMPLE, &(0..20_000).collect::<Vec<_>>(), 1).await?;
+    let since = now_ms();
+    let proxy = Proxy::start().await?;
+    let (a, b) = start_pair(&env, SLOW, Some(&proxy)).await?;
+    let ctl = env.drctl(&a, &b);
+
+    info!("phase: cut the stream three times during the sync");
+    for round in 1..=3u64 {
+        wait_until(LONG, "the stream to be (re)established", || async {
+            let r = ctl.status("dc-b").await.ok()?.replication?;
+            (r.connected && proxy.accepted() >= round).then_some(())
+        })
+        .await?;
+        proxy.cut();
+    }
+    caught_up(&ctl, since).await?;
+    assert!(proxy.accepted() >= 4, "the source reconnected after every cut");
+    let rows = assert_identical(&env, "c").await?;
+    assert_eq!(rows.len(), 20_000);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_grows_while_the_standby_agent_is_stopped_and_falls_after() -> Result<()> {
+    let env = TestEnv::new("t_lag").await?;
+    let db = env.name.clone();
+    data::create(&env.primary, &db, "c", SIMPLE).await?;
+    data::insert(&env.primary, &db, "c", SIMPLE, &(0..1000).collect::<Vec<_>>(), 1).await?;
+    let (a, mut b) = start_pair(&env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+    let lag_of = |s: dr_proto::pb::StatusReply| s.replication.map(|r| r.lag_ms).unwrap_or(-1);
+    let healthy_lag = lag_of(ctl.status("dc-a").await?);
+    info!(healthy_lag, "phase: lag while replicating");
+    assert!((0..5_000).contains(&healthy_lag), "lag {healthy_lag} ms");
+
+    info!("phase: stop the standby agent; lag must grow");
+    b.stop()?;
+    let t0 = now_ms();
+    let grown = wait_until(LONG, "lag above 4 s", || async {
+        let l = lag_of(ctl.status("dc-a").await.ok()?);
+        (l > 4_000).then_some(l)
+    })
+    .await?;
+    let later = wait_until(LONG, "lag to keep growing", || async {
+        let l = lag_of(ctl.status("dc-a").await.ok()?);
+        (l > grown + 1_000).then_some(l)
+    })
+    .await?;
+    assert!(later >= now_ms() - t0, "lag covers at least the outage");
+    let metrics = reqwest::get(format!("http://{}/metrics", a.metrics)).await?.text().await?;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("milvus_dr_replication_lag_seconds"))
+        .context("lag metric")?;
+    let v: f64 = line.rsplit(' ').next().unwrap().parse()?;
+    assert!(v > 4.0, "metrics show the lag too: {line}");
+
+    info!("phase: restart; lag falls");
+    b.restart().await?;
+    wait_until(LONG, "lag back under 3 s", || async {
+        let l = lag_of(ctl.status("dc-a").await.ok()?);
+        (0..3_000).contains(&l).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
+    let env = TestEnv::new("t_verify").await?;
+    let db = env.name.clone();
+    data::create(&env.primary, &db, "c", SIMPLE).await?;
+    data::insert(&env.primary, &db, "c", SIMPLE, &(0..5000).collect::<Vec<_>>(), 1).await?;
+    let (a, b) = start_pair(&env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+
+    let ctl_file = env.dir.path().join("drctl.yaml");
+    std::fs::write(
+        &ctl_file,
+        format!(
+            "agents:\n  dc-a: {{ address: \"https://{}\" }}\n  dc-b: {{ address: \"https://{}\" }}\ntls: {{ ca: \"{c}/ca.pem\", cert: \"{c}/operator.pem\", key: \"{c}/operator.key\" }}\n",
+            a.grpc,
+            b.grpc,
+            c = env.certs.display()
+        ),
+    )?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(dr_tests::bin("drctl"))
+            .arg("--config")
+            .arg(&ctl_file)
+            .args(args)
+            .output()
+    };
+    info!("phase: identical clusters verify with exit 0");
+    let out = run(&["verify", "--json"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+
+    info!("phase: change one row and delete another directly on the standby");
+    data::upsert(&env.standby, &db, "c", SIMPLE, &[42], 9).await?;
+    data::delete(&env.standby, &db, "c", SIMPLE, &[43]).await?;
+    let out = run(&["verify", "--json", "--settle", "10s"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: drctl::VerifyReport = serde_json::from_slice(&out.stdout)?;
+    let c = &report.collections[0];
+    assert!(!report.identical && !c.identical);
+    assert_eq!(c.different, vec!["42".to_string()]);
+    assert_eq!(c.missing_on_standby, vec!["43".to_string()]);
+    assert!(c.extra_on_standby.is_empty());
+    let text = run(&["verify", "--settle", "10s"])?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("different content: 42") && text.contains("missing on standby: 43"), "{text}");
+
+    info!("phase: verify that cannot reach an agent exits 2");
+    std::fs::write(
+        &ctl_file,
+        format!(
+            "agents:\n  dc-a: {{ address: \"https://127.0.0.1:1\" }}\n  dc-b: {{ address: \"https://{}\" }}\ntls: {{ ca: \"{c}/ca.pem\", cert: \"{c}/operator.pem\", key: \"{c}/operator.key\" }}\n",
+            b.grpc,
+            c = env.certs.display()
+        ),
+    )?;
+    assert_eq!(run(&["verify"])?.status.code(), Some(2));
+    Ok(())
+}

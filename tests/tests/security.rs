@@ -1,0 +1,210 @@
+//! Mutual TLS and identities, epoch fencing, and config validation of the
+//! real binaries.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use dr_agent::tls::TlsFiles;
+use dr_proto::pb::{self, admin_client::AdminClient, replication_client::ReplicationClient};
+use dr_tests::{Agent, AgentSpec, TestEnv};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tracing::info;
+
+fn files(env: &TestEnv, name: &str) -> TlsFiles {
+    TlsFiles {
+        ca: env.certs.join("ca.pem"),
+        cert: env.certs.join(format!("{name}.pem")),
+        key: env.certs.join(format!("{name}.key")),
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+fn hello(epoch: u64) -> pb::SourceMessage {
+    pb::SourceMessage {
+        msg: Some(pb::source_message::Msg::Hello(pb::SourceHello {
+            source_dc: "dc-a".into(),
+            epoch,
+            lineage: "test".into(),
+        })),
+    }
+}
+
+/// Opens a replication stream and returns the sink's first answer.
+async fn replicate(ch: tonic::transport::Channel, epoch: u64) -> Result<pb::SinkMessage, tonic::Status> {
+    let mut c = ReplicationClient::new(ch);
+    let mut s = c
+        .replicate(tokio_stream::iter(vec![hello(epoch)]))
+        .await?
+        .into_inner();
+    s.message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("empty stream"))
+}
+
+async fn standby_agent(env: &TestEnv) -> Result<Agent> {
+    Agent::start(
+        env,
+        &AgentSpec {
+            dc: "dc-b",
+            peer_address: "https://127.0.0.1:1".into(),
+            grpc_port: 0,
+            extra_yaml: "",
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_valid_certificate_are_refused() -> Result<()> {
+    let env = TestEnv::new("t_mtls").await?;
+    let b = standby_agent(&env).await?;
+    let ca = Certificate::from_pem(std::fs::read(env.certs.join("ca.pem"))?);
+
+    info!("phase: no client certificate");
+    let no_cert = ClientTlsConfig::new().ca_certificate(ca.clone()).domain_name("agent.dc-b");
+    let r = match channel(b.grpc, no_cert).await {
+        Err(_) => Err(tonic::Status::unavailable("handshake refused")),
+        Ok(ch) => replicate(ch, 1).await,
+    };
+    assert!(r.is_err(), "a client without a certificate must be refused");
+
+    info!("phase: a certificate from another CA");
+    let other = tempfile::tempdir()?;
+    dr_agent::tls::generate_dev_certs(other.path(), &["agent.dc-a".into()], 1)?;
+    let foreign = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .domain_name("agent.dc-b")
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(other.path().join("agent.dc-a.pem"))?,
+            std::fs::read(other.path().join("agent.dc-a.key"))?,
+        ));
+    let r = match channel(b.grpc, foreign).await {
+        Err(_) => Err(tonic::Status::unavailable("handshake refused")),
+        Ok(ch) => replicate(ch, 1).await,
+    };
+    assert!(r.is_err(), "a certificate of another CA must be refused");
+
+    info!("phase: valid certificates with the wrong identity");
+    let op = channel(b.grpc, files(&env, "operator").client_config("agent.dc-b")?).await?;
+    let e = replicate(op.clone(), 1).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "operator may not replicate: {e}");
+    let own = channel(b.grpc, files(&env, "agent.dc-b").client_config("agent.dc-b")?).await?;
+    let e = replicate(own.clone(), 1).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "only the peer may replicate: {e}");
+    let e = AdminClient::new(own).status(pb::StatusRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "agents may not call admin: {e}");
+
+    info!("phase: the right identities are accepted");
+    let st = AdminClient::new(op).status(pb::StatusRequest {}).await?.into_inner();
+    assert_eq!(st.datacenter, "dc-b");
+    let peer = channel(b.grpc, files(&env, "agent.dc-a").client_config("agent.dc-b")?).await?;
+    let first = replicate(peer, 1).await?;
+    assert!(matches!(first.msg, Some(pb::sink_message::Msg::Hello(_))));
+
+    info!("phase: the server must prove its identity too");
+    let wrong_server = files(&env, "agent.dc-a").client_config("agent.dc-a")?;
+    assert!(
+        match channel(b.grpc, wrong_server).await {
+            Err(_) => true,
+            Ok(ch) => AdminClient::new(ch).status(pb::StatusRequest {}).await.is_err(),
+        },
+        "a server presenting another identity must be refused by the client"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_from_an_older_epoch_is_refused_and_bad_batches_rejected() -> Result<()> {
+    let env = TestEnv::new("t_epoch").await?;
+    let b = standby_agent(&env).await?;
+    let peer = || async { channel(b.grpc, files(&env, "agent.dc-a").client_config("agent.dc-b").unwrap()).await };
+
+    info!("phase: a source at epoch 5 teaches the sink epoch 5");
+    let first = replicate(peer().await?, 5).await?;
+    match first.msg {
+        Some(pb::sink_message::Msg::Hello(h)) => assert_eq!(h.epoch, 5),
+        other => panic!("expected a hello, got {other:?}"),
+    }
+
+    info!("phase: a source at epoch 1 is refused");
+    let e = replicate(peer().await?, 1).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("stale epoch"), "{e}");
+
+    info!("phase: a malformed batch is rejected with InvalidArgument, nothing applied");
+    let mut c = ReplicationClient::new(peer().await?);
+    let bad = pb::SourceMessage {
+        msg: Some(pb::source_message::Msg::Batch(pb::ChangeBatch {
+            epoch: 5,
+            seq: 0,
+            ..Default::default()
+        })),
+    };
+    let mut s = c.replicate(tokio_stream::iter(vec![hello(5), bad])).await?.into_inner();
+    let _hello = s.message().await?;
+    let e = loop {
+        match s.message().await {
+            Ok(Some(m)) => panic!("expected an error, got {m:?}"),
+            Ok(None) => panic!("stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+    info!("phase: the epoch survives a restart of the sink");
+    let mut b = b;
+    b.stop()?;
+    b.restart().await?;
+    let peer2 = channel(b.grpc, files(&env, "agent.dc-a").client_config("agent.dc-b")?).await?;
+    let e = replicate(peer2, 4).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    Ok(())
+}
+
+#[test]
+fn dr_agent_check_validates_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"
+datacenter: dc-a
+initial_primary: dc-a
+state_dir: state
+datacenters:
+  dc-a: { milvus: { endpoint: "http://127.0.0.1:19530" }, agent: "https://127.0.0.1:7443" }
+  dc-b: { milvus: { endpoint: "http://127.0.0.1:19531" }, agent: "https://127.0.0.1:7444" }
+listen: { grpc: "127.0.0.1:7443", metrics: "127.0.0.1:9464" }
+tls: { ca: ca.pem, cert: a.pem, key: a.key }
+"#;
+    let p = dir.path().join("good.yaml");
+    std::fs::write(&p, good).unwrap();
+    let out = std::process::Command::new(dr_tests::bin("dr-agent"))
+        .args(["--check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(&p, good.replace("initial_primary: dc-a", "initial_primary: dc-c")).unwrap();
+    let out = std::process::Command::new(dr_tests::bin("dr-agent"))
+        .args(["--check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("initial_primary") && err.contains("fix:"), "{err}");
+
+    let out = std::process::Command::new(dr_tests::bin("dr-agent"))
+        .args(["--check", "--config", "/nonexistent/agent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
