@@ -22,6 +22,8 @@ pub struct AdminService {
     pub health: Arc<Mutex<Health>>,
     pub state: SharedState,
     pub page_rows: usize,
+    /// What this agent replicates: digests cover exactly that by default.
+    pub filter: catalog::Filter,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -33,7 +35,13 @@ impl AdminService {
         let mut out = Vec::new();
         if wanted.is_empty() {
             for db in catalog::databases(&self.milvus).await.map_err(unavailable)? {
+                if !self.filter.wants_db(&db) {
+                    continue;
+                }
                 for name in self.milvus.list_collections(&db).await.map_err(unavailable)? {
+                    if !self.filter.wants(&db, &name) {
+                        continue;
+                    }
                     out.push(self.milvus.describe(&db, &name).await.map_err(unavailable)?);
                 }
             }

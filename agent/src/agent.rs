@@ -85,6 +85,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, on_bound: impl FnOnce
         health: health.clone(),
         state: state.clone(),
         page_rows: cfg.replication.page_rows,
+        filter: Filter {
+            databases: cfg.replication.databases.clone(),
+            exclude: cfg.replication.exclude.clone(),
+        },
     };
     let server_shutdown = CancellationToken::new();
     let grpc = {

@@ -661,6 +661,13 @@ tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = Config::parse(include_str!("../../deploy/examples/agent.yaml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.datacenter, "dc-a");
+    }
+
+    #[test]
     fn base64_matches_rfc4648() {
         assert_eq!(base64_encode(b"root:Milvus"), "cm9vdDpNaWx2dXM=");
         assert_eq!(base64_encode(b"ab"), "YWI=");

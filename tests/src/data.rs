@@ -49,8 +49,9 @@ fn field(id: i64, name: &str, t: DataType, params: &[(&str, &str)]) -> FieldSche
 pub enum Shape {
     /// Int64 `id`, float vector `v` (dim), varchar `tag`, int64 `n`.
     Simple { dim: usize },
-    /// Every field type Milvus 2.3 has, dynamic fields on; `pk` as given.
-    AllTypes { pk: PkType },
+    /// Every scalar type Milvus 2.3 has, dynamic fields on, `pk` as given,
+    /// and one vector field (2.3 allows one per collection): binary or float.
+    AllTypes { pk: PkType, binary: bool },
 }
 
 pub const ALL_DIM: usize = 8;
@@ -72,7 +73,7 @@ pub fn schema(name: &str, shape: Shape) -> CollectionSchema {
             ],
             ..Default::default()
         },
-        Shape::AllTypes { pk } => {
+        Shape::AllTypes { pk, binary } => {
             let mut pkf = match pk {
                 PkType::Int => field(100, "pk", DataType::Int64, &[]),
                 PkType::Str => field(100, "pk", DataType::VarChar, &[("max_length", "64")]),
@@ -94,8 +95,11 @@ pub fn schema(name: &str, shape: Shape) -> CollectionSchema {
                     field(107, "d", DataType::Double, &[]),
                     field(108, "s", DataType::VarChar, &[("max_length", "128")]),
                     field(109, "j", DataType::Json, &[]),
-                    field(110, "fv", DataType::FloatVector, &[("dim", &ALL_DIM.to_string())]),
-                    field(111, "bv", DataType::BinaryVector, &[("dim", &BIN_DIM.to_string())]),
+                    if binary {
+                        field(111, "bv", DataType::BinaryVector, &[("dim", &BIN_DIM.to_string())])
+                    } else {
+                        field(110, "fv", DataType::FloatVector, &[("dim", &ALL_DIM.to_string())])
+                    },
                     arr,
                 ],
                 ..Default::default()
@@ -211,7 +215,7 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
                 ),
             ]
         }
-        Shape::AllTypes { pk } => {
+        Shape::AllTypes { pk, binary } => {
             let m = |id: i64, s: u64| mix(id, version, s);
             let pkcol = match pk {
                 PkType::Int => scalar(DataType::Int64, "pk", S::LongData(LongArray { data: ids.to_vec() })),
@@ -244,8 +248,11 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
                 scalar(DataType::Double, "d", S::DoubleData(DoubleArray { data: ids.iter().map(|i| (m(*i, 7) % 1_000_000) as f64 / 3.0).collect() })),
                 scalar(DataType::VarChar, "s", S::StringData(StringArray { data: ids.iter().map(|i| format!("s\"{}\\é-{}", m(*i, 8) % 1000, version)).collect() })),
                 scalar(DataType::Json, "j", S::JsonData(JsonArray { data: ids.iter().map(|i| format!(r#"{{"a":{},"b":"v{}"}}"#, m(*i, 9) % 100, version).into_bytes()).collect() })),
-                vector(DataType::FloatVector, "fv", ALL_DIM, V::FloatVector(FloatArray { data: fv })),
-                vector(DataType::BinaryVector, "bv", BIN_DIM, V::BinaryVector(bv)),
+                if binary {
+                    vector(DataType::BinaryVector, "bv", BIN_DIM, V::BinaryVector(bv))
+                } else {
+                    vector(DataType::FloatVector, "fv", ALL_DIM, V::FloatVector(FloatArray { data: fv }))
+                },
                 scalar(
                     DataType::Array,
                     "arr",
@@ -276,7 +283,7 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
 
 pub fn pks(shape: Shape, ids: &[i64]) -> Vec<Pk> {
     match shape {
-        Shape::AllTypes { pk: PkType::Str } => ids.iter().map(|i| Pk::Str(str_key(*i))).collect(),
+        Shape::AllTypes { pk: PkType::Str, .. } => ids.iter().map(|i| Pk::Str(str_key(*i))).collect(),
         _ => ids.iter().map(|i| Pk::Int(*i)).collect(),
     }
 }

@@ -103,7 +103,14 @@ fn http_ok(port: u16, path: &str) -> bool {
 
 impl MilvusServer {
     /// Starts a server in `data_dir` and waits until `/healthz` answers OK.
+    /// With `--die-with-parent`, the server dies when the *thread* that
+    /// started it exits: call this from a thread that lives long enough.
     pub fn start(data_dir: &Path) -> Result<MilvusServer> {
+        Self::spawn(data_dir)?.wait_healthy()
+    }
+
+    /// Launches the server without waiting for it.
+    pub fn spawn(data_dir: &Path) -> Result<MilvusServer> {
         std::fs::create_dir_all(data_dir)?;
         let ready = data_dir.join("server.json");
         let _ = std::fs::remove_file(&ready);
@@ -120,6 +127,19 @@ impl MilvusServer {
             .stderr(log)
             .spawn()
             .context("start deploy/local/milvus_server.py")?;
+        Ok(MilvusServer {
+            grpc_port: 0,
+            http_port: 0,
+            pid: 0,
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+        })
+    }
+
+    /// Waits for the launcher's ready file, then for `/healthz`.
+    pub fn wait_healthy(mut self) -> Result<MilvusServer> {
+        let data_dir = self.data_dir.clone();
+        let ready = data_dir.join("server.json");
         let start = Instant::now();
         let info: serde_json::Value = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -132,13 +152,10 @@ impl MilvusServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut server = MilvusServer {
-            grpc_port: info["grpc_port"].as_u64().context("grpc_port")? as u16,
-            http_port: info["http_port"].as_u64().context("http_port")? as u16,
-            pid: info["pid"].as_u64().context("pid")? as u32,
-            data_dir: data_dir.to_path_buf(),
-            child: Some(child),
-        };
+        self.grpc_port = info["grpc_port"].as_u64().context("grpc_port")? as u16;
+        self.http_port = info["http_port"].as_u64().context("http_port")? as u16;
+        self.pid = info["pid"].as_u64().context("pid")? as u32;
+        let mut server = self;
         while !http_ok(server.http_port, "/healthz") {
             if let Some(Ok(Some(status))) = server.child.as_mut().map(|c| c.try_wait()) {
                 bail!(
@@ -205,15 +222,13 @@ pub fn servers() -> &'static Servers {
         std::thread::spawn(move || {
             let r = (|| -> Result<Servers> {
                 let dir = tempfile::Builder::new().prefix("milvus-dr-test-").tempdir()?;
-                // Start both at once: Milvus start-up is mostly waiting.
-                let d1 = dir.path().join("primary");
-                let d2 = dir.path().join("standby");
-                let h = std::thread::spawn(move || MilvusServer::start(&d2));
-                let primary = MilvusServer::start(&d1);
-                let standby = h.join().map_err(|_| anyhow::anyhow!("standby start panicked"))?;
+                // Both launched from this thread, which never exits (their
+                // parent-death signal is tied to it), then awaited together.
+                let primary = MilvusServer::spawn(&dir.path().join("primary"))?;
+                let standby = MilvusServer::spawn(&dir.path().join("standby"))?;
                 Ok(Servers {
-                    primary: primary?,
-                    standby: standby?,
+                    primary: primary.wait_healthy()?,
+                    standby: standby.wait_healthy()?,
                     _dir: dir,
                 })
             })();
@@ -227,23 +242,25 @@ pub fn servers() -> &'static Servers {
     })
 }
 
-/// Path of a binary of this workspace, building it when missing.
+/// Path of a binary of this workspace. `tests/run.sh` builds them first
+/// (`cargo build --workspace --bins`); when one is missing it is built here.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let path = dir.join(name);
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile_release = dir.ends_with("release");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "dr-agent", "--bins"]);
-        if profile_release {
-            cmd.arg("--release");
-        }
-        let ok = cmd.current_dir(repo_root()).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "cargo build -p dr-agent --bins failed");
-    });
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "--workspace", "--bins"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let ok = cmd.current_dir(repo_root()).status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok, "cargo build --workspace --bins failed");
+        });
+    }
     path
 }
 
@@ -281,6 +298,11 @@ impl TestEnv {
             standby: s.standby.client(),
         };
         for m in [&env.primary, &env.standby] {
+            // /healthz can answer before the gRPC proxy serves.
+            wait_until(Duration::from_secs(120), "Milvus gRPC CheckHealth", || async {
+                m.health().await.healthy.then_some(())
+            })
+            .await?;
             data::drop_database(m, name).await?;
         }
         env.primary.create_database(name).await?;
@@ -480,6 +502,13 @@ replication:
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // DR_TEST_LOGS=DIR keeps every agent log for a look after the run.
+        if let Some(dir) = std::env::var_os("DR_TEST_LOGS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let name = self.log.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let _ = std::fs::copy(&self.log, dir.join(format!("{name}-{}.log", self.dc)));
+        }
     }
 }
 

@@ -21,8 +21,9 @@ const LONG: Duration = Duration::from_secs(180);
 /// agent reports it.
 async fn caught_up(ctl: &DrctlConfig, since: i64) -> Result<()> {
     wait_until(LONG, "the standby to apply the primary's state", || async {
-        let s = ctl.status("dc-a").await.ok()?;
-        let r = s.replication?;
+        let s = ctl.status("dc-a").await;
+        tracing::debug!(?s, since, "caught up?");
+        let r = s.ok()?.replication?;
         (r.applied_snapshot_ms >= since).then_some(())
     })
     .await
@@ -178,8 +179,9 @@ async fn new_collection_with_partition_and_index_is_created_and_loaded() -> Resu
 async fn every_field_type_and_both_key_types_replicate_exactly() -> Result<()> {
     let env = TestEnv::new("t_types").await?;
     let db = env.name.clone();
-    let int = Shape::AllTypes { pk: PkType::Int };
-    let str_ = Shape::AllTypes { pk: PkType::Str };
+    // Int64 keys with a float vector, VarChar keys with a binary vector.
+    let int = Shape::AllTypes { pk: PkType::Int, binary: false };
+    let str_ = Shape::AllTypes { pk: PkType::Str, binary: true };
     data::create(&env.primary, &db, "ints", int).await?;
     data::create(&env.primary, &db, "strs", str_).await?;
     for (c, sh) in [("ints", int), ("strs", str_)] {

@@ -1007,6 +1007,45 @@ mod tests {
     }
 }
 
+/// Completes columns as Milvus returns them from a query so that they can
+/// be written back: 2.3 returns an empty array as an element without data,
+/// and its proxy crashes (nil dereference in `checkArrayElement`) when such
+/// an element is inserted; the element type of array columns may be unset.
+pub fn normalize(info: &CollectionInfo, fields: &mut [FieldData]) {
+    for f in fields.iter_mut() {
+        let Some(schema_field) = info.schema.fields.iter().find(|s| s.name == f.field_name) else {
+            continue;
+        };
+        if f.field_id == 0 {
+            f.field_id = schema_field.field_id;
+        }
+        if let Some(schema::field_data::Field::Scalars(sc)) = &mut f.field {
+            if let Some(schema::scalar_field::Data::ArrayData(a)) = &mut sc.data {
+                if a.element_type == 0 {
+                    a.element_type = schema_field.element_type;
+                }
+                for row in a.data.iter_mut().filter(|r| r.data.is_none()) {
+                    row.data = empty_array(a.element_type);
+                }
+            }
+        }
+    }
+}
+
+/// An empty list of the given element type.
+fn empty_array(element_type: i32) -> Option<schema::scalar_field::Data> {
+    use schema::scalar_field::Data as S;
+    Some(match DataType::try_from(element_type).ok()? {
+        DataType::Bool => S::BoolData(schema::BoolArray::default()),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => S::IntData(schema::IntArray::default()),
+        DataType::Int64 => S::LongData(schema::LongArray::default()),
+        DataType::Float => S::FloatData(schema::FloatArray::default()),
+        DataType::Double => S::DoubleData(schema::DoubleArray::default()),
+        DataType::VarChar | DataType::String => S::StringData(schema::StringArray::default()),
+        _ => return None,
+    })
+}
+
 /// One page of a scan: columns and their primary keys (ascending).
 pub struct Page {
     pub fields: Vec<FieldData>,
@@ -1037,7 +1076,8 @@ pub fn scan_pages(
             })
             .await
             .map_err(anyhow::Error::from)
-            .and_then(|f| {
+            .and_then(|mut f| {
+                normalize(&info, &mut f);
                 if rows::num_rows(&f)? == 0 {
                     return Ok(Page { fields: f, keys: vec![] });
                 }

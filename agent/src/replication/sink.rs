@@ -252,6 +252,7 @@ impl Inner {
         }
         let m = &self.milvus;
         let lineage = cp.lineage.clone();
+        let started = std::time::Instant::now();
         if b.catalog {
             let cat = catalog::from_ddl(&b.ddl).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
             let mut managed = cp.managed.clone();
@@ -319,6 +320,10 @@ impl Inner {
             }
             upserted += rows.num_rows;
         }
+        tracing::debug!(
+            seq = b.seq, collection = %key, upserted, deleted, catalog = b.catalog,
+            ms = started.elapsed().as_millis() as u64, "applied batch"
+        );
         cp.applied_seq = b.seq;
         if b.pass_snapshot_ms > 0 {
             cp.applied_snapshot_ms = cp.applied_snapshot_ms.max(b.pass_snapshot_ms);

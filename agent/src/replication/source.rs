@@ -395,6 +395,7 @@ async fn scan_scope(
         if keys.is_empty() {
             break;
         }
+        debug!(collection = %entry.key(), rows = keys.len(), "scanned page");
         let hashes = rows::row_hashes(&fields)?;
         let last = keys.last().cloned();
         let page: Vec<(Pk, u64, usize)> = keys

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the local demo and the tests need, idempotently:
+# - a Python venv ($MILVUS_DR_VENV, default <repo>/.venv) with the PyPI
+#   `milvus` 2.3.5 server package (a real Milvus standalone server),
+# - the server's binaries extracted once into the venv.
+# A second run does nothing and takes well under 2 s.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+venv="${MILVUS_DR_VENV:-$root/.venv}"
+MILVUS_VERSION=2.3.5
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating the venv $venv"
+  python3 -m venv "$venv"
+fi
+have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("milvus"))' 2>/dev/null || true)
+if [ "$have" != "$MILVUS_VERSION" ]; then
+  echo "setup: installing milvus==$MILVUS_VERSION into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "milvus==$MILVUS_VERSION"
+else
+  echo "setup: milvus $MILVUS_VERSION already installed in $venv"
+fi
+
+# Extract the server binaries now (not in the middle of a test run).
+"$venv/bin/python" - <<'PY'
+import os, milvus
+base = os.path.join(os.path.dirname(os.path.abspath(milvus.__file__)), "_extracted")
+milvus._initialize_data_files(base)
+print("setup: Milvus server binaries ready in", os.path.join(base, "bin"))
+PY

@@ -1,0 +1,2 @@
+//! dr-witness: the witness quorum that decides which datacenter is primary.
+#![forbid(unsafe_code)]
