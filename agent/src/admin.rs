@@ -31,27 +31,50 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 }
 
 impl AdminService {
-    async fn collections(&self, wanted: &[pb::CollectionRef]) -> Result<Vec<mv::CollectionInfo>, Status> {
+    async fn collections(
+        &self,
+        wanted: &[pb::CollectionRef],
+    ) -> Result<Vec<mv::CollectionInfo>, Status> {
         let mut out = Vec::new();
         if wanted.is_empty() {
-            for db in catalog::databases(&self.milvus).await.map_err(unavailable)? {
+            for db in catalog::databases(&self.milvus)
+                .await
+                .map_err(unavailable)?
+            {
                 if !self.filter.wants_db(&db) {
                     continue;
                 }
-                for name in self.milvus.list_collections(&db).await.map_err(unavailable)? {
+                for name in self
+                    .milvus
+                    .list_collections(&db)
+                    .await
+                    .map_err(unavailable)?
+                {
                     if !self.filter.wants(&db, &name) {
                         continue;
                     }
-                    out.push(self.milvus.describe(&db, &name).await.map_err(unavailable)?);
+                    out.push(
+                        self.milvus
+                            .describe(&db, &name)
+                            .await
+                            .map_err(unavailable)?,
+                    );
                 }
             }
         } else {
             for r in wanted {
-                let db = if r.database.is_empty() { "default" } else { &r.database };
+                let db = if r.database.is_empty() {
+                    "default"
+                } else {
+                    &r.database
+                };
                 match self.milvus.describe(db, &r.collection).await {
                     Ok(i) => out.push(i),
                     Err(e) if e.is_not_found() => {
-                        return Err(Status::not_found(format!("no collection {db}.{}", r.collection)))
+                        return Err(Status::not_found(format!(
+                            "no collection {db}.{}",
+                            r.collection
+                        )))
                     }
                     Err(e) => return Err(unavailable(e)),
                 }
@@ -83,14 +106,21 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         crate::tls::authorize(&request, &self.operators)?;
         let now = now_ms();
         let health = self.health.lock().unwrap().clone();
         let s = self.state.lock().unwrap().clone();
         Ok(Response::new(pb::StatusReply {
             datacenter: self.datacenter.clone(),
-            role: if s.role.is_empty() { "idle".into() } else { s.role.clone() },
+            role: if s.role.is_empty() {
+                "idle".into()
+            } else {
+                s.role.clone()
+            },
             epoch: s.epoch,
             peer: self.peer.clone(),
             milvus_healthy: health.healthy,
@@ -101,7 +131,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestReply>, Status> {
+    async fn digest(
+        &self,
+        request: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestReply>, Status> {
         crate::tls::authorize(&request, &self.operators)?;
         let req = request.into_inner();
         if req.buckets == 0 || req.buckets > MAX_BUCKETS {
@@ -161,9 +194,16 @@ impl Admin for AdminService {
         let coll = req
             .collection
             .ok_or_else(|| Status::invalid_argument("collection is required"))?;
-        let info = self.collections(std::slice::from_ref(&coll)).await?.remove(0);
+        let info = self
+            .collections(std::slice::from_ref(&coll))
+            .await?
+            .remove(0);
         let wanted: BTreeSet<u32> = req.wanted.iter().copied().collect();
-        let limit = if req.limit == 0 { 10_000 } else { req.limit as usize };
+        let limit = if req.limit == 0 {
+            10_000
+        } else {
+            req.limit as usize
+        };
         let ts = self.milvus.alloc_timestamp().await.map_err(unavailable)?;
         let mut rows_out = Vec::new();
         let mut truncated = false;

@@ -38,7 +38,11 @@ pub fn milvus_for(ep: &crate::config::MilvusEndpoint) -> Result<Milvus> {
 
 /// Runs the agent until `shutdown` is cancelled. `on_bound` is called once
 /// every listener is bound.
-pub async fn run(cfg: Config, shutdown: CancellationToken, on_bound: impl FnOnce(&Bound)) -> Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<()> {
     crate::tls::install_crypto_provider();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("create the state directory {}", cfg.state_dir.display()))?;
@@ -67,7 +71,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, on_bound: impl FnOnce
         metrics: metrics_listener.local_addr()?,
         pid: std::process::id(),
     };
-    std::fs::write(cfg.state_dir.join("bound.json"), serde_json::to_vec(&bound)?)?;
+    std::fs::write(
+        cfg.state_dir.join("bound.json"),
+        serde_json::to_vec(&bound)?,
+    )?;
     info!(grpc = %bound.grpc, metrics = %metrics::describe(bound.metrics), datacenter = %cfg.datacenter, "listening");
 
     let sink = Sink::new(
@@ -190,7 +197,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, on_bound: impl FnOnce
     // Order: stop being a source, then the probes, then the APIs.
     source_stop.cancel();
     if let Some(t) = source_task {
-        if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+        {
             warn!("the replication source did not stop within 10s");
         }
     }

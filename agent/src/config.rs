@@ -22,7 +22,11 @@ pub struct ConfigError {
     pub fix: String,
 }
 
-fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError {
         field: field.into(),
         problem: problem.into(),
@@ -383,7 +387,11 @@ impl Config {
             let f = format!("datacenters.{id}.milvus.endpoint");
             check_url(&f, &dc.milvus.endpoint, &["http", "https"])?;
             if let Some(u) = &dc.milvus.health_url {
-                check_url(&format!("datacenters.{id}.milvus.health_url"), u, &["http", "https"])?;
+                check_url(
+                    &format!("datacenters.{id}.milvus.health_url"),
+                    u,
+                    &["http", "https"],
+                )?;
             }
             check_url(&format!("datacenters.{id}.agent"), &dc.agent, &["https"])?;
             if dc.milvus.password_file.is_some() && dc.milvus.password_env.is_some() {
@@ -466,7 +474,10 @@ impl Config {
             if self.backup.schedule.split_whitespace().count() != 5 {
                 return Err(err(
                     "backup.schedule",
-                    format!("'{}' is not a 5-field cron expression", self.backup.schedule),
+                    format!(
+                        "'{}' is not a 5-field cron expression",
+                        self.backup.schedule
+                    ),
                     "write minute hour day-of-month month day-of-week, e.g. '0 2 * * *'",
                 ));
             }
@@ -498,11 +509,7 @@ impl Config {
             }
         }
         if self.monitoring.failure_threshold == 0 {
-            return Err(err(
-                "monitoring.failure_threshold",
-                "0",
-                "use at least 1",
-            ));
+            return Err(err("monitoring.failure_threshold", "0", "use at least 1"));
         }
         if self.monitoring.health_interval < Duration::from_millis(100) {
             return Err(err(
@@ -573,7 +580,11 @@ fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {

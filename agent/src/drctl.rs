@@ -41,8 +41,12 @@ impl DrctlConfig {
     pub fn load(path: &Path) -> Result<DrctlConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read the drctl config {}", path.display()))?;
-        let mut c: DrctlConfig = serde_norway::from_str(&text)
-            .with_context(|| format!("{}: invalid drctl config (see deploy/examples/drctl.yaml)", path.display()))?;
+        let mut c: DrctlConfig = serde_norway::from_str(&text).with_context(|| {
+            format!(
+                "{}: invalid drctl config (see deploy/examples/drctl.yaml)",
+                path.display()
+            )
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
             if p.is_relative() {
@@ -73,8 +77,7 @@ impl DrctlConfig {
             .connect()
             .await
             .with_context(|| format!("connect to agent {dc} at {}", a.address))?;
-        Ok(AdminClient::new(ch)
-            .max_decoding_message_size(crate::milvus::MAX_MESSAGE_BYTES))
+        Ok(AdminClient::new(ch).max_decoding_message_size(crate::milvus::MAX_MESSAGE_BYTES))
     }
 
     pub async fn status(&self, dc: &str) -> Result<pb::StatusReply> {
@@ -174,7 +177,13 @@ pub fn status_table(all: &[AgentStatus]) -> String {
         if !s.reachable {
             out += &format!(
                 "{:<10} {:<8} {:<6} {:<8} {:<10} {:>10} {:>10}  {}\n",
-                s.datacenter, "?", "?", "?", "?", "?", "?",
+                s.datacenter,
+                "?",
+                "?",
+                "?",
+                "?",
+                "?",
+                "?",
                 s.error.clone().unwrap_or_default()
             );
             continue;
@@ -188,14 +197,25 @@ pub fn status_table(all: &[AgentStatus]) -> String {
             s.datacenter,
             s.role.clone().unwrap_or_default(),
             s.epoch.unwrap_or_default(),
-            if s.milvus_healthy == Some(true) { "healthy" } else { "DOWN" },
-            if s.connected == Some(true) { "connected" } else { "down" },
+            if s.milvus_healthy == Some(true) {
+                "healthy"
+            } else {
+                "DOWN"
+            },
+            if s.connected == Some(true) {
+                "connected"
+            } else {
+                "down"
+            },
             lag,
             s.acked_seq.unwrap_or_default(),
             s.last_error.clone().unwrap_or_default()
         );
         for c in &s.collections {
-            out += &format!("    {:<40} {:>10} rows  {}\n", c.collection, c.rows, c.state);
+            out += &format!(
+                "    {:<40} {:>10} rows  {}\n",
+                c.collection, c.rows, c.state
+            );
         }
     }
     out
@@ -247,7 +267,10 @@ pub async fn verify(cfg: &DrctlConfig, opts: &VerifyOptions) -> Result<VerifyRep
     }
     let mut roles = BTreeMap::new();
     for dc in &dcs {
-        let s = cfg.status(dc).await.with_context(|| format!("status of {dc}"))?;
+        let s = cfg
+            .status(dc)
+            .await
+            .with_context(|| format!("status of {dc}"))?;
         roles.insert(dc.clone(), s.role);
     }
     let primary = dcs
@@ -255,7 +278,11 @@ pub async fn verify(cfg: &DrctlConfig, opts: &VerifyOptions) -> Result<VerifyRep
         .find(|d| roles[*d] == "source")
         .cloned()
         .unwrap_or_else(|| dcs[0].clone());
-    let standby = dcs.iter().find(|d| **d != primary).cloned().unwrap_or_default();
+    let standby = dcs
+        .iter()
+        .find(|d| **d != primary)
+        .cloned()
+        .unwrap_or_default();
 
     // Settle: the standby must have applied the primary's state as of now.
     let start = crate::replication::now_ms();
@@ -263,7 +290,10 @@ pub async fn verify(cfg: &DrctlConfig, opts: &VerifyOptions) -> Result<VerifyRep
     let mut settled = false;
     loop {
         let s = cfg.status(&standby).await?;
-        if s.replication.as_ref().is_some_and(|r| r.applied_snapshot_ms >= start) {
+        if s.replication
+            .as_ref()
+            .is_some_and(|r| r.applied_snapshot_ms >= start)
+        {
             settled = true;
             break;
         }
@@ -281,8 +311,10 @@ pub async fn verify(cfg: &DrctlConfig, opts: &VerifyOptions) -> Result<VerifyRep
     let (pd, sd) = tokio::try_join!(pc.digest(req.clone()), sc.digest(req))?;
     let (pd, sd) = (pd.into_inner(), sd.into_inner());
     let key = |d: &pb::CollectionDigest| format!("{}.{}", d.database, d.collection);
-    let pmap: BTreeMap<String, &pb::CollectionDigest> = pd.collections.iter().map(|d| (key(d), d)).collect();
-    let smap: BTreeMap<String, &pb::CollectionDigest> = sd.collections.iter().map(|d| (key(d), d)).collect();
+    let pmap: BTreeMap<String, &pb::CollectionDigest> =
+        pd.collections.iter().map(|d| (key(d), d)).collect();
+    let smap: BTreeMap<String, &pb::CollectionDigest> =
+        sd.collections.iter().map(|d| (key(d), d)).collect();
     let names: BTreeSet<&String> = pmap.keys().chain(smap.keys()).collect();
     let mut report = VerifyReport {
         primary: primary.clone(),
@@ -309,13 +341,18 @@ pub async fn verify(cfg: &DrctlConfig, opts: &VerifyOptions) -> Result<VerifyRep
                 cv.primary_rows = p.rows;
                 cv.standby_rows = s.rows;
                 if !p.error.is_empty() || !s.error.is_empty() {
-                    cv.error = Some(format!("primary: {} standby: {}", p.error, s.error).trim().to_string());
+                    cv.error = Some(
+                        format!("primary: {} standby: {}", p.error, s.error)
+                            .trim()
+                            .to_string(),
+                    );
                     cv.identical = p.error == s.error && p.rows == s.rows;
                 } else {
                     let differing: Vec<u32> = (0..opts.buckets)
                         .filter(|&b| {
                             let i = b as usize;
-                            p.buckets.get(i) != s.buckets.get(i) || p.counts.get(i) != s.counts.get(i)
+                            p.buckets.get(i) != s.buckets.get(i)
+                                || p.counts.get(i) != s.counts.get(i)
                         })
                         .collect();
                     if differing.is_empty() {
@@ -373,7 +410,11 @@ async fn narrow(
         }
     }
     cv.truncated = pr.truncated || sr.truncated;
-    for v in [&mut cv.missing_on_standby, &mut cv.extra_on_standby, &mut cv.different] {
+    for v in [
+        &mut cv.missing_on_standby,
+        &mut cv.extra_on_standby,
+        &mut cv.different,
+    ] {
         if v.len() > limit {
             v.truncate(limit);
             cv.truncated = true;
@@ -390,7 +431,11 @@ pub fn verify_text(r: &VerifyReport) -> String {
         "primary {} vs standby {}{}\n",
         r.primary,
         r.standby,
-        if r.settled { "" } else { " (standby had not caught up: differences may be lag)" }
+        if r.settled {
+            ""
+        } else {
+            " (standby had not caught up: differences may be lag)"
+        }
     );
     for c in &r.collections {
         let verdict = if c.identical { "identical" } else { "DIFFERS" };
@@ -414,6 +459,10 @@ pub fn verify_text(r: &VerifyReport) -> String {
             out += "    (more differences not listed)\n";
         }
     }
-    out += if r.identical { "RESULT: identical\n" } else { "RESULT: clusters differ\n" };
+    out += if r.identical {
+        "RESULT: identical\n"
+    } else {
+        "RESULT: clusters differ\n"
+    };
     out
 }

@@ -55,7 +55,12 @@ pub fn render(src: &MetricsSource) -> String {
             .set(i64::from(s.role == r || (s.role.is_empty() && r == "idle")));
     }
     reg.register("role", "1 for the role this agent has now", role);
-    gauge_f(&mut reg, "epoch", "Newest epoch this agent knows", s.epoch as f64);
+    gauge_f(
+        &mut reg,
+        "epoch",
+        "Newest epoch this agent knows",
+        s.epoch as f64,
+    );
     gauge_f(
         &mut reg,
         "milvus_healthy",
@@ -82,8 +87,18 @@ pub fn render(src: &MetricsSource) -> String {
         "Primary time up to which every acknowledged write is applied on the standby",
         s.applied_snapshot_ms as f64 / 1000.0,
     );
-    gauge_f(&mut reg, "replication_sent_seq", "Last batch sequence sent", s.sent_seq as f64);
-    gauge_f(&mut reg, "replication_acked_seq", "Last batch sequence applied and acknowledged", s.acked_seq as f64);
+    gauge_f(
+        &mut reg,
+        "replication_sent_seq",
+        "Last batch sequence sent",
+        s.sent_seq as f64,
+    );
+    gauge_f(
+        &mut reg,
+        "replication_acked_seq",
+        "Last batch sequence applied and acknowledged",
+        s.acked_seq as f64,
+    );
     gauge_f(
         &mut reg,
         "replication_last_pass_duration_seconds",
@@ -91,18 +106,38 @@ pub fn render(src: &MetricsSource) -> String {
         s.last_pass_duration_ms as f64 / 1000.0,
     );
     let rows = Family::<Vec<(String, String)>, Counter>::default();
-    rows.get_or_create(&vec![("op".into(), "upsert".into())]).inc_by(s.rows_upserted);
-    rows.get_or_create(&vec![("op".into(), "delete".into())]).inc_by(s.rows_deleted);
-    reg.register("replication_rows_applied", "Rows applied on the standby", rows);
-    counter(&mut reg, "replication_bytes_sent", "Change batch bytes sent", s.bytes_sent);
-    counter(&mut reg, "replication_passes", "Capture passes completed", s.passes);
+    rows.get_or_create(&vec![("op".into(), "upsert".into())])
+        .inc_by(s.rows_upserted);
+    rows.get_or_create(&vec![("op".into(), "delete".into())])
+        .inc_by(s.rows_deleted);
+    reg.register(
+        "replication_rows_applied",
+        "Rows applied on the standby",
+        rows,
+    );
+    counter(
+        &mut reg,
+        "replication_bytes_sent",
+        "Change batch bytes sent",
+        s.bytes_sent,
+    );
+    counter(
+        &mut reg,
+        "replication_passes",
+        "Capture passes completed",
+        s.passes,
+    );
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, src: MetricsSource, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    src: MetricsSource,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use axum::{routing::get, Router};
     let app = Router::new()
         .route(
@@ -148,8 +183,14 @@ mod tests {
             })),
         };
         let text = render(&src);
-        assert!(!text.contains("milvus_dr_replication_lag_seconds"), "{text}");
-        assert!(text.contains("milvus_dr_milvus_healthy{datacenter=\"dc-b\"} 1"), "{text}");
+        assert!(
+            !text.contains("milvus_dr_replication_lag_seconds"),
+            "{text}"
+        );
+        assert!(
+            text.contains("milvus_dr_milvus_healthy{datacenter=\"dc-b\"} 1"),
+            "{text}"
+        );
         *state.lock().unwrap() = ReplicationState {
             role: "sink".into(),
             applied_snapshot_ms: now_ms() - 90_000,
@@ -162,6 +203,9 @@ mod tests {
             .expect("lag metric");
         let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((89.0..200.0).contains(&v), "{line}");
-        assert!(text.contains("milvus_dr_role{datacenter=\"dc-b\",role=\"sink\"} 1"), "{text}");
+        assert!(
+            text.contains("milvus_dr_role{datacenter=\"dc-b\",role=\"sink\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -67,8 +67,9 @@ pub fn authorize<T>(req: &tonic::Request<T>, allowed: &[String]) -> Result<Strin
         .first()
         .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
     let der = rustls_pki_types::CertificateDer::from(leaf.as_ref().to_vec());
-    let cert = webpki::EndEntityCert::try_from(&der)
-        .map_err(|e| tonic::Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| {
+        tonic::Status::unauthenticated(format!("unreadable client certificate: {e}"))
+    })?;
     for name in allowed {
         let Ok(server_name) = rustls_pki_types::ServerName::try_from(name.as_str()) else {
             continue;
@@ -154,7 +155,10 @@ pub fn generate_dev_certs(dir: &Path, names: &[String], days: i64) -> Result<Gen
         validity(&mut p, days);
         let cert = p.signed_by(&key, &ca, &ca_key)?;
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
-        write_private(&dir.join(format!("{name}.key")), key.serialize_pem().as_bytes())?;
+        write_private(
+            &dir.join(format!("{name}.key")),
+            key.serialize_pem().as_bytes(),
+        )?;
     }
     Ok(GeneratedCerts {
         dir: dir.to_path_buf(),
@@ -184,7 +188,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["agent.dc-a".to_string(), "operator".to_string()];
         generate_dev_certs(dir.path(), &names, 30).unwrap();
-        for f in ["ca.pem", "ca.key", "agent.dc-a.pem", "agent.dc-a.key", "operator.pem"] {
+        for f in [
+            "ca.pem",
+            "ca.key",
+            "agent.dc-a.pem",
+            "agent.dc-a.key",
+            "operator.pem",
+        ] {
             assert!(dir.path().join(f).exists(), "{f}");
         }
         use std::os::unix::fs::PermissionsExt;
@@ -192,7 +202,11 @@ mod tests {
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o077, 0, "private keys must not be group/world readable");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private keys must not be group/world readable"
+        );
         let e = generate_dev_certs(dir.path(), &names, 30).unwrap_err();
         assert!(e.to_string().contains("already holds a CA"));
     }

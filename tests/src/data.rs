@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use dr_agent::milvus::{self as mv, rows, CollectionInfo, IndexInfo, Milvus, Pk, PkType};
+use milvus::proto::common::KeyValuePair;
 use milvus::proto::schema::{
     field_data::Field, scalar_field::Data as S, vector_field::Data as V, ArrayArray, BoolArray,
     CollectionSchema, DataType, DoubleArray, FieldData, FieldSchema, FloatArray, IntArray,
     JsonArray, LongArray, ScalarField, StringArray, VectorField,
 };
-use milvus::proto::common::KeyValuePair;
 
 pub async fn drop_database(m: &Milvus, db: &str) -> Result<()> {
     match m.list_collections(db).await {
@@ -67,7 +67,12 @@ pub fn schema(name: &str, shape: Shape) -> CollectionSchema {
                     f.is_primary_key = true;
                     f
                 },
-                field(101, "v", DataType::FloatVector, &[("dim", &dim.to_string())]),
+                field(
+                    101,
+                    "v",
+                    DataType::FloatVector,
+                    &[("dim", &dim.to_string())],
+                ),
                 field(102, "tag", DataType::VarChar, &[("max_length", "64")]),
                 field(103, "n", DataType::Int64, &[]),
             ],
@@ -96,9 +101,19 @@ pub fn schema(name: &str, shape: Shape) -> CollectionSchema {
                     field(108, "s", DataType::VarChar, &[("max_length", "128")]),
                     field(109, "j", DataType::Json, &[]),
                     if binary {
-                        field(111, "bv", DataType::BinaryVector, &[("dim", &BIN_DIM.to_string())])
+                        field(
+                            111,
+                            "bv",
+                            DataType::BinaryVector,
+                            &[("dim", &BIN_DIM.to_string())],
+                        )
                     } else {
-                        field(110, "fv", DataType::FloatVector, &[("dim", &ALL_DIM.to_string())])
+                        field(
+                            110,
+                            "fv",
+                            DataType::FloatVector,
+                            &[("dim", &ALL_DIM.to_string())],
+                        )
                     },
                     arr,
                 ],
@@ -197,13 +212,25 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
                 }
             }
             vec![
-                scalar(DataType::Int64, "id", S::LongData(LongArray { data: ids.to_vec() })),
-                vector(DataType::FloatVector, "v", dim, V::FloatVector(FloatArray { data: v })),
+                scalar(
+                    DataType::Int64,
+                    "id",
+                    S::LongData(LongArray { data: ids.to_vec() }),
+                ),
+                vector(
+                    DataType::FloatVector,
+                    "v",
+                    dim,
+                    V::FloatVector(FloatArray { data: v }),
+                ),
                 scalar(
                     DataType::VarChar,
                     "tag",
                     S::StringData(StringArray {
-                        data: ids.iter().map(|id| format!("t{}-v{version}", id % 97)).collect(),
+                        data: ids
+                            .iter()
+                            .map(|id| format!("t{}-v{version}", id % 97))
+                            .collect(),
                     }),
                 ),
                 scalar(
@@ -218,7 +245,11 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
         Shape::AllTypes { pk, binary } => {
             let m = |id: i64, s: u64| mix(id, version, s);
             let pkcol = match pk {
-                PkType::Int => scalar(DataType::Int64, "pk", S::LongData(LongArray { data: ids.to_vec() })),
+                PkType::Int => scalar(
+                    DataType::Int64,
+                    "pk",
+                    S::LongData(LongArray { data: ids.to_vec() }),
+                ),
                 PkType::Str => scalar(
                     DataType::VarChar,
                     "pk",
@@ -239,19 +270,96 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
             }
             vec![
                 pkcol,
-                scalar(DataType::Bool, "b", S::BoolData(BoolArray { data: ids.iter().map(|i| m(*i, 1) % 2 == 0).collect() })),
-                scalar(DataType::Int8, "i8", S::IntData(IntArray { data: ids.iter().map(|i| (m(*i, 2) % 256) as i32 - 128).collect() })),
-                scalar(DataType::Int16, "i16", S::IntData(IntArray { data: ids.iter().map(|i| (m(*i, 3) % 65536) as i32 - 32768).collect() })),
-                scalar(DataType::Int32, "i32", S::IntData(IntArray { data: ids.iter().map(|i| m(*i, 4) as i32).collect() })),
-                scalar(DataType::Int64, "i64", S::LongData(LongArray { data: ids.iter().map(|i| m(*i, 5) as i64).collect() })),
-                scalar(DataType::Float, "f", S::FloatData(FloatArray { data: ids.iter().map(|i| (m(*i, 6) % 100_000) as f32 / 7.0).collect() })),
-                scalar(DataType::Double, "d", S::DoubleData(DoubleArray { data: ids.iter().map(|i| (m(*i, 7) % 1_000_000) as f64 / 3.0).collect() })),
-                scalar(DataType::VarChar, "s", S::StringData(StringArray { data: ids.iter().map(|i| format!("s\"{}\\é-{}", m(*i, 8) % 1000, version)).collect() })),
-                scalar(DataType::Json, "j", S::JsonData(JsonArray { data: ids.iter().map(|i| format!(r#"{{"a":{},"b":"v{}"}}"#, m(*i, 9) % 100, version).into_bytes()).collect() })),
+                scalar(
+                    DataType::Bool,
+                    "b",
+                    S::BoolData(BoolArray {
+                        data: ids.iter().map(|i| m(*i, 1) % 2 == 0).collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Int8,
+                    "i8",
+                    S::IntData(IntArray {
+                        data: ids.iter().map(|i| (m(*i, 2) % 256) as i32 - 128).collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Int16,
+                    "i16",
+                    S::IntData(IntArray {
+                        data: ids
+                            .iter()
+                            .map(|i| (m(*i, 3) % 65536) as i32 - 32768)
+                            .collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Int32,
+                    "i32",
+                    S::IntData(IntArray {
+                        data: ids.iter().map(|i| m(*i, 4) as i32).collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Int64,
+                    "i64",
+                    S::LongData(LongArray {
+                        data: ids.iter().map(|i| m(*i, 5) as i64).collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Float,
+                    "f",
+                    S::FloatData(FloatArray {
+                        data: ids
+                            .iter()
+                            .map(|i| (m(*i, 6) % 100_000) as f32 / 7.0)
+                            .collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Double,
+                    "d",
+                    S::DoubleData(DoubleArray {
+                        data: ids
+                            .iter()
+                            .map(|i| (m(*i, 7) % 1_000_000) as f64 / 3.0)
+                            .collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::VarChar,
+                    "s",
+                    S::StringData(StringArray {
+                        data: ids
+                            .iter()
+                            .map(|i| format!("s\"{}\\é-{}", m(*i, 8) % 1000, version))
+                            .collect(),
+                    }),
+                ),
+                scalar(
+                    DataType::Json,
+                    "j",
+                    S::JsonData(JsonArray {
+                        data: ids
+                            .iter()
+                            .map(|i| {
+                                format!(r#"{{"a":{},"b":"v{}"}}"#, m(*i, 9) % 100, version)
+                                    .into_bytes()
+                            })
+                            .collect(),
+                    }),
+                ),
                 if binary {
                     vector(DataType::BinaryVector, "bv", BIN_DIM, V::BinaryVector(bv))
                 } else {
-                    vector(DataType::FloatVector, "fv", ALL_DIM, V::FloatVector(FloatArray { data: fv }))
+                    vector(
+                        DataType::FloatVector,
+                        "fv",
+                        ALL_DIM,
+                        V::FloatVector(FloatArray { data: fv }),
+                    )
                 },
                 scalar(
                     DataType::Array,
@@ -261,7 +369,9 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
                         data: ids
                             .iter()
                             .map(|i| ScalarField {
-                                data: Some(S::LongData(LongArray { data: (0..(m(*i, 10) % 4) as i64).map(|k| k + *i).collect() })),
+                                data: Some(S::LongData(LongArray {
+                                    data: (0..(m(*i, 10) % 4) as i64).map(|k| k + *i).collect(),
+                                })),
                                 valid_data: vec![],
                             })
                             .collect(),
@@ -271,7 +381,15 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
                     let mut f = scalar(
                         DataType::Json,
                         mv::DYNAMIC_FIELD,
-                        S::JsonData(JsonArray { data: ids.iter().map(|i| format!(r#"{{"extra":{},"ver":{}}}"#, m(*i, 11) % 50, version).into_bytes()).collect() }),
+                        S::JsonData(JsonArray {
+                            data: ids
+                                .iter()
+                                .map(|i| {
+                                    format!(r#"{{"extra":{},"ver":{}}}"#, m(*i, 11) % 50, version)
+                                        .into_bytes()
+                                })
+                                .collect(),
+                        }),
                     );
                     f.is_dynamic = true;
                     f
@@ -283,7 +401,9 @@ pub fn rows(shape: Shape, ids: &[i64], version: u32) -> Vec<FieldData> {
 
 pub fn pks(shape: Shape, ids: &[i64]) -> Vec<Pk> {
     match shape {
-        Shape::AllTypes { pk: PkType::Str, .. } => ids.iter().map(|i| Pk::Str(str_key(*i))).collect(),
+        Shape::AllTypes {
+            pk: PkType::Str, ..
+        } => ids.iter().map(|i| Pk::Str(str_key(*i))).collect(),
         _ => ids.iter().map(|i| Pk::Int(*i)).collect(),
     }
 }
@@ -296,22 +416,51 @@ pub fn pk_field(shape: Shape) -> &'static str {
 }
 
 /// Inserts `ids` in chunks.
-pub async fn insert(m: &Milvus, db: &str, coll: &str, shape: Shape, ids: &[i64], version: u32) -> Result<()> {
+pub async fn insert(
+    m: &Milvus,
+    db: &str,
+    coll: &str,
+    shape: Shape,
+    ids: &[i64],
+    version: u32,
+) -> Result<()> {
     for chunk in ids.chunks(5000) {
-        m.insert(db, coll, None, rows(shape, chunk, version), chunk.len() as u32).await?;
+        m.insert(
+            db,
+            coll,
+            None,
+            rows(shape, chunk, version),
+            chunk.len() as u32,
+        )
+        .await?;
     }
     Ok(())
 }
 
-pub async fn upsert(m: &Milvus, db: &str, coll: &str, shape: Shape, ids: &[i64], version: u32) -> Result<()> {
+pub async fn upsert(
+    m: &Milvus,
+    db: &str,
+    coll: &str,
+    shape: Shape,
+    ids: &[i64],
+    version: u32,
+) -> Result<()> {
     for chunk in ids.chunks(5000) {
-        m.upsert(db, coll, None, rows(shape, chunk, version), chunk.len() as u32).await?;
+        m.upsert(
+            db,
+            coll,
+            None,
+            rows(shape, chunk, version),
+            chunk.len() as u32,
+        )
+        .await?;
     }
     Ok(())
 }
 
 pub async fn delete(m: &Milvus, db: &str, coll: &str, shape: Shape, ids: &[i64]) -> Result<()> {
-    m.delete(db, coll, None, pk_field(shape), &pks(shape, ids)).await?;
+    m.delete(db, coll, None, pk_field(shape), &pks(shape, ids))
+        .await?;
     Ok(())
 }
 
@@ -335,7 +484,10 @@ pub async fn read_all(m: &Milvus, db: &str, coll: &str) -> Result<BTreeMap<Pk, u
     // where a key-ordered scan would not.
     let count = m.count(&info).await?;
     if count != out.len() as u64 {
-        bail!("{db}.{coll}: count(*) = {count} but {} distinct keys", out.len());
+        bail!(
+            "{db}.{coll}: count(*) = {count} but {} distinct keys",
+            out.len()
+        );
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! - A fault-injecting TCP proxy to cut streams.
 //! - [`wait_until`]: poll observable state with a deadline, never sleep blind.
 #![forbid(unsafe_code)]
+#![allow(clippy::result_large_err)]
 
 pub mod data;
 pub mod proxy;
@@ -23,7 +24,10 @@ use dr_agent::drctl::{AgentRef, DrctlConfig, DrctlTls};
 use dr_agent::milvus::{Connection, Milvus};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Logs of the test process itself (RUST_LOG=debug for more).
@@ -90,8 +94,7 @@ fn http_ok(port: u16, path: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;
@@ -221,7 +224,9 @@ pub fn servers() -> &'static Servers {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = (|| -> Result<Servers> {
-                let dir = tempfile::Builder::new().prefix("milvus-dr-test-").tempdir()?;
+                let dir = tempfile::Builder::new()
+                    .prefix("milvus-dr-test-")
+                    .tempdir()?;
                 // Both launched from this thread, which never exits (their
                 // parent-death signal is tied to it), then awaited together.
                 let primary = MilvusServer::spawn(&dir.path().join("primary"))?;
@@ -257,7 +262,11 @@ pub fn bin(name: &str) -> PathBuf {
             if dir.ends_with("release") {
                 cmd.arg("--release");
             }
-            let ok = cmd.current_dir(repo_root()).status().map(|s| s.success()).unwrap_or(false);
+            let ok = cmd
+                .current_dir(repo_root())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             assert!(ok, "cargo build --workspace --bins failed");
         });
     }
@@ -279,15 +288,13 @@ impl TestEnv {
     pub async fn new(name: &str) -> Result<TestEnv> {
         init_logging();
         let s = servers();
-        let dir = tempfile::Builder::new().prefix(&format!("dr-{name}-")).tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dr-{name}-"))
+            .tempdir()?;
         let certs = dir.path().join("certs");
         dr_agent::tls::generate_dev_certs(
             &certs,
-            &[
-                "agent.dc-a".into(),
-                "agent.dc-b".into(),
-                "operator".into(),
-            ],
+            &["agent.dc-a".into(), "agent.dc-b".into(), "operator".into()],
             30,
         )?;
         let env = TestEnv {
@@ -299,9 +306,11 @@ impl TestEnv {
         };
         for m in [&env.primary, &env.standby] {
             // /healthz can answer before the gRPC proxy serves.
-            wait_until(Duration::from_secs(120), "Milvus gRPC CheckHealth", || async {
-                m.health().await.healthy.then_some(())
-            })
+            wait_until(
+                Duration::from_secs(120),
+                "Milvus gRPC CheckHealth",
+                || async { m.health().await.healthy.then_some(()) },
+            )
             .await?;
             data::drop_database(m, name).await?;
         }
@@ -416,22 +425,32 @@ replication:
     async fn spawn(&mut self) -> Result<()> {
         let bound = self.state_dir.join("bound.json");
         let _ = std::fs::remove_file(&bound);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(bin("dr-agent"))
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", std::env::var("DR_AGENT_LOG").unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("DR_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("spawn dr-agent")?;
         self.child = Some(child);
-        let b: dr_agent::agent::Bound = wait_until(Duration::from_secs(30), "dr-agent to bind", || async {
-            std::fs::read(&bound).ok().and_then(|t| serde_json::from_slice(&t).ok())
-        })
-        .await
-        .with_context(|| format!("dr-agent {}; log: {}", self.dc, self.log_tail()))?;
+        let b: dr_agent::agent::Bound =
+            wait_until(Duration::from_secs(30), "dr-agent to bind", || async {
+                std::fs::read(&bound)
+                    .ok()
+                    .and_then(|t| serde_json::from_slice(&t).ok())
+            })
+            .await
+            .with_context(|| format!("dr-agent {}; log: {}", self.dc, self.log_tail()))?;
         self.grpc = b.grpc;
         self.metrics = b.metrics;
         Ok(())
@@ -450,7 +469,10 @@ replication:
         let Some(mut c) = self.child.take() else {
             bail!("not running");
         };
-        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()?;
         let start = Instant::now();
         loop {
             if let Some(s) = c.try_wait()? {
@@ -472,7 +494,10 @@ replication:
             .lines()
             .map(|l| {
                 if l.starts_with("listen:") {
-                    format!("listen: {{ grpc: \"{}\", metrics: \"127.0.0.1:0\" }}", self.grpc)
+                    format!(
+                        "listen: {{ grpc: \"{}\", metrics: \"127.0.0.1:0\" }}",
+                        self.grpc
+                    )
                 } else {
                     l.to_string()
                 }
@@ -506,7 +531,12 @@ impl Drop for Agent {
         if let Some(dir) = std::env::var_os("DR_TEST_LOGS") {
             let dir = PathBuf::from(dir);
             let _ = std::fs::create_dir_all(&dir);
-            let name = self.log.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = self
+                .log
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             let _ = std::fs::copy(&self.log, dir.join(format!("{name}-{}.log", self.dc)));
         }
     }
@@ -514,7 +544,11 @@ impl Drop for Agent {
 
 /// Starts the standby (dc-b) and the primary (dc-a) agents, the primary
 /// reaching the standby through `via` (a proxy address) or directly.
-pub async fn start_pair(env: &TestEnv, extra_yaml: &str, via: Option<&proxy::Proxy>) -> Result<(Agent, Agent)> {
+pub async fn start_pair(
+    env: &TestEnv,
+    extra_yaml: &str,
+    via: Option<&proxy::Proxy>,
+) -> Result<(Agent, Agent)> {
     let b = Agent::start(
         env,
         &AgentSpec {

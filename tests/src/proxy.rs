@@ -47,7 +47,11 @@ impl Proxy {
                 i2.conns.lock().unwrap().push(h);
             }
         });
-        Ok(Proxy { addr, inner, accept })
+        Ok(Proxy {
+            addr,
+            inner,
+            accept,
+        })
     }
 
     pub fn set_target(&self, target: SocketAddr) {

@@ -51,7 +51,12 @@ async fn assert_identical(env: &TestEnv, coll: &str) -> Result<BTreeMap<Pk, u64>
 fn no_errors(agents: &[&Agent]) -> Result<()> {
     for a in agents {
         let errs = a.error_lines();
-        ensure!(errs.is_empty(), "{} logged errors:\n{}", a.dc, errs.join("\n"));
+        ensure!(
+            errs.is_empty(),
+            "{} logged errors:\n{}",
+            a.dc,
+            errs.join("\n")
+        );
     }
     Ok(())
 }
@@ -71,7 +76,11 @@ async fn initial_sync_beyond_the_query_window_is_exact() -> Result<()> {
     let ctl = env.drctl(&a, &b);
     caught_up(&ctl, since).await?;
     let rows = assert_identical(&env, "big").await?;
-    assert_eq!(rows.len(), 20_000, "all 20,000 rows, past the 16,384 query window");
+    assert_eq!(
+        rows.len(),
+        20_000,
+        "all 20,000 rows, past the 16,384 query window"
+    );
 
     info!("phase: drctl verify agrees");
     let report = drctl::verify(
@@ -94,15 +103,46 @@ async fn inserts_upserts_and_deletes_all_arrive() -> Result<()> {
     let env = TestEnv::new("t_dml").await?;
     let db = env.name.clone();
     data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(&env.primary, &db, "c", SIMPLE, &(0..3000).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..3000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     let (a, b) = start_pair(&env, "", None).await?;
     let ctl = env.drctl(&a, &b);
     caught_up(&ctl, now_ms()).await?;
 
     info!("phase: 500 deletes, 500 upserts, 500 inserts while replicating");
-    data::delete(&env.primary, &db, "c", SIMPLE, &(0..500).collect::<Vec<_>>()).await?;
-    data::upsert(&env.primary, &db, "c", SIMPLE, &(500..1000).collect::<Vec<_>>(), 2).await?;
-    data::insert(&env.primary, &db, "c", SIMPLE, &(3000..3500).collect::<Vec<_>>(), 1).await?;
+    data::delete(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..500).collect::<Vec<_>>(),
+    )
+    .await?;
+    data::upsert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(500..1000).collect::<Vec<_>>(),
+        2,
+    )
+    .await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(3000..3500).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     let since = now_ms();
     caught_up(&ctl, since).await?;
     let rows = assert_identical(&env, "c").await?;
@@ -117,7 +157,11 @@ async fn inserts_upserts_and_deletes_all_arrive() -> Result<()> {
         .query(&info, None, "id == 700", &["n".into()], None, 0)
         .await?;
     let n = dr_agent::milvus::rows::primary_keys(&got, "n")?;
-    assert_eq!(n, vec![Pk::Int(700 * 10 + 2)], "row 700 must hold version 2");
+    assert_eq!(
+        n,
+        vec![Pk::Int(700 * 10 + 2)],
+        "row 700 must hold version 2"
+    );
     no_errors(&[&a, &b])
 }
 
@@ -135,9 +179,23 @@ async fn new_collection_with_partition_and_index_is_created_and_loaded() -> Resu
     env.primary.load(&db, "parts").await?;
     env.primary.wait_loaded(&db, "parts", LONG).await?;
     env.primary
-        .insert(&db, "parts", Some("p1"), data::rows(SIMPLE, &(0..300).collect::<Vec<_>>(), 1), 300)
+        .insert(
+            &db,
+            "parts",
+            Some("p1"),
+            data::rows(SIMPLE, &(0..300).collect::<Vec<_>>(), 1),
+            300,
+        )
         .await?;
-    data::insert(&env.primary, &db, "parts", SIMPLE, &(1000..1200).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "parts",
+        SIMPLE,
+        &(1000..1200).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     caught_up(&ctl, now_ms()).await?;
 
     info!("phase: schema, partition, index and load state on the standby");
@@ -150,14 +208,21 @@ async fn new_collection_with_partition_and_index_is_created_and_loaded() -> Resu
     let si = env.standby.list_indexes(&db, "parts").await?;
     assert_eq!(pi.len(), 1);
     assert_eq!(
-        si.iter().map(|i| (&i.field, &i.index_name)).collect::<Vec<_>>(),
-        pi.iter().map(|i| (&i.field, &i.index_name)).collect::<Vec<_>>()
+        si.iter()
+            .map(|i| (&i.field, &i.index_name))
+            .collect::<Vec<_>>(),
+        pi.iter()
+            .map(|i| (&i.field, &i.index_name))
+            .collect::<Vec<_>>()
     );
     let pparams: BTreeMap<_, _> = pi[0].params.iter().cloned().collect();
     let sparams: BTreeMap<_, _> = si[0].params.iter().cloned().collect();
     assert_eq!(pparams.get("index_type"), sparams.get("index_type"));
     assert_eq!(pparams.get("metric_type"), sparams.get("metric_type"));
-    assert_eq!(env.standby.load_state(&db, "parts").await?, LoadState::Loaded);
+    assert_eq!(
+        env.standby.load_state(&db, "parts").await?,
+        LoadState::Loaded
+    );
     assert_identical(&env, "parts").await?;
 
     info!("phase: rows of p1 are in p1 on the standby");
@@ -180,8 +245,14 @@ async fn every_field_type_and_both_key_types_replicate_exactly() -> Result<()> {
     let env = TestEnv::new("t_types").await?;
     let db = env.name.clone();
     // Int64 keys with a float vector, VarChar keys with a binary vector.
-    let int = Shape::AllTypes { pk: PkType::Int, binary: false };
-    let str_ = Shape::AllTypes { pk: PkType::Str, binary: true };
+    let int = Shape::AllTypes {
+        pk: PkType::Int,
+        binary: false,
+    };
+    let str_ = Shape::AllTypes {
+        pk: PkType::Str,
+        binary: true,
+    };
     data::create(&env.primary, &db, "ints", int).await?;
     data::create(&env.primary, &db, "strs", str_).await?;
     for (c, sh) in [("ints", int), ("strs", str_)] {
@@ -211,7 +282,15 @@ async fn kill9_mid_sync(which: &str) -> Result<()> {
     let shape = Shape::Simple { dim: 32 };
     data::create(&env.primary, &db, "c", shape).await?;
     let total = 30_000;
-    data::insert(&env.primary, &db, "c", shape, &(0..total).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        shape,
+        &(0..total).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     let since = now_ms();
     let (mut a, mut b) = start_pair(&env, SLOW, None).await?;
     let ctl = env.drctl(&a, &b);
@@ -227,7 +306,10 @@ async fn kill9_mid_sync(which: &str) -> Result<()> {
     } else {
         b.kill9();
     }
-    assert!(acked < total as u64, "the kill must land mid-sync ({acked} rows applied)");
+    assert!(
+        acked < total as u64,
+        "the kill must land mid-sync ({acked} rows applied)"
+    );
 
     info!("phase: restart; replication converges with no duplicates");
     if which == "source" {
@@ -237,8 +319,23 @@ async fn kill9_mid_sync(which: &str) -> Result<()> {
     }
     caught_up(&ctl, since).await?;
     // A second, changing pass after the restart must still be exact.
-    data::upsert(&env.primary, &db, "c", shape, &(0..100).collect::<Vec<_>>(), 2).await?;
-    data::delete(&env.primary, &db, "c", shape, &(100..200).collect::<Vec<_>>()).await?;
+    data::upsert(
+        &env.primary,
+        &db,
+        "c",
+        shape,
+        &(0..100).collect::<Vec<_>>(),
+        2,
+    )
+    .await?;
+    data::delete(
+        &env.primary,
+        &db,
+        "c",
+        shape,
+        &(100..200).collect::<Vec<_>>(),
+    )
+    .await?;
     caught_up(&ctl, now_ms()).await?;
     let rows = assert_identical(&env, "c").await?;
     assert_eq!(rows.len(), total as usize - 100);
@@ -260,7 +357,15 @@ async fn a_cut_stream_resumes() -> Result<()> {
     let env = TestEnv::new("t_cut").await?;
     let db = env.name.clone();
     data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(&env.primary, &db, "c", SIMPLE, &(0..20_000).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..20_000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     let since = now_ms();
     let proxy = Proxy::start().await?;
     let (a, b) = start_pair(&env, SLOW, Some(&proxy)).await?;
@@ -276,7 +381,10 @@ async fn a_cut_stream_resumes() -> Result<()> {
         proxy.cut();
     }
     caught_up(&ctl, since).await?;
-    assert!(proxy.accepted() >= 4, "the source reconnected after every cut");
+    assert!(
+        proxy.accepted() >= 4,
+        "the source reconnected after every cut"
+    );
     let rows = assert_identical(&env, "c").await?;
     assert_eq!(rows.len(), 20_000);
     Ok(())
@@ -287,7 +395,15 @@ async fn lag_grows_while_the_standby_agent_is_stopped_and_falls_after() -> Resul
     let env = TestEnv::new("t_lag").await?;
     let db = env.name.clone();
     data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(&env.primary, &db, "c", SIMPLE, &(0..1000).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..1000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     let (a, mut b) = start_pair(&env, "", None).await?;
     let ctl = env.drctl(&a, &b);
     caught_up(&ctl, now_ms()).await?;
@@ -310,7 +426,10 @@ async fn lag_grows_while_the_standby_agent_is_stopped_and_falls_after() -> Resul
     })
     .await?;
     assert!(later >= now_ms() - t0, "lag covers at least the outage");
-    let metrics = reqwest::get(format!("http://{}/metrics", a.metrics)).await?.text().await?;
+    let metrics = reqwest::get(format!("http://{}/metrics", a.metrics))
+        .await?
+        .text()
+        .await?;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("milvus_dr_replication_lag_seconds"))
@@ -333,7 +452,15 @@ async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
     let env = TestEnv::new("t_verify").await?;
     let db = env.name.clone();
     data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(&env.primary, &db, "c", SIMPLE, &(0..5000).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..5000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
     let (a, b) = start_pair(&env, "", None).await?;
     let ctl = env.drctl(&a, &b);
     caught_up(&ctl, now_ms()).await?;
@@ -357,13 +484,23 @@ async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
     };
     info!("phase: identical clusters verify with exit 0");
     let out = run(&["verify", "--json"])?;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     info!("phase: change one row and delete another directly on the standby");
     data::upsert(&env.standby, &db, "c", SIMPLE, &[42], 9).await?;
     data::delete(&env.standby, &db, "c", SIMPLE, &[43]).await?;
     let out = run(&["verify", "--json", "--settle", "10s"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: drctl::VerifyReport = serde_json::from_slice(&out.stdout)?;
     let c = &report.collections[0];
     assert!(!report.identical && !c.identical);
@@ -372,7 +509,10 @@ async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
     assert!(c.extra_on_standby.is_empty());
     let text = run(&["verify", "--settle", "10s"])?;
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("different content: 42") && text.contains("missing on standby: 43"), "{text}");
+    assert!(
+        text.contains("different content: 42") && text.contains("missing on standby: 43"),
+        "{text}"
+    );
 
     info!("phase: verify that cannot reach an agent exits 2");
     std::fs::write(

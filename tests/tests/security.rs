@@ -18,7 +18,10 @@ fn files(env: &TestEnv, name: &str) -> TlsFiles {
     }
 }
 
-async fn channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+async fn channel(
+    addr: std::net::SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)?
@@ -38,7 +41,10 @@ fn hello(epoch: u64) -> pb::SourceMessage {
 }
 
 /// Opens a replication stream and returns the sink's first answer.
-async fn replicate(ch: tonic::transport::Channel, epoch: u64) -> Result<pb::SinkMessage, tonic::Status> {
+async fn replicate(
+    ch: tonic::transport::Channel,
+    epoch: u64,
+) -> Result<pb::SinkMessage, tonic::Status> {
     let mut c = ReplicationClient::new(ch);
     let mut s = c
         .replicate(tokio_stream::iter(vec![hello(epoch)]))
@@ -69,7 +75,9 @@ async fn clients_without_a_valid_certificate_are_refused() -> Result<()> {
     let ca = Certificate::from_pem(std::fs::read(env.certs.join("ca.pem"))?);
 
     info!("phase: no client certificate");
-    let no_cert = ClientTlsConfig::new().ca_certificate(ca.clone()).domain_name("agent.dc-b");
+    let no_cert = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .domain_name("agent.dc-b");
     let r = match channel(b.grpc, no_cert).await {
         Err(_) => Err(tonic::Status::unavailable("handshake refused")),
         Ok(ch) => replicate(ch, 1).await,
@@ -95,17 +103,43 @@ async fn clients_without_a_valid_certificate_are_refused() -> Result<()> {
     info!("phase: valid certificates with the wrong identity");
     let op = channel(b.grpc, files(&env, "operator").client_config("agent.dc-b")?).await?;
     let e = replicate(op.clone(), 1).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::PermissionDenied, "operator may not replicate: {e}");
-    let own = channel(b.grpc, files(&env, "agent.dc-b").client_config("agent.dc-b")?).await?;
+    assert_eq!(
+        e.code(),
+        tonic::Code::PermissionDenied,
+        "operator may not replicate: {e}"
+    );
+    let own = channel(
+        b.grpc,
+        files(&env, "agent.dc-b").client_config("agent.dc-b")?,
+    )
+    .await?;
     let e = replicate(own.clone(), 1).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::PermissionDenied, "only the peer may replicate: {e}");
-    let e = AdminClient::new(own).status(pb::StatusRequest {}).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::PermissionDenied, "agents may not call admin: {e}");
+    assert_eq!(
+        e.code(),
+        tonic::Code::PermissionDenied,
+        "only the peer may replicate: {e}"
+    );
+    let e = AdminClient::new(own)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::PermissionDenied,
+        "agents may not call admin: {e}"
+    );
 
     info!("phase: the right identities are accepted");
-    let st = AdminClient::new(op).status(pb::StatusRequest {}).await?.into_inner();
+    let st = AdminClient::new(op)
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner();
     assert_eq!(st.datacenter, "dc-b");
-    let peer = channel(b.grpc, files(&env, "agent.dc-a").client_config("agent.dc-b")?).await?;
+    let peer = channel(
+        b.grpc,
+        files(&env, "agent.dc-a").client_config("agent.dc-b")?,
+    )
+    .await?;
     let first = replicate(peer, 1).await?;
     assert!(matches!(first.msg, Some(pb::sink_message::Msg::Hello(_))));
 
@@ -114,7 +148,10 @@ async fn clients_without_a_valid_certificate_are_refused() -> Result<()> {
     assert!(
         match channel(b.grpc, wrong_server).await {
             Err(_) => true,
-            Ok(ch) => AdminClient::new(ch).status(pb::StatusRequest {}).await.is_err(),
+            Ok(ch) => AdminClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await
+                .is_err(),
         },
         "a server presenting another identity must be refused by the client"
     );
@@ -125,7 +162,15 @@ async fn clients_without_a_valid_certificate_are_refused() -> Result<()> {
 async fn a_source_from_an_older_epoch_is_refused_and_bad_batches_rejected() -> Result<()> {
     let env = TestEnv::new("t_epoch").await?;
     let b = standby_agent(&env).await?;
-    let peer = || async { channel(b.grpc, files(&env, "agent.dc-a").client_config("agent.dc-b").unwrap()).await };
+    let peer = || async {
+        channel(
+            b.grpc,
+            files(&env, "agent.dc-a")
+                .client_config("agent.dc-b")
+                .unwrap(),
+        )
+        .await
+    };
 
     info!("phase: a source at epoch 5 teaches the sink epoch 5");
     let first = replicate(peer().await?, 5).await?;
@@ -148,14 +193,15 @@ async fn a_source_from_an_older_epoch_is_refused_and_bad_batches_rejected() -> R
             ..Default::default()
         })),
     };
-    let mut s = c.replicate(tokio_stream::iter(vec![hello(5), bad])).await?.into_inner();
+    let mut s = c
+        .replicate(tokio_stream::iter(vec![hello(5), bad]))
+        .await?
+        .into_inner();
     let _hello = s.message().await?;
-    let e = loop {
-        match s.message().await {
-            Ok(Some(m)) => panic!("expected an error, got {m:?}"),
-            Ok(None) => panic!("stream ended without an error"),
-            Err(e) => break e,
-        }
+    let e = match s.message().await {
+        Ok(Some(m)) => panic!("expected an error, got {m:?}"),
+        Ok(None) => panic!("stream ended without an error"),
+        Err(e) => e,
     };
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 
@@ -163,7 +209,11 @@ async fn a_source_from_an_older_epoch_is_refused_and_bad_batches_rejected() -> R
     let mut b = b;
     b.stop()?;
     b.restart().await?;
-    let peer2 = channel(b.grpc, files(&env, "agent.dc-a").client_config("agent.dc-b")?).await?;
+    let peer2 = channel(
+        b.grpc,
+        files(&env, "agent.dc-a").client_config("agent.dc-b")?,
+    )
+    .await?;
     let e = replicate(peer2, 4).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     Ok(())
@@ -189,10 +239,19 @@ tls: { ca: ca.pem, cert: a.pem, key: a.key }
         .arg(&p)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let p = dir.path().join("bad.yaml");
-    std::fs::write(&p, good.replace("initial_primary: dc-a", "initial_primary: dc-c")).unwrap();
+    std::fs::write(
+        &p,
+        good.replace("initial_primary: dc-a", "initial_primary: dc-c"),
+    )
+    .unwrap();
     let out = std::process::Command::new(dr_tests::bin("dr-agent"))
         .args(["--check", "--config"])
         .arg(&p)
@@ -200,7 +259,10 @@ tls: { ca: ca.pem, cert: a.pem, key: a.key }
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("initial_primary") && err.contains("fix:"), "{err}");
+    assert!(
+        err.contains("initial_primary") && err.contains("fix:"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(dr_tests::bin("dr-agent"))
         .args(["--check", "--config", "/nonexistent/agent.yaml"])

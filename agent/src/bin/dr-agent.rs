@@ -31,7 +31,12 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!("{}: valid (datacenter {}, peer {})", args.config.display(), cfg.datacenter, cfg.peer_id());
+        println!(
+            "{}: valid (datacenter {}, peer {})",
+            args.config.display(),
+            cfg.datacenter,
+            cfg.peer_id()
+        );
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Runtime::new() {

@@ -61,9 +61,9 @@ enum CertsCmd {
 }
 
 fn load(config: &Option<PathBuf>) -> anyhow::Result<DrctlConfig> {
-    let path = config
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no drctl config: pass --config FILE or set DRCTL_CONFIG"))?;
+    let path = config.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("no drctl config: pass --config FILE or set DRCTL_CONFIG")
+    })?;
     DrctlConfig::load(path)
 }
 
@@ -73,13 +73,25 @@ fn main() -> ExitCode {
     dr_agent::tls::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match args.cmd {
-        Cmd::Certs { cmd: CertsCmd::Init { out, datacenters, witnesses, days } } => {
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Init {
+                    out,
+                    datacenters,
+                    witnesses,
+                    days,
+                },
+        } => {
             let mut names: Vec<String> = datacenters.iter().map(|d| format!("agent.{d}")).collect();
             names.extend((1..=witnesses).map(|i| format!("witness-{i}")));
             names.push("operator".into());
             match dr_agent::tls::generate_dev_certs(&out, &names, days) {
                 Ok(g) => {
-                    println!("wrote a development CA and {} certificates to {}", g.names.len(), g.dir.display());
+                    println!(
+                        "wrote a development CA and {} certificates to {}",
+                        g.names.len(),
+                        g.dir.display()
+                    );
                     for n in &g.names {
                         println!("  {n}.pem / {n}.key");
                     }
@@ -108,9 +120,18 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", drctl::status_table(&all));
             }
-            if all.iter().all(|s| s.reachable) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if all.iter().all(|s| s.reachable) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }),
-        Cmd::Verify { json, buckets, limit, settle } => rt.block_on(async {
+        Cmd::Verify {
+            json,
+            buckets,
+            limit,
+            settle,
+        } => rt.block_on(async {
             let cfg = match load(&args.config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -118,7 +139,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = drctl::VerifyOptions { buckets, limit, settle };
+            let opts = drctl::VerifyOptions {
+                buckets,
+                limit,
+                settle,
+            };
             match drctl::verify(&cfg, &opts).await {
                 Ok(r) => {
                     if json {
@@ -126,7 +151,11 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", drctl::verify_text(&r));
                     }
-                    if r.identical { ExitCode::SUCCESS } else { ExitCode::from(1) }
+                    if r.identical {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
                 }
                 Err(e) => {
                     eprintln!("drctl verify: could not run: {e:#}");

@@ -46,10 +46,7 @@ pub enum MilvusError {
         reason: String,
     },
     #[error("unexpected Milvus answer to {call}: {problem}")]
-    Protocol {
-        call: &'static str,
-        problem: String,
-    },
+    Protocol { call: &'static str, problem: String },
 }
 
 impl MilvusError {
@@ -303,11 +300,7 @@ impl Milvus {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = ep.connect_lazy();
-        let auth = Auth(
-            conn.authorization
-                .as_ref()
-                .and_then(|a| a.parse().ok()),
-        );
+        let auth = Auth(conn.authorization.as_ref().and_then(|a| a.parse().ok()));
         let client = MilvusServiceClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -540,7 +533,9 @@ impl Milvus {
         match check("DescribeIndex", r.status) {
             // 2.3 answers "index not found" (code 700) when there is none.
             Err(MilvusError::Server { code, reason, .. })
-                if code == 700 || reason.contains("index not found") || reason.contains("index doesn't exist") =>
+                if code == 700
+                    || reason.contains("index not found")
+                    || reason.contains("index doesn't exist") =>
             {
                 return Ok(vec![])
             }
@@ -629,7 +624,12 @@ impl Milvus {
         }
     }
 
-    pub async fn create_partition(&self, db: &str, collection: &str, partition: &str) -> Result<()> {
+    pub async fn create_partition(
+        &self,
+        db: &str,
+        collection: &str,
+        partition: &str,
+    ) -> Result<()> {
         let r = self
             .c()
             .create_partition(mpb::CreatePartitionRequest {
@@ -702,7 +702,13 @@ impl Milvus {
         check("CreateIndex", Some(r))
     }
 
-    pub async fn drop_index(&self, db: &str, collection: &str, field: &str, index_name: &str) -> Result<()> {
+    pub async fn drop_index(
+        &self,
+        db: &str,
+        collection: &str,
+        field: &str,
+        index_name: &str,
+    ) -> Result<()> {
         let r = self
             .c()
             .drop_index(mpb::DropIndexRequest {
@@ -814,8 +820,15 @@ impl Milvus {
             Some(Pk::Int(v)) => format!("{} > {v}", pk.name),
             Some(Pk::Str(v)) => format!("{} > {}", pk.name, quote(v)),
         };
-        self.query(info, partition, &expr, output_fields, Some(limit), guarantee_ts)
-            .await
+        self.query(
+            info,
+            partition,
+            &expr,
+            output_fields,
+            Some(limit),
+            guarantee_ts,
+        )
+        .await
     }
 
     /// A plain query by expression.
@@ -970,6 +983,124 @@ impl Milvus {
     }
 }
 
+/// Completes columns as Milvus returns them from a query so that they can
+/// be written back: 2.3 returns an empty array as an element without data,
+/// and its proxy crashes (nil dereference in `checkArrayElement`) when such
+/// an element is inserted; the element type of array columns may be unset.
+pub fn normalize(info: &CollectionInfo, fields: &mut [FieldData]) {
+    for f in fields.iter_mut() {
+        let Some(schema_field) = info.schema.fields.iter().find(|s| s.name == f.field_name) else {
+            continue;
+        };
+        if f.field_id == 0 {
+            f.field_id = schema_field.field_id;
+        }
+        if let Some(schema::field_data::Field::Scalars(sc)) = &mut f.field {
+            if let Some(schema::scalar_field::Data::ArrayData(a)) = &mut sc.data {
+                if a.element_type == 0 {
+                    a.element_type = schema_field.element_type;
+                }
+                for row in a.data.iter_mut().filter(|r| r.data.is_none()) {
+                    row.data = empty_array(a.element_type);
+                }
+            }
+        }
+    }
+}
+
+/// An empty list of the given element type.
+fn empty_array(element_type: i32) -> Option<schema::scalar_field::Data> {
+    use schema::scalar_field::Data as S;
+    Some(match DataType::try_from(element_type).ok()? {
+        DataType::Bool => S::BoolData(schema::BoolArray::default()),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => {
+            S::IntData(schema::IntArray::default())
+        }
+        DataType::Int64 => S::LongData(schema::LongArray::default()),
+        DataType::Float => S::FloatData(schema::FloatArray::default()),
+        DataType::Double => S::DoubleData(schema::DoubleArray::default()),
+        DataType::VarChar | DataType::String => S::StringData(schema::StringArray::default()),
+        _ => return None,
+    })
+}
+
+/// One page of a scan: columns and their primary keys (ascending).
+pub struct Page {
+    pub fields: Vec<FieldData>,
+    pub keys: Vec<Pk>,
+}
+
+/// Scans a collection (or one partition) in primary-key order, pinned to
+/// `ts`, reading one page ahead of the consumer. Pages arrive on the
+/// returned channel; the last page is the first with fewer than
+/// `page_rows` rows (possibly empty). A page whose keys are not strictly
+/// ascending is an error: callers derive deletes from what a page lacks.
+pub fn scan_pages(
+    milvus: &Milvus,
+    info: &CollectionInfo,
+    partition: Option<&str>,
+    ts: u64,
+    page_rows: usize,
+) -> tokio::sync::mpsc::Receiver<std::result::Result<Page, anyhow::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (milvus, info, partition) = (milvus.clone(), info.clone(), partition.map(str::to_string));
+    tokio::spawn(async move {
+        let fields = info.output_fields();
+        let pk_name = info
+            .primary_field()
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        let mut after: Option<Pk> = None;
+        loop {
+            let page = crate::replication::retry("scan page", 5, || {
+                milvus.query_page(
+                    &info,
+                    partition.as_deref(),
+                    &fields,
+                    after.as_ref(),
+                    page_rows,
+                    ts,
+                )
+            })
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|mut f| {
+                normalize(&info, &mut f);
+                if rows::num_rows(&f)? == 0 {
+                    return Ok(Page {
+                        fields: f,
+                        keys: vec![],
+                    });
+                }
+                let keys = rows::primary_keys(&f, &pk_name)?;
+                if keys.windows(2).any(|w| w[0] >= w[1])
+                    || after
+                        .as_ref()
+                        .is_some_and(|a| keys.first().is_some_and(|k| k <= a))
+                {
+                    anyhow::bail!(
+                        "{}.{}: Milvus returned a page not in primary-key order",
+                        info.database,
+                        info.name
+                    );
+                }
+                Ok(Page { fields: f, keys })
+            });
+            let done = match &page {
+                Ok(p) => {
+                    after = p.keys.last().cloned();
+                    p.keys.len() < page_rows
+                }
+                Err(_) => true,
+            };
+            if tx.send(page).await.is_err() || done {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1005,103 +1136,4 @@ mod tests {
         };
         assert!(e.is_retryable());
     }
-}
-
-/// Completes columns as Milvus returns them from a query so that they can
-/// be written back: 2.3 returns an empty array as an element without data,
-/// and its proxy crashes (nil dereference in `checkArrayElement`) when such
-/// an element is inserted; the element type of array columns may be unset.
-pub fn normalize(info: &CollectionInfo, fields: &mut [FieldData]) {
-    for f in fields.iter_mut() {
-        let Some(schema_field) = info.schema.fields.iter().find(|s| s.name == f.field_name) else {
-            continue;
-        };
-        if f.field_id == 0 {
-            f.field_id = schema_field.field_id;
-        }
-        if let Some(schema::field_data::Field::Scalars(sc)) = &mut f.field {
-            if let Some(schema::scalar_field::Data::ArrayData(a)) = &mut sc.data {
-                if a.element_type == 0 {
-                    a.element_type = schema_field.element_type;
-                }
-                for row in a.data.iter_mut().filter(|r| r.data.is_none()) {
-                    row.data = empty_array(a.element_type);
-                }
-            }
-        }
-    }
-}
-
-/// An empty list of the given element type.
-fn empty_array(element_type: i32) -> Option<schema::scalar_field::Data> {
-    use schema::scalar_field::Data as S;
-    Some(match DataType::try_from(element_type).ok()? {
-        DataType::Bool => S::BoolData(schema::BoolArray::default()),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 => S::IntData(schema::IntArray::default()),
-        DataType::Int64 => S::LongData(schema::LongArray::default()),
-        DataType::Float => S::FloatData(schema::FloatArray::default()),
-        DataType::Double => S::DoubleData(schema::DoubleArray::default()),
-        DataType::VarChar | DataType::String => S::StringData(schema::StringArray::default()),
-        _ => return None,
-    })
-}
-
-/// One page of a scan: columns and their primary keys (ascending).
-pub struct Page {
-    pub fields: Vec<FieldData>,
-    pub keys: Vec<Pk>,
-}
-
-/// Scans a collection (or one partition) in primary-key order, pinned to
-/// `ts`, reading one page ahead of the consumer. Pages arrive on the
-/// returned channel; the last page is the first with fewer than
-/// `page_rows` rows (possibly empty). A page whose keys are not strictly
-/// ascending is an error: callers derive deletes from what a page lacks.
-pub fn scan_pages(
-    milvus: &Milvus,
-    info: &CollectionInfo,
-    partition: Option<&str>,
-    ts: u64,
-    page_rows: usize,
-) -> tokio::sync::mpsc::Receiver<std::result::Result<Page, anyhow::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let (milvus, info, partition) = (milvus.clone(), info.clone(), partition.map(str::to_string));
-    tokio::spawn(async move {
-        let fields = info.output_fields();
-        let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
-        let mut after: Option<Pk> = None;
-        loop {
-            let page = crate::replication::retry("scan page", 5, || {
-                milvus.query_page(&info, partition.as_deref(), &fields, after.as_ref(), page_rows, ts)
-            })
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|mut f| {
-                normalize(&info, &mut f);
-                if rows::num_rows(&f)? == 0 {
-                    return Ok(Page { fields: f, keys: vec![] });
-                }
-                let keys = rows::primary_keys(&f, &pk_name)?;
-                if keys.windows(2).any(|w| w[0] >= w[1]) || after.as_ref().is_some_and(|a| keys.first().is_some_and(|k| k <= a)) {
-                    anyhow::bail!(
-                        "{}.{}: Milvus returned a page not in primary-key order",
-                        info.database,
-                        info.name
-                    );
-                }
-                Ok(Page { fields: f, keys })
-            });
-            let done = match &page {
-                Ok(p) => {
-                    after = p.keys.last().cloned();
-                    p.keys.len() < page_rows
-                }
-                Err(_) => true,
-            };
-            if tx.send(page).await.is_err() || done {
-                break;
-            }
-        }
-    });
-    rx
 }

@@ -138,7 +138,13 @@ impl Base {
         let txn = self.db.begin_write()?;
         let id = {
             let mut t = txn.open_table(SCOPES)?;
-            let next = t.iter()?.filter_map(|e| e.ok()).map(|(_, v)| v.value()).max().unwrap_or(0) + 1;
+            let next = t
+                .iter()?
+                .filter_map(|e| e.ok())
+                .map(|(_, v)| v.value())
+                .max()
+                .unwrap_or(0)
+                + 1;
             t.insert(name, next)?;
             next
         };
@@ -174,7 +180,10 @@ impl Base {
             txn.open_table(INT)?
                 .retain_in((id, i64::MIN)..=(id, i64::MAX), |_, _| false)?;
             let mut s = txn.open_table(STR)?;
-            s.retain_in::<(u64, &str), _>((Bound::Included((id, "")), Bound::Excluded((id + 1, ""))), |_, _| false)?;
+            s.retain_in::<(u64, &str), _>(
+                (Bound::Included((id, "")), Bound::Excluded((id + 1, ""))),
+                |_, _| false,
+            )?;
             txn.open_table(SCOPES)?.remove(name)?;
         }
         txn.commit()?;
@@ -276,8 +285,7 @@ impl Base {
     /// The sink has applied every batch up to `seq`.
     pub fn ack(&self, seq: u64) -> Result<()> {
         let txn = self.db.begin_write()?;
-        txn.open_table(PENDING)?
-            .retain_in(..=seq, |_, _| false)?;
+        txn.open_table(PENDING)?.retain_in(..=seq, |_, _| false)?;
         txn.commit()?;
         Ok(())
     }
@@ -407,7 +415,12 @@ mod tests {
             (Pk::Int(2), 99, 1),
             (Pk::Int(4), 44, 2),
         ];
-        let base = vec![(Pk::Int(1), 11), (Pk::Int(2), 22), (Pk::Int(3), 33), (Pk::Int(5), 55)];
+        let base = vec![
+            (Pk::Int(1), 11),
+            (Pk::Int(2), 22),
+            (Pk::Int(3), 33),
+            (Pk::Int(5), 55),
+        ];
         let d = diff_page(&page, &base);
         assert_eq!(d.inserts, vec![2]);
         assert_eq!(d.upserts, vec![1]);
@@ -429,9 +442,11 @@ mod tests {
         {
             let b = Base::open(&path).unwrap();
             scope = b.scope_id("default/c/").unwrap();
-            b.stage(1, scope, &[(Pk::Int(1), Some(11)), (Pk::Int(2), Some(21))]).unwrap();
+            b.stage(1, scope, &[(Pk::Int(1), Some(11)), (Pk::Int(2), Some(21))])
+                .unwrap();
             b.ack(1).unwrap();
-            b.stage(2, scope, &[(Pk::Int(2), None), (Pk::Int(3), Some(31))]).unwrap();
+            b.stage(2, scope, &[(Pk::Int(2), None), (Pk::Int(3), Some(31))])
+                .unwrap();
             assert_eq!(b.pending_count().unwrap(), 1);
         }
         // Restart: batch 2 was never acknowledged.
@@ -441,9 +456,18 @@ mod tests {
         let r = b.range(scope, None, None, false).unwrap();
         assert_eq!(
             r,
-            vec![(Pk::Int(1), 11), (Pk::Int(2), UNKNOWN), (Pk::Int(3), UNKNOWN)]
+            vec![
+                (Pk::Int(1), 11),
+                (Pk::Int(2), UNKNOWN),
+                (Pk::Int(3), UNKNOWN)
+            ]
         );
-        assert_eq!(b.range(scope, Some(&Pk::Int(1)), Some(&Pk::Int(2)), false).unwrap().len(), 1);
+        assert_eq!(
+            b.range(scope, Some(&Pk::Int(1)), Some(&Pk::Int(2)), false)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -453,7 +477,15 @@ mod tests {
         let s1 = b.scope_id("db/a/").unwrap();
         let s2 = b.scope_id("db/b/").unwrap();
         assert_ne!(s1, s2);
-        b.stage(1, s1, &[(Pk::Str("x".into()), Some(1)), (Pk::Str("y".into()), Some(3))]).unwrap();
+        b.stage(
+            1,
+            s1,
+            &[
+                (Pk::Str("x".into()), Some(1)),
+                (Pk::Str("y".into()), Some(3)),
+            ],
+        )
+        .unwrap();
         b.stage(2, s2, &[(Pk::Str("x".into()), Some(5))]).unwrap();
         assert_eq!(b.range(s1, None, None, true).unwrap().len(), 2);
         assert_eq!(

@@ -32,9 +32,7 @@ impl CollectionEntry {
     /// The partitions a capture pass scans separately. `None` = the whole
     /// collection at once (one partition, or partition-key routing).
     pub fn scan_partitions(&self) -> Vec<Option<String>> {
-        if self.info.has_partition_key()
-            || self.partitions.iter().all(|p| p == DEFAULT_PARTITION)
-        {
+        if self.info.has_partition_key() || self.partitions.iter().all(|p| p == DEFAULT_PARTITION) {
             vec![None]
         } else {
             self.partitions.iter().cloned().map(Some).collect()
@@ -182,7 +180,10 @@ pub fn from_ddl(ddl: &[pb::Ddl]) -> Result<Catalog> {
             Some(Op::CreateCollection(x)) => {
                 let schema = CollectionSchema::decode(x.schema.as_slice())
                     .context("decode a replicated collection schema")?;
-                index.insert((x.database.clone(), x.collection.clone()), cat.collections.len());
+                index.insert(
+                    (x.database.clone(), x.collection.clone()),
+                    cat.collections.len(),
+                );
                 cat.collections.push(CollectionEntry {
                     info: CollectionInfo {
                         database: x.database.clone(),
@@ -219,7 +220,11 @@ pub fn from_ddl(ddl: &[pb::Ddl]) -> Result<Catalog> {
                 cat.collections[i].indexes.push(IndexInfo {
                     field: x.field.clone(),
                     index_name: x.index_name.clone(),
-                    params: x.params.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+                    params: x
+                        .params
+                        .iter()
+                        .map(|p| (p.key.clone(), p.value.clone()))
+                        .collect(),
                 });
             }
             Some(Op::SetLoaded(x)) => {
@@ -254,7 +259,17 @@ fn same_shape(a: &CollectionSchema, b: &CollectionSchema) -> bool {
             .fields
             .iter()
             .filter(|f| !f.is_dynamic)
-            .map(|f| (f.name.clone(), f.data_type, f.is_primary_key, f.type_params.iter().map(|p| (p.key.clone(), p.value.clone())).collect::<BTreeSet<_>>()))
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    f.data_type,
+                    f.is_primary_key,
+                    f.type_params
+                        .iter()
+                        .map(|p| (p.key.clone(), p.value.clone()))
+                        .collect::<BTreeSet<_>>(),
+                )
+            })
             .collect();
         fields.sort();
         (fields, s.enable_dynamic_field)
@@ -280,7 +295,11 @@ pub async fn reconcile(
     }
     let wanted: BTreeSet<String> = cat.collections.iter().map(|c| c.key()).collect();
     // Collections dropped on the primary.
-    let gone: Vec<String> = managed.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+    let gone: Vec<String> = managed
+        .keys()
+        .filter(|k| !wanted.contains(*k))
+        .cloned()
+        .collect();
     for key in gone {
         if let Some((db, name)) = key.split_once('.') {
             milvus.drop_collection(db, name).await?;
@@ -335,14 +354,21 @@ pub async fn reconcile(
             changes.push(format!("created collection {key}"));
         }
         if !c.info.has_partition_key() {
-            let have: BTreeSet<String> = milvus.list_partitions(db, name).await?.into_iter().collect();
+            let have: BTreeSet<String> = milvus
+                .list_partitions(db, name)
+                .await?
+                .into_iter()
+                .collect();
             for p in &c.partitions {
                 if !have.contains(p) {
                     milvus.create_partition(db, name, p).await?;
                     changes.push(format!("created partition {key}/{p}"));
                 }
             }
-            for p in have.iter().filter(|p| !c.partitions.contains(p) && *p != DEFAULT_PARTITION) {
+            for p in have
+                .iter()
+                .filter(|p| !c.partitions.contains(p) && *p != DEFAULT_PARTITION)
+            {
                 milvus.drop_partition(db, name, p).await?;
                 changes.push(format!("dropped partition {key}/{p}"));
             }
@@ -350,7 +376,10 @@ pub async fn reconcile(
         let have_idx = milvus.list_indexes(db, name).await?;
         let mut released = false;
         for i in &have_idx {
-            let wanted = c.indexes.iter().find(|w| w.index_name == i.index_name && w.field == i.field);
+            let wanted = c
+                .indexes
+                .iter()
+                .find(|w| w.index_name == i.index_name && w.field == i.field);
             if wanted.is_none_or(|w| !same_index(w, i)) {
                 if !released {
                     milvus.release(db, name).await?;
@@ -362,7 +391,10 @@ pub async fn reconcile(
         }
         let have_idx = milvus.list_indexes(db, name).await?;
         for w in &c.indexes {
-            if !have_idx.iter().any(|i| i.index_name == w.index_name && i.field == w.field) {
+            if !have_idx
+                .iter()
+                .any(|i| i.index_name == w.index_name && i.field == w.field)
+            {
                 let creatable = IndexInfo {
                     field: w.field.clone(),
                     index_name: w.index_name.clone(),

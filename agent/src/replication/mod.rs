@@ -81,7 +81,11 @@ pub type SharedState = Arc<Mutex<ReplicationState>>;
 
 /// Retries `f` with exponential backoff while its error is retryable,
 /// up to `attempts` tries.
-pub async fn retry<T, F, Fut>(what: &str, attempts: u32, mut f: F) -> Result<T, crate::milvus::MilvusError>
+pub async fn retry<T, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut f: F,
+) -> Result<T, crate::milvus::MilvusError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::milvus::MilvusError>>,

@@ -55,8 +55,8 @@ impl Checkpoint {
         use std::io::Write;
         let tmp = path.with_extension("tmp");
         {
-            let mut f = std::fs::File::create(&tmp)
-                .with_context(|| format!("create {}", tmp.display()))?;
+            let mut f =
+                std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
             f.write_all(&serde_json::to_vec(self)?)?;
             f.sync_all()?;
         }
@@ -141,16 +141,26 @@ impl Replication for Sink {
             Some(pb::SourceMessage {
                 msg: Some(source_message::Msg::Hello(h)),
             }) => h,
-            _ => return Err(Status::invalid_argument("the stream must start with SourceHello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the stream must start with SourceHello",
+                ))
+            }
         };
         if hello.epoch == 0 {
-            return Err(Status::invalid_argument("SourceHello.epoch must be at least 1"));
+            return Err(Status::invalid_argument(
+                "SourceHello.epoch must be at least 1",
+            ));
         }
         let my_gen = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let reply = {
             let mut cp = self.inner.checkpoint.lock().await;
             if hello.epoch < cp.epoch {
-                warn!(source_epoch = hello.epoch, known = cp.epoch, "refused a source at a stale epoch");
+                warn!(
+                    source_epoch = hello.epoch,
+                    known = cp.epoch,
+                    "refused a source at a stale epoch"
+                );
                 return Err(Status::failed_precondition(format!(
                     "stale epoch: this sink knows epoch {}, the source is at {}",
                     cp.epoch, hello.epoch
@@ -188,7 +198,9 @@ impl Replication for Sink {
                 inner.state.lock().unwrap().connected = false;
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }
 
@@ -254,7 +266,8 @@ impl Inner {
         let lineage = cp.lineage.clone();
         let started = std::time::Instant::now();
         if b.catalog {
-            let cat = catalog::from_ddl(&b.ddl).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            let cat = catalog::from_ddl(&b.ddl)
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
             let mut managed = cp.managed.clone();
             let changes = catalog::reconcile(m, &cat, &mut managed, &lineage)
                 .await
@@ -273,7 +286,11 @@ impl Inner {
         let partition = (!b.partition.is_empty()).then_some(b.partition.as_str());
         let mut deleted = 0u64;
         let mut upserted = 0u64;
-        if let Some(keys) = b.deletes.as_ref().filter(|k| !k.ints.is_empty() || !k.strs.is_empty()) {
+        if let Some(keys) = b
+            .deletes
+            .as_ref()
+            .filter(|k| !k.ints.is_empty() || !k.strs.is_empty())
+        {
             let pk_field = match cp.pk_fields.get(&key) {
                 Some(f) => f.clone(),
                 None => m
@@ -285,9 +302,11 @@ impl Inner {
                     .ok_or_else(|| internal("collection without a primary key"))?,
             };
             let keys = keys_from_pb(keys);
-            retry("apply deletes", 5, || m.delete(&b.database, &b.collection, partition, &pk_field, &keys))
-                .await
-                .map_err(internal)?;
+            retry("apply deletes", 5, || {
+                m.delete(&b.database, &b.collection, partition, &pk_field, &keys)
+            })
+            .await
+            .map_err(internal)?;
             deleted += keys.len() as u64;
         }
         let may_insert = cp
@@ -304,19 +323,28 @@ impl Inner {
                 .map(|f| FieldData::decode(f.as_slice()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| Status::invalid_argument(format!("undecodable field data: {e}")))?;
-            let n = u32::try_from(rows.num_rows).map_err(|_| Status::invalid_argument("too many rows"))?;
+            let n = u32::try_from(rows.num_rows)
+                .map_err(|_| Status::invalid_argument("too many rows"))?;
             match crate::milvus::rows::num_rows(&fields) {
                 Ok(k) if k as u64 == rows.num_rows => {}
-                _ => return Err(Status::invalid_argument("row count does not match the field data")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "row count does not match the field data",
+                    ))
+                }
             }
             if insert {
-                retry("apply inserts", 5, || m.insert(&b.database, &b.collection, partition, fields.clone(), n))
-                    .await
-                    .map_err(internal)?;
+                retry("apply inserts", 5, || {
+                    m.insert(&b.database, &b.collection, partition, fields.clone(), n)
+                })
+                .await
+                .map_err(internal)?;
             } else {
-                retry("apply upserts", 5, || m.upsert(&b.database, &b.collection, partition, fields.clone(), n))
-                    .await
-                    .map_err(internal)?;
+                retry("apply upserts", 5, || {
+                    m.upsert(&b.database, &b.collection, partition, fields.clone(), n)
+                })
+                .await
+                .map_err(internal)?;
             }
             upserted += rows.num_rows;
         }

@@ -253,7 +253,12 @@ struct Sender<'a> {
 impl Sender<'_> {
     /// Stages the batch's changes in the base, then sends it (waiting for a
     /// free slot in the in-flight window).
-    async fn send(&mut self, mut batch: pb::ChangeBatch, scope: u64, changes: &[Change]) -> Result<()> {
+    async fn send(
+        &mut self,
+        mut batch: pb::ChangeBatch,
+        scope: u64,
+        changes: &[Change],
+    ) -> Result<()> {
         let permit = self.window.acquire().await?;
         permit.forget();
         let seq = self.seq;
@@ -315,7 +320,8 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
             debug!(collection = %prefix, "forgot the capture base of a dropped or recreated collection");
         }
     }
-    s.base.set_meta("catalog_ids", &serde_json::to_vec(&now_ids)?)?;
+    s.base
+        .set_meta("catalog_ids", &serde_json::to_vec(&now_ids)?)?;
 
     // The catalog first, so that every collection exists before its rows.
     let ddl = catalog::to_ddl(&cat);
@@ -411,7 +417,8 @@ async fn scan_scope(
         if diff.is_empty() {
             continue;
         }
-        let mut changes: Vec<Change> = Vec::with_capacity(diff.inserts.len() + diff.upserts.len() + diff.deletes.len());
+        let mut changes: Vec<Change> =
+            Vec::with_capacity(diff.inserts.len() + diff.upserts.len() + diff.deletes.len());
         for &i in diff.inserts.iter().chain(diff.upserts.iter()) {
             changes.push((page[i].0.clone(), Some(page[i].1)));
         }
