@@ -152,12 +152,17 @@ impl Admin for AdminService {
                 collection: info.name.clone(),
                 ..Default::default()
             };
-            let loaded = self
-                .milvus
-                .load_state(&info.database, &info.name)
-                .await
-                .map_err(unavailable)?
-                == milvus::proto::common::LoadState::Loaded;
+            use milvus::proto::common::LoadState;
+            let mut state = self.milvus.load_state(&info.database, &info.name).await.map_err(unavailable)?;
+            if state == LoadState::Loading {
+                // Replication starts loads without waiting for them.
+                let _ = self
+                    .milvus
+                    .wait_loaded(&info.database, &info.name, std::time::Duration::from_secs(120))
+                    .await;
+                state = self.milvus.load_state(&info.database, &info.name).await.map_err(unavailable)?;
+            }
+            let loaded = state == LoadState::Loaded;
             if !loaded {
                 d.error = "not loaded: its rows cannot be read".into();
                 out.push(d);

@@ -467,6 +467,8 @@ pub async fn delete(m: &Milvus, db: &str, coll: &str, shape: Shape, ids: &[i64])
 /// Every row of a collection (key → row hash) read with Strong
 /// consistency; fails on duplicate primary keys.
 pub async fn read_all(m: &Milvus, db: &str, coll: &str) -> Result<BTreeMap<Pk, u64>> {
+    // A replicated collection is loaded asynchronously on the standby.
+    m.wait_loaded(db, coll, Duration::from_secs(120)).await?;
     let info = m.describe(db, coll).await?;
     let ts = m.alloc_timestamp().await?;
     let mut pages = mv::scan_pages(m, &info, None, ts, 8192);

@@ -251,8 +251,12 @@ pub fn servers() -> &'static Servers {
 /// (`cargo build --workspace --bins`); when one is missing it is built here.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
+    // Test executables live in target/<profile>/deps, binaries one level up.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     if !path.exists() {
         BUILT.get_or_init(|| {
@@ -456,6 +460,10 @@ replication:
         Ok(())
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: no shutdown, no flushing.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -577,4 +585,12 @@ pub async fn start_pair(
     )
     .await?;
     Ok((a, b))
+}
+
+/// Peak resident set size (VmHWM) of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -412,13 +412,13 @@ pub async fn reconcile(
                 changes.push(format!("created index {key}/{}", w.index_name));
             }
         }
-        let loaded = milvus.load_state(db, name).await? == LoadState::Loaded;
+        // Loading is started, not awaited: writes do not need it, and the
+        // next pass sees the state again.
+        let state = milvus.load_state(db, name).await?;
+        let loaded = matches!(state, LoadState::Loaded | LoadState::Loading);
         if c.loaded && (!loaded || released) {
             milvus.load(db, name).await?;
-            milvus
-                .wait_loaded(db, name, std::time::Duration::from_secs(300))
-                .await?;
-            changes.push(format!("loaded {key}"));
+            changes.push(format!("loading {key}"));
         } else if !c.loaded && loaded {
             milvus.release(db, name).await?;
             changes.push(format!("released {key}"));

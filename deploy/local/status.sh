@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Shows the local demo's processes and `drctl status`.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+demo="${DEMO_DIR:-$root/.local/demo}"
+target="${CARGO_TARGET_DIR:-$root/target}"
+[ -f "$demo/state.json" ] || { echo "no demo running (no $demo/state.json)"; exit 1; }
+python3 - "$demo/state.json" <<'PY'
+import json, os, sys
+s = json.load(open(sys.argv[1]))
+for kind in ("milvus", "agents"):
+    for dc, p in s[kind].items():
+        alive = os.path.exists(f"/proc/{p['pid']}")
+        print(f"{kind:<7} {dc}  pid {p['pid']:<8} {'up  ' if alive else 'DOWN'}  {p['grpc']}")
+PY
+"$target/release/drctl" --config "$demo/drctl.yaml" status

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Local demo: two real Milvus servers (dc-a primary, dc-b standby), two
+# dr-agents on free ports with mutual TLS, sample data and a mixed workload,
+# then `drctl status` and `drctl verify`. Everything stays running; state and
+# logs live in .local/demo (or $DEMO_DIR). Stop it with deploy/local/down.sh.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+demo="${DEMO_DIR:-$root/.local/demo}"
+venv="${MILVUS_DR_VENV:-$root/.venv}"
+export MILVUS_DR_VENV="$venv"
+target="${CARGO_TARGET_DIR:-$root/target}"
+
+if [ -f "$demo/state.json" ]; then
+  echo "up: a demo is already running (or was not stopped): run deploy/local/down.sh first" >&2
+  exit 1
+fi
+bash deploy/local/setup.sh
+echo "up: building (release)"
+cargo build --release --locked -q -p dr-agent -p dr-tests --bins
+bin="$target/release"
+mkdir -p "$demo"
+
+wait_file() { for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "up: $1 never appeared" >&2; return 1; }
+json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+for dc in dc-a dc-b; do
+  mkdir -p "$demo/milvus-$dc"
+  setsid nohup "$venv/bin/python" deploy/local/milvus_server.py --data-dir "$demo/milvus-$dc" \
+    > "$demo/milvus-$dc/launcher.log" 2>&1 < /dev/null &
+done
+for dc in dc-a dc-b; do
+  wait_file "$demo/milvus-$dc/server.json"
+  port=$(json "$demo/milvus-$dc/server.json" http_port)
+  for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
+  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { echo "up: Milvus $dc not healthy" >&2; exit 1; }
+  echo "up: Milvus $dc healthy on grpc port $(json "$demo/milvus-$dc/server.json" grpc_port)"
+done
+
+[ -f "$demo/certs/ca.pem" ] || "$bin/drctl" certs init --out "$demo/certs" >/dev/null
+a_grpc=$(json "$demo/milvus-dc-a/server.json" grpc_port); a_http=$(json "$demo/milvus-dc-a/server.json" http_port)
+b_grpc=$(json "$demo/milvus-dc-b/server.json" grpc_port); b_http=$(json "$demo/milvus-dc-b/server.json" http_port)
+
+write_config() { # dc, listen port, peer agent address
+  cat > "$demo/agent-$1.yaml" <<YAML
+datacenter: $1
+initial_primary: dc-a
+state_dir: state-$1
+datacenters:
+  dc-a:
+    milvus: { endpoint: "http://127.0.0.1:$a_grpc", health_url: "http://127.0.0.1:$a_http/healthz" }
+    agent: "${A_ADDR:-https://127.0.0.1:1}"
+  dc-b:
+    milvus: { endpoint: "http://127.0.0.1:$b_grpc", health_url: "http://127.0.0.1:$b_http/healthz" }
+    agent: "${B_ADDR:-https://127.0.0.1:1}"
+listen: { grpc: "127.0.0.1:$2", metrics: "127.0.0.1:0" }
+tls: { ca: certs/ca.pem, cert: certs/agent.$1.pem, key: certs/agent.$1.key }
+replication: { poll_interval: 500ms }
+YAML
+}
+start_agent() { # dc
+  "$bin/dr-agent" --config "$demo/agent-$1.yaml" --check >/dev/null
+  rm -f "$demo/state-$1/bound.json"
+  setsid nohup "$bin/dr-agent" --config "$demo/agent-$1.yaml" > "$demo/agent-$1.log" 2>&1 < /dev/null &
+  wait_file "$demo/state-$1/bound.json"
+}
+write_config dc-b 0
+start_agent dc-b
+B_ADDR="https://$(json "$demo/state-dc-b/bound.json" grpc)"
+write_config dc-b "$(json "$demo/state-dc-b/bound.json" grpc | cut -d: -f2)"
+write_config dc-a 0
+start_agent dc-a
+A_ADDR="https://$(json "$demo/state-dc-a/bound.json" grpc)"
+write_config dc-a "$(json "$demo/state-dc-a/bound.json" grpc | cut -d: -f2)"
+write_config dc-b "$(json "$demo/state-dc-b/bound.json" grpc | cut -d: -f2)"
+
+cat > "$demo/drctl.yaml" <<YAML
+agents:
+  dc-a: { address: "$A_ADDR" }
+  dc-b: { address: "$B_ADDR" }
+tls: { ca: certs/ca.pem, cert: certs/operator.pem, key: certs/operator.key }
+YAML
+
+python3 - "$demo" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+def j(p): return json.load(open(os.path.join(d, p)))
+state = {"milvus": {}, "agents": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+for dc in ("dc-a", "dc-b"):
+    m = j(f"milvus-{dc}/server.json")
+    state["milvus"][dc] = {"pid": m["pid"], "grpc": f"127.0.0.1:{m['grpc_port']}", "healthz": f"http://127.0.0.1:{m['http_port']}/healthz", "data_dir": m["data_dir"]}
+    b = j(f"state-{dc}/bound.json")
+    state["agents"][dc] = {"pid": b["pid"], "grpc": b["grpc"], "metrics": f"http://{b['metrics']}/metrics", "config": os.path.join(d, f"agent-{dc}.yaml"), "log": os.path.join(d, f"agent-{dc}.log")}
+json.dump(state, open(os.path.join(d, "state.json"), "w"), indent=2)
+PY
+echo "up: agents running; state in $demo/state.json"
+
+echo "up: loading sample data and running a mixed workload on the primary"
+"$bin/demo-workload" --endpoint "http://127.0.0.1:$a_grpc" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
+echo
+"$bin/drctl" --config "$demo/drctl.yaml" status
+echo
+"$bin/drctl" --config "$demo/drctl.yaml" verify --settle 120s
+echo
+echo "up: demo running. Try:"
+echo "  $bin/drctl --config $demo/drctl.yaml status"
+echo "  curl -s \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['agents']['dc-b']['metrics'])\") | grep lag"
+echo "  bash deploy/local/down.sh"
