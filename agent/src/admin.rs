@@ -153,14 +153,26 @@ impl Admin for AdminService {
                 ..Default::default()
             };
             use milvus::proto::common::LoadState;
-            let mut state = self.milvus.load_state(&info.database, &info.name).await.map_err(unavailable)?;
+            let mut state = self
+                .milvus
+                .load_state(&info.database, &info.name)
+                .await
+                .map_err(unavailable)?;
             if state == LoadState::Loading {
                 // Replication starts loads without waiting for them.
                 let _ = self
                     .milvus
-                    .wait_loaded(&info.database, &info.name, std::time::Duration::from_secs(120))
+                    .wait_loaded(
+                        &info.database,
+                        &info.name,
+                        std::time::Duration::from_secs(120),
+                    )
                     .await;
-                state = self.milvus.load_state(&info.database, &info.name).await.map_err(unavailable)?;
+                state = self
+                    .milvus
+                    .load_state(&info.database, &info.name)
+                    .await
+                    .map_err(unavailable)?;
             }
             let loaded = state == LoadState::Loaded;
             if !loaded {

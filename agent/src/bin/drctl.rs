@@ -60,6 +60,12 @@ enum CertsCmd {
     },
 }
 
+/// Prints without panicking when stdout is closed (`drctl status | head`).
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 fn load(config: &Option<PathBuf>) -> anyhow::Result<DrctlConfig> {
     let path = config.as_ref().ok_or_else(|| {
         anyhow::anyhow!("no drctl config: pass --config FILE or set DRCTL_CONFIG")
@@ -116,9 +122,9 @@ fn main() -> ExitCode {
                 all.push(drctl::to_agent_status(dc, cfg.status(dc).await));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+                out(&(serde_json::to_string_pretty(&all).unwrap_or_default() + "\n"));
             } else {
-                print!("{}", drctl::status_table(&all));
+                out(&drctl::status_table(&all));
             }
             if all.iter().all(|s| s.reachable) {
                 ExitCode::SUCCESS
@@ -147,9 +153,9 @@ fn main() -> ExitCode {
             match drctl::verify(&cfg, &opts).await {
                 Ok(r) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                        out(&(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"));
                     } else {
-                        print!("{}", drctl::verify_text(&r));
+                        out(&drctl::verify_text(&r));
                     }
                     if r.identical {
                         ExitCode::SUCCESS

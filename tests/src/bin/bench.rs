@@ -19,7 +19,10 @@ use dr_tests::data::{self, Shape};
 use dr_tests::{peak_rss_mib, start_pair, wait_until, TestEnv};
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -60,7 +63,10 @@ async fn main() -> Result<()> {
     data::drop_database(&env.standby, scratch).await?;
     env.standby.create_database(scratch).await?;
     data::create(&env.standby, scratch, "c", shape).await?;
-    let batches: Vec<_> = ids.chunks(5000).map(|c| (data::rows(shape, c, 1), c.len() as u32)).collect();
+    let batches: Vec<_> = ids
+        .chunks(5000)
+        .map(|c| (data::rows(shape, c, 1), c.len() as u32))
+        .collect();
     let t = Instant::now();
     for (cols, n) in batches {
         env.standby.insert(scratch, "c", None, cols, n).await?;
@@ -79,7 +85,10 @@ async fn main() -> Result<()> {
     let ctl = env.drctl(&a, &b);
     let mut first_row: Option<Duration> = None;
     loop {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "initial sync took over 600 s");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "initial sync took over 600 s"
+        );
         if let Some(sb) = ctl.status("dc-b").await.ok().and_then(|s| s.replication) {
             if sb.rows_upserted > 0 && first_row.is_none() {
                 first_row = Some(t.elapsed());
@@ -122,8 +131,12 @@ async fn main() -> Result<()> {
         interval.tick().await;
         let ins: Vec<i64> = (next_id..next_id + n_ins).collect();
         next_id += n_ins;
-        let ups: Vec<i64> = (0..n_ups).map(|_| (rand() % next_id as u64) as i64).collect();
-        let dels: Vec<i64> = (0..n_del).map(|_| (rand() % next_id as u64) as i64).collect();
+        let ups: Vec<i64> = (0..n_ups)
+            .map(|_| (rand() % next_id as u64) as i64)
+            .collect();
+        let dels: Vec<i64> = (0..n_del)
+            .map(|_| (rand() % next_id as u64) as i64)
+            .collect();
         data::insert(&env.primary, &db, "c", shape, &ins, 1).await?;
         let mut ups = ups;
         ups.sort();
@@ -149,10 +162,14 @@ async fn main() -> Result<()> {
 
     // Still exact afterwards?
     let since = now_ms();
-    wait_until(Duration::from_secs(300), "catch-up after the load", || async {
-        let r = ctl.status("dc-a").await.ok()?.replication?;
-        (r.applied_snapshot_ms >= since).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(300),
+        "catch-up after the load",
+        || async {
+            let r = ctl.status("dc-a").await.ok()?.replication?;
+            (r.applied_snapshot_ms >= since).then_some(())
+        },
+    )
     .await?;
     let pa_rows = data::read_all(&env.primary, &db, "c").await?;
     let pb_rows = data::read_all(&env.standby, &db, "c").await?;
@@ -167,10 +184,18 @@ async fn main() -> Result<()> {
     println!("    sync, agent start to caught up  {sync_rps:>10.0} rows/s  ratio {:.2} (one-machine {:.2})", sync_rps / limit, sync_rps / shared_limit);
     println!("    sync, first row to caught up    {sync_data_rps:>10.0} rows/s  ratio {:.2} (one-machine {:.2})", sync_data_rps / limit, sync_data_rps / shared_limit);
     println!("(b) lag under {achieved:.0} writes/s (40% insert, 40% upsert, 20% delete) for {secs} s, {} samples", lags.len());
-    println!("    p50 {:.2} s   p99 {:.2} s   max {:.2} s", percentile(&lags, 0.5) as f64 / 1e3, percentile(&lags, 0.99) as f64 / 1e3, lags.last().copied().unwrap_or(-1) as f64 / 1e3);
+    println!(
+        "    p50 {:.2} s   p99 {:.2} s   max {:.2} s",
+        percentile(&lags, 0.5) as f64 / 1e3,
+        percentile(&lags, 0.99) as f64 / 1e3,
+        lags.last().copied().unwrap_or(-1) as f64 / 1e3
+    );
     println!("(c) peak RSS  source agent {rss_a_sync:.0} MiB after (a), {rss_a:.0} MiB after (b)");
     println!("              sink agent   {rss_b_sync:.0} MiB after (a), {rss_b:.0} MiB after (b)");
-    println!("    standby identical to primary after the load: {identical} ({} rows)", pa_rows.len());
+    println!(
+        "    standby identical to primary after the load: {identical} ({} rows)",
+        pa_rows.len()
+    );
     let json = serde_json::json!({
         "rows": rows, "dim": dim,
         "scan_rows_per_s": scan_rps, "insert_rows_per_s": insert_rps,
@@ -181,6 +206,9 @@ async fn main() -> Result<()> {
         "rss_source_mib": rss_a, "rss_sink_mib": rss_b, "identical": identical,
     });
     println!("{json}");
-    anyhow::ensure!(identical, "the standby differs from the primary after the benchmark");
+    anyhow::ensure!(
+        identical,
+        "the standby differs from the primary after the benchmark"
+    );
     Ok(())
 }
