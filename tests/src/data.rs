@@ -424,19 +424,10 @@ pub async fn insert(
     ids: &[i64],
     version: u32,
 ) -> Result<()> {
-    for chunk in ids.chunks(5000) {
-        m.insert(
-            db,
-            coll,
-            None,
-            rows(shape, chunk, version),
-            chunk.len() as u32,
-        )
-        .await?;
-    }
-    Ok(())
+    write(m, db, coll, shape, ids, version, false).await
 }
 
+/// Upserts `ids` (as `version`) in chunks.
 pub async fn upsert(
     m: &Milvus,
     db: &str,
@@ -445,15 +436,26 @@ pub async fn upsert(
     ids: &[i64],
     version: u32,
 ) -> Result<()> {
+    write(m, db, coll, shape, ids, version, true).await
+}
+
+async fn write(
+    m: &Milvus,
+    db: &str,
+    coll: &str,
+    shape: Shape,
+    ids: &[i64],
+    version: u32,
+    upsert: bool,
+) -> Result<()> {
     for chunk in ids.chunks(5000) {
-        m.upsert(
-            db,
-            coll,
-            None,
-            rows(shape, chunk, version),
-            chunk.len() as u32,
-        )
-        .await?;
+        let cols = rows(shape, chunk, version);
+        let n = chunk.len() as u32;
+        if upsert {
+            m.upsert(db, coll, None, cols, n).await?;
+        } else {
+            m.insert(db, coll, None, cols, n).await?;
+        }
     }
     Ok(())
 }

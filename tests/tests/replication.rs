@@ -48,6 +48,25 @@ async fn assert_identical(env: &TestEnv, coll: &str) -> Result<BTreeMap<Pk, u64>
     Ok(a)
 }
 
+/// A collection `c` of `rows` rows on the primary, both agents running and
+/// the standby caught up.
+async fn replicated(env: &TestEnv, rows: i64) -> Result<(Agent, Agent, DrctlConfig)> {
+    data::create(&env.primary, &env.name, "c", SIMPLE).await?;
+    data::insert(
+        &env.primary,
+        &env.name,
+        "c",
+        SIMPLE,
+        &(0..rows).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let (a, b) = start_pair(env, "", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+    Ok((a, b, ctl))
+}
+
 fn no_errors(agents: &[&Agent]) -> Result<()> {
     for a in agents {
         let errs = a.error_lines();
@@ -102,19 +121,7 @@ async fn initial_sync_beyond_the_query_window_is_exact() -> Result<()> {
 async fn inserts_upserts_and_deletes_all_arrive() -> Result<()> {
     let env = TestEnv::new("t_dml").await?;
     let db = env.name.clone();
-    data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(
-        &env.primary,
-        &db,
-        "c",
-        SIMPLE,
-        &(0..3000).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
-    let (a, b) = start_pair(&env, "", None).await?;
-    let ctl = env.drctl(&a, &b);
-    caught_up(&ctl, now_ms()).await?;
+    let (a, b, ctl) = replicated(&env, 3000).await?;
 
     info!("phase: 500 deletes, 500 upserts, 500 inserts while replicating");
     data::delete(
@@ -393,20 +400,7 @@ async fn a_cut_stream_resumes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_grows_while_the_standby_agent_is_stopped_and_falls_after() -> Result<()> {
     let env = TestEnv::new("t_lag").await?;
-    let db = env.name.clone();
-    data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(
-        &env.primary,
-        &db,
-        "c",
-        SIMPLE,
-        &(0..1000).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
-    let (a, mut b) = start_pair(&env, "", None).await?;
-    let ctl = env.drctl(&a, &b);
-    caught_up(&ctl, now_ms()).await?;
+    let (a, mut b, ctl) = replicated(&env, 1000).await?;
     let lag_of = |s: dr_proto::pb::StatusReply| s.replication.map(|r| r.lag_ms).unwrap_or(-1);
     let healthy_lag = lag_of(ctl.status("dc-a").await?);
     info!(healthy_lag, "phase: lag while replicating");
@@ -451,19 +445,7 @@ async fn lag_grows_while_the_standby_agent_is_stopped_and_falls_after() -> Resul
 async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
     let env = TestEnv::new("t_verify").await?;
     let db = env.name.clone();
-    data::create(&env.primary, &db, "c", SIMPLE).await?;
-    data::insert(
-        &env.primary,
-        &db,
-        "c",
-        SIMPLE,
-        &(0..5000).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
-    let (a, b) = start_pair(&env, "", None).await?;
-    let ctl = env.drctl(&a, &b);
-    caught_up(&ctl, now_ms()).await?;
+    let (a, b, _ctl) = replicated(&env, 5000).await?;
 
     let ctl_file = env.dir.path().join("drctl.yaml");
     std::fs::write(
