@@ -226,6 +226,7 @@ async fn new_collection_with_partition_and_index_is_created_and_loaded() -> Resu
     let sparams: BTreeMap<_, _> = si[0].params.iter().cloned().collect();
     assert_eq!(pparams.get("index_type"), sparams.get("index_type"));
     assert_eq!(pparams.get("metric_type"), sparams.get("metric_type"));
+    env.standby.wait_loaded(&db, "parts", LONG).await?;
     assert_eq!(
         env.standby.load_state(&db, "parts").await?,
         LoadState::Loaded

@@ -413,12 +413,16 @@ pub async fn reconcile(
             }
         }
         // Loading is started, not awaited: writes do not need it, and the
-        // next pass sees the state again.
+        // next pass looks again. Load is idempotent in Milvus, and a
+        // partition created after a load stays unloaded (the collection
+        // reports Loading) until load is called again.
         let state = milvus.load_state(db, name).await?;
         let loaded = matches!(state, LoadState::Loaded | LoadState::Loading);
-        if c.loaded && (!loaded || released) {
+        if c.loaded && (state != LoadState::Loaded || released) {
             milvus.load(db, name).await?;
-            changes.push(format!("loading {key}"));
+            if state != LoadState::Loading || released {
+                changes.push(format!("loading {key}"));
+            }
         } else if !c.loaded && loaded {
             milvus.release(db, name).await?;
             changes.push(format!("released {key}"));
