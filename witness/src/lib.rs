@@ -1,2 +1,4 @@
 //! dr-witness: the witness quorum that decides which datacenter is primary.
 #![forbid(unsafe_code)]
+
+pub mod timing;
