@@ -2,3 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod timing;
+pub mod decide;
+pub mod model;
+pub mod role;
