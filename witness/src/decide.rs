@@ -607,9 +607,11 @@ impl Decider {
             .filter(|(_, v)| !v.healthy && v.unhealthy_for_ms >= self.timing.confirmation_ms)
             .count();
         if confirmed < self.majority {
-            if self.revoked == Some(c.epoch) && self.released.is_none() {
-                // The primary recovered before we acted: renew again.
+            if self.revoked.is_some() {
+                // The primary recovered before we acted: renew again (a
+                // released primary asks again when told `Denied`).
                 self.revoked = None;
+                self.released = None;
             }
             self.last_alert = None;
             let unhealthy = fresh.iter().filter(|(_, v)| !v.healthy).count();

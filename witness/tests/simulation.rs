@@ -87,7 +87,16 @@ struct Agent {
     restarts: u64,
 }
 
+enum Undo {
+    Witness(usize),
+    Agent(usize),
+    Restart(usize),
+    Milvus(usize),
+    Links([[bool; NODES]; NODES]),
+}
+
 struct World {
+    undo: Vec<(u64, Undo)>,
     seed: u64,
     rng: StdRng,
     t: u64,
@@ -126,7 +135,8 @@ impl World {
         let d = timing.max_drift;
         let clock = |rng: &mut StdRng| Clock {
             offset: rng.gen_range(0.0..1_000_000.0),
-            rate: 1.0 + rng.gen_range(-d..=d),
+            // Clock rates at the edges of the bound are the dangerous ones.
+            rate: [1.0 - d, 1.0 + d, 1.0 + rng.gen_range(-d..=d)][rng.gen_range(0..3)],
         };
         let now0 = 0;
         let witnesses = (0..W)
@@ -170,9 +180,10 @@ impl World {
         let mut s0 = Cluster::default();
         s0.apply(&init).unwrap();
         let mut w = World {
+            undo: vec![],
             seed,
             loss: [0.0, 0.01, 0.1][rng.gen_range(0..3)],
-            max_delay: [5, 50, 400][rng.gen_range(0..3)],
+            max_delay: [5, 50, 400, 1_200][rng.gen_range(0..4)],
             rng,
             t: 0,
             timing,
@@ -391,7 +402,16 @@ impl World {
                     self.agents[i].drain_done_at = Some((at, epoch));
                 }
                 AAction::BecomeSink { .. } | AAction::SwitchDns { .. } => {}
-                AAction::Persist(c) => self.agents[i].persisted = Some(c),
+                AAction::Persist(c) => {
+                    let promoted = c.primary == DCS[i]
+                        && self.agents[i].persisted.as_ref().is_some_and(|p| p.epoch < c.epoch);
+                    self.agents[i].persisted = Some(c);
+                    if promoted && self.t < FAULT_UNTIL && self.rng.gen_bool(0.3) {
+                        // Crash at the worst moment: just promoted, with
+                        // failsafe promises to the peer possibly pending.
+                        self.undo.push((self.t, Undo::Restart(i)));
+                    }
+                }
             }
         }
     }
@@ -465,25 +485,80 @@ impl World {
         }
     }
 
+    fn leader(&self) -> Option<usize> {
+        (0..W).find(|&w| self.witnesses[w].up && self.witnesses[w].leader)
+    }
+
+    fn primary_index(&self) -> usize {
+        let p = self.committed().primary.clone();
+        DCS.iter().position(|d| *d == p).unwrap()
+    }
+
+    /// One fault; targeted ones undo themselves after a random time.
     fn inject_fault(&mut self) {
         let r = self.rng.gen_range(0..100);
+        let later = self.t + self.rng.gen_range(0..12_000);
+        let p = self.primary_index();
         match r {
-            0..=14 => {
+            0..=9 => {
+                // The witness leader crashes and comes back.
+                if let Some(l) = self.leader() {
+                    self.set_witness(l, false);
+                    self.undo.push((self.t + self.rng.gen_range(0..4_000), Undo::Witness(l)));
+                }
+            }
+            10..=14 => {
                 let w = self.rng.gen_range(0..W);
                 let up = !self.witnesses[w].up;
                 self.set_witness(w, up);
             }
-            15..=29 => {
+            15..=24 => {
+                // Either agent crashes and restarts (the standby's restart
+                // forgets failsafe promises it gave).
                 let i = self.rng.gen_range(0..2);
-                let up = !self.agents[i].up;
-                self.set_agent(i, up);
+                self.set_agent(i, false);
+                self.undo.push((self.t + self.rng.gen_range(0..3_000), Undo::Agent(i)));
             }
-            30..=44 => {
+            25..=34 => {
+                self.milvus_up[p] = false;
+                self.note(format!("milvus {} down", DCS[p]));
+                self.undo.push((later, Undo::Milvus(p)));
+            }
+            35..=39 => {
                 let i = self.rng.gen_range(0..2);
                 self.milvus_up[i] = !self.milvus_up[i];
                 self.note(format!("milvus {} up={}", DCS[i], self.milvus_up[i]));
             }
-            45..=74 => {
+            40..=49 => {
+                // Cut the primary agent off from every witness.
+                let saved = self.blocked;
+                for w in 0..W {
+                    self.blocked[anode(p)][wnode(w)] = true;
+                    self.blocked[wnode(w)][anode(p)] = true;
+                }
+                self.note(format!("agent {} cut off from the witnesses", DCS[p]));
+                self.undo.push((later, Undo::Links(saved)));
+                if self.rng.gen_bool(0.5) {
+                    // The standby restarts during the cut, forgetting the
+                    // failsafe promises it gave.
+                    let at = self.rng.gen_range(self.t..later.max(self.t + 1));
+                    self.undo.push((at, Undo::Restart(1 - p)));
+                }
+            }
+            50..=54 => {
+                // Isolate one witness.
+                let saved = self.blocked;
+                let w = self.rng.gen_range(0..W);
+                for o in 0..NODES {
+                    if o != w {
+                        self.blocked[w][o] = true;
+                        self.blocked[o][w] = true;
+                    }
+                }
+                self.note(format!("w{w} isolated"));
+                self.undo.push((later, Undo::Links(saved)));
+            }
+            55..=69 => {
                 let a = self.rng.gen_range(0..NODES);
                 let b = self.rng.gen_range(0..NODES);
                 if a != b {
@@ -495,15 +570,15 @@ impl World {
                     self.note(format!("link {a}<->{b} blocked={v}"));
                 }
             }
-            75..=79 => {
+            70..=74 => {
                 self.blocked = [[false; NODES]; NODES];
                 self.note("network healed".into());
             }
-            80..=89 => self.operator(OperatorRequest::Switchover {
+            75..=86 => self.operator(OperatorRequest::Switchover {
                 to: self.committed().standby().cloned().unwrap(),
                 by: "sim".into(),
             }),
-            90..=93 => self.operator(OperatorRequest::ForceFailover { by: "sim".into() }),
+            87..=92 => self.operator(OperatorRequest::ForceFailover { by: "sim".into() }),
             _ => {
                 if let Some(dc) = self.committed().needs_resync.iter().next().cloned() {
                     self.operator(OperatorRequest::MarkResynced { dc, by: "sim".into() });
@@ -512,8 +587,35 @@ impl World {
         }
     }
 
+    fn run_undos(&mut self) {
+        let due: Vec<Undo> = {
+            let t = self.t;
+            let (due, keep): (Vec<_>, Vec<_>) = self.undo.drain(..).partition(|(at, _)| *at <= t);
+            self.undo = keep;
+            due.into_iter().map(|(_, u)| u).collect()
+        };
+        for u in due {
+            match u {
+                Undo::Witness(w) => self.set_witness(w, true),
+                Undo::Agent(i) => self.set_agent(i, true),
+                Undo::Restart(i) => {
+                    self.set_agent(i, false);
+                    self.set_agent(i, true);
+                }
+                Undo::Milvus(i) => {
+                    self.milvus_up[i] = true;
+                    self.note(format!("milvus {} up", DCS[i]));
+                }
+                Undo::Links(saved) => {
+                    self.blocked = saved;
+                    self.note("links restored".into());
+                }
+            }
+        }
+    }
+
     fn operator(&mut self, req: OperatorRequest) {
-        if let Some(w) = (0..W).find(|&w| self.witnesses[w].up && self.witnesses[w].leader) {
+        if let Some(w) = self.leader() {
             let now = self.witnesses[w].clock.local(self.t);
             let wall_ms = wall(&self.witnesses[w].clock, self.t);
             self.note(format!("operator -> w{w}: {req:?}"));
@@ -565,6 +667,7 @@ impl World {
     }
 
     fn heal(&mut self) {
+        self.undo.clear();
         self.blocked = [[false; NODES]; NODES];
         self.milvus_up = [true, true];
         for w in 0..W {
@@ -702,6 +805,20 @@ impl World {
         // At most one datacenter acts as primary at any instant.
         let acting = self.acting();
         assert!(acting.len() <= 1, "both datacenters act as primary");
+        // Once a newer epoch is committed, no witness lease of an older
+        // epoch is valid (the commit waited for it, or it was released).
+        let committed = self.committed().epoch;
+        for i in 0..2 {
+            let a = &self.agents[i];
+            let now = a.clock.local(self.t);
+            if a.up && a.role.epoch() < committed && a.role.lease_until().is_some_and(|u| u > now) {
+                panic!(
+                    "{} holds a witness lease of epoch {} after epoch {committed} was committed",
+                    DCS[i],
+                    a.role.epoch()
+                );
+            }
+        }
         // Epochs only grow, for every agent and witness, across restarts;
         // and every view agrees with the committed epoch -> primary.
         for i in 0..2 {
@@ -735,6 +852,9 @@ impl World {
             if self.t < FAULT_UNTIL && self.t >= next_fault {
                 self.inject_fault();
                 next_fault = self.t + self.rng.gen_range(0..4_000);
+            }
+            if self.t < FAULT_UNTIL {
+                self.run_undos();
             }
             if self.t == FAULT_UNTIL {
                 self.heal();
