@@ -18,4 +18,4 @@ pub mod logging;
 pub mod metrics;
 pub mod milvus;
 pub mod replication;
-pub mod tls;
+pub use dr_proto::tls;

@@ -1,10 +1,13 @@
 //! dr-proto: the milvus-dr wire protocol.
 //!
-//! `pb` holds the code generated from `proto/milvusdr.proto`; the rest of this
-//! crate is the small set of checks every receiver runs before acting on a
-//! message, so that a malformed message becomes `Status::invalid_argument`
-//! instead of a half-applied change.
+//! `pb` holds the code generated from `proto/milvusdr.proto`; [`tls`] is the
+//! mutual TLS every party uses; the rest of this crate is the small set of
+//! checks every receiver runs before acting on a message, so that a
+//! malformed message becomes `Status::invalid_argument` instead of a
+//! half-applied change.
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

@@ -5,3 +5,4 @@ pub mod timing;
 pub mod decide;
 pub mod model;
 pub mod role;
+pub mod store;
