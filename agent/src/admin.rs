@@ -128,6 +128,8 @@ impl Admin for AdminService {
             replication: Some(s.to_pb(now)),
             version: env!("CARGO_PKG_VERSION").into(),
             now_ms: now,
+            failover: s.failover.clone(),
+            lease_remaining_ms: s.lease_remaining_ms,
         }))
     }
 

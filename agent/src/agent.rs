@@ -84,6 +84,7 @@ pub async fn run(
         &cfg.state_dir,
         state.clone(),
     )?;
+    let sink_handle = sink.clone();
     let admin = AdminService {
         datacenter: cfg.datacenter.clone(),
         peer: cfg.peer_id().to_string(),
@@ -160,13 +161,10 @@ pub async fn run(
         })
     };
 
-    // Until the witness quorum decides epochs, the configured initial
-    // primary is the source at epoch 1.
     let source_stop = CancellationToken::new();
-    let source_task = if cfg.datacenter == cfg.initial_primary {
-        let base = Arc::new(Base::open(&cfg.state_dir.join("capture-base.redb"))?);
+    let base_source_cfg = || -> Result<source::SourceConfig> {
         let peer = cfg.peer();
-        let scfg = source::SourceConfig {
+        Ok(source::SourceConfig {
             datacenter: cfg.datacenter.clone(),
             epoch: 1,
             peer_address: peer.agent.clone(),
@@ -179,9 +177,42 @@ pub async fn run(
                 databases: cfg.replication.databases.clone(),
                 exclude: cfg.replication.exclude.clone(),
             },
-        };
+        })
+    };
+    let mut failover_task = None;
+    let source_task = if !cfg.witnesses.is_empty() {
+        // The witness quorum decides who is primary.
+        let timing = cfg
+            .failover
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (fo, task) = crate::failover::start(
+            crate::failover::Runtime {
+                datacenter: cfg.datacenter.clone(),
+                timing,
+                witnesses: cfg.witnesses.clone(),
+                tls: tls.clone(),
+                peer_address: cfg.peer().agent.clone(),
+                peer_identity: cfg.agent_identity(cfg.peer_id()),
+                state_dir: cfg.state_dir.clone(),
+                source_cfg: base_source_cfg()?,
+                milvus: milvus.clone(),
+                health: health.clone(),
+                state: state.clone(),
+                sink: sink_handle.clone(),
+                on_promote: cfg.hooks.on_promote.clone(),
+            },
+            source_stop.clone(),
+        )?;
+        sink_handle.set_failsafe(fo);
+        failover_task = Some(task);
+        None
+    } else if cfg.datacenter == cfg.initial_primary {
+        // Without witnesses, the configured initial primary is the source
+        // at epoch 1.
+        let base = Arc::new(Base::open(&cfg.state_dir.join("capture-base.redb"))?);
         Some(tokio::spawn(source::run(
-            scfg,
+            base_source_cfg()?,
             milvus.clone(),
             base,
             state.clone(),
@@ -196,6 +227,14 @@ pub async fn run(
     info!("shutting down: stopping replication first");
     // Order: stop being a source, then the probes, then the APIs.
     source_stop.cancel();
+    if let Some(t) = failover_task {
+        if tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .is_err()
+        {
+            warn!("the failover runtime did not stop within 15s");
+        }
+    }
     if let Some(t) = source_task {
         if tokio::time::timeout(Duration::from_secs(10), t)
             .await

@@ -57,6 +57,26 @@ pub struct Config {
     pub monitoring: Monitoring,
     #[serde(default)]
     pub alerts: Alerts,
+    /// The witness quorum (exactly three: id -> address). Empty: no
+    /// automatic failover; `initial_primary` stays primary at epoch 1.
+    #[serde(default)]
+    pub witnesses: BTreeMap<u64, String>,
+    /// Failover timing; must be identical on every agent and witness.
+    #[serde(default)]
+    pub failover: dr_witness::timing::FailoverSection,
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// Commands run on role changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Run (via `sh -c`) when this agent starts acting as primary at a new
+    /// epoch, with `MILVUS_DR_EPOCH` and `MILVUS_DR_DATACENTER` set. The
+    /// built-in DNS switch runs at the same point.
+    #[serde(default)]
+    pub on_promote: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -456,6 +476,27 @@ impl Config {
                 ));
             }
         }
+        if !self.witnesses.is_empty() {
+            if self.witnesses.len() != 3 {
+                return Err(err(
+                    "witnesses",
+                    format!("{} witnesses configured", self.witnesses.len()),
+                    "list all three witnesses (id: https://address), or none to disable automatic failover",
+                ));
+            }
+            for (id, addr) in &self.witnesses {
+                if !addr.starts_with("https://") {
+                    return Err(err(
+                        format!("witnesses.{id}"),
+                        format!("'{addr}' is not an https:// address"),
+                        "witnesses talk mutual TLS: use https://host:port",
+                    ));
+                }
+            }
+        }
+        self.failover
+            .resolve()
+            .map_err(|e| err(e.field, e.problem, e.fix))?;
         if self.tls.operator_identities.is_empty() {
             return Err(err(
                 "tls.operator_identities",

@@ -57,6 +57,12 @@ pub fn render(src: &MetricsSource) -> String {
     reg.register("role", "1 for the role this agent has now", role);
     gauge_f(
         &mut reg,
+        "lease_remaining_seconds",
+        "Primary lease time left (0 when not acting as primary)",
+        s.lease_remaining_ms as f64 / 1000.0,
+    );
+    gauge_f(
+        &mut reg,
         "epoch",
         "Newest epoch this agent knows",
         s.epoch as f64,

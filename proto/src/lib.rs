@@ -7,6 +7,7 @@
 //! half-applied change.
 #![forbid(unsafe_code)]
 
+pub mod logging;
 pub mod tls;
 
 pub mod pb {

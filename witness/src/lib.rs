@@ -6,3 +6,6 @@ pub mod decide;
 pub mod model;
 pub mod role;
 pub mod store;
+pub mod config;
+pub mod network;
+pub mod service;

@@ -18,7 +18,7 @@
 //! primary fences, in real time, strictly before any witness could see its
 //! lease as expired.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Milliseconds on some node's own clock.
 pub type Millis = u64;
@@ -40,7 +40,7 @@ impl std::fmt::Display for TimingError {
 impl std::error::Error for TimingError {}
 
 /// The failover timing knobs (the `failover` config section).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timing {
     /// How often agents heartbeat the witnesses and renew the lease.
@@ -93,6 +93,50 @@ impl Default for Timing {
             data_loss_budget_ms: d_budget(),
             max_drift: d_drift(),
         }
+    }
+}
+
+/// The `failover` config section, shared by agents and witnesses (they
+/// must agree): a profile, then any field overridden.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSection {
+    /// `default` (a 30 s confirmation window) or `fast` (5 s).
+    #[serde(default)]
+    pub profile: Profile,
+    pub heartbeat_ms: Option<Millis>,
+    pub lease_ms: Option<Millis>,
+    pub confirmation_ms: Option<Millis>,
+    pub anti_flap_ms: Option<Millis>,
+    pub data_loss_budget_ms: Option<Millis>,
+    pub max_drift: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Default,
+    Fast,
+}
+
+impl FailoverSection {
+    /// The resulting timing, validated.
+    pub fn resolve(&self) -> Result<Timing, TimingError> {
+        let base = match self.profile {
+            Profile::Default => Timing::default(),
+            Profile::Fast => Timing::fast(),
+        };
+        let t = Timing {
+            heartbeat_ms: self.heartbeat_ms.unwrap_or(base.heartbeat_ms),
+            lease_ms: self.lease_ms.unwrap_or(base.lease_ms),
+            confirmation_ms: self.confirmation_ms.unwrap_or(base.confirmation_ms),
+            anti_flap_ms: self.anti_flap_ms.unwrap_or(base.anti_flap_ms),
+            data_loss_budget_ms: self.data_loss_budget_ms.unwrap_or(base.data_loss_budget_ms),
+            max_drift: self.max_drift.unwrap_or(base.max_drift),
+        };
+        t.validate()?;
+        Ok(t)
     }
 }
 
@@ -260,6 +304,18 @@ mod tests {
         let agent_fence_real = lease / agent_rate;
         let witness_expiry_real = lease / witness_rate;
         assert!(agent_fence_real > witness_expiry_real);
+    }
+
+    #[test]
+    fn failover_section_picks_a_profile_and_overrides() {
+        let f: FailoverSection = serde_norway::from_str("profile: fast\nconfirmation_ms: 8000").unwrap();
+        let t = f.resolve().unwrap();
+        assert_eq!((t.heartbeat_ms, t.lease_ms, t.confirmation_ms), (250, 2_000, 8_000));
+        let f: FailoverSection = serde_norway::from_str("{}").unwrap();
+        assert_eq!(f.resolve().unwrap(), Timing::default());
+        let f: FailoverSection = serde_norway::from_str("profile: fast\nconfirmation_ms: 1000").unwrap();
+        assert_eq!(f.resolve().unwrap_err().field, "failover.confirmation_ms");
+        assert!(serde_norway::from_str::<FailoverSection>("profile: turbo").is_err());
     }
 
     #[test]

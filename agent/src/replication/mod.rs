@@ -50,6 +50,9 @@ pub struct ReplicationState {
     pub lineage: String,
     pub collections: Vec<pb::CollectionStatus>,
     pub last_error: String,
+    /// With witnesses: the role logic's own account of this agent.
+    pub failover: String,
+    pub lease_remaining_ms: i64,
 }
 
 impl ReplicationState {

@@ -83,6 +83,15 @@ struct Inner {
     state: SharedState,
     /// Incremented by every new stream; an older stream stops applying.
     generation: AtomicU64,
+    /// The witness view: (epoch, primary datacenter), when witnesses run.
+    view: std::sync::Mutex<Option<(u64, String)>>,
+    /// Answers the peer's failsafe requests (when witnesses run).
+    failsafe: std::sync::OnceLock<Arc<dyn FailsafeResponder>>,
+}
+
+/// Answers a peer's failsafe request (see `dr_witness::role`).
+pub trait FailsafeResponder: Send + Sync {
+    fn failsafe_asked(&self, epoch: u64) -> dr_witness::role::FailsafeAnswer;
 }
 
 impl Sink {
@@ -112,8 +121,27 @@ impl Sink {
                 checkpoint: Mutex::new(checkpoint),
                 state,
                 generation: AtomicU64::new(0),
+                view: std::sync::Mutex::new(None),
+                failsafe: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    pub fn set_failsafe(&self, r: Arc<dyn FailsafeResponder>) {
+        let _ = self.inner.failsafe.set(r);
+    }
+
+    /// Follows the witness view: sources older than `epoch` are refused
+    /// from now on, and at `epoch` only `primary` may stream.
+    pub async fn set_view(&self, epoch: u64, primary: &str) -> Result<()> {
+        *self.inner.view.lock().unwrap() = Some((epoch, primary.to_string()));
+        let mut cp = self.inner.checkpoint.lock().await;
+        if epoch > cp.epoch {
+            cp.epoch = epoch;
+            cp.store(&self.inner.path)?;
+            self.inner.state.lock().unwrap().epoch = epoch;
+        }
+        Ok(())
     }
 
     pub async fn checkpoint(&self) -> Checkpoint {
@@ -130,6 +158,24 @@ type Out = mpsc::Sender<Result<pb::SinkMessage, Status>>;
 #[tonic::async_trait]
 impl Replication for Sink {
     type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SinkMessage, Status>>;
+
+    async fn failsafe(&self, request: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
+        crate::tls::authorize(&request, &self.inner.peer_identity)?;
+        #[derive(serde::Deserialize)]
+        struct Ask {
+            epoch: u64,
+        }
+        let ask: Ask = serde_json::from_slice(&request.get_ref().body)
+            .map_err(|e| Status::invalid_argument(format!("malformed failsafe request: {e}")))?;
+        let Some(r) = self.inner.failsafe.get() else {
+            return Err(Status::failed_precondition(
+                "this agent runs without witnesses: no failsafe",
+            ));
+        };
+        let answer = r.failsafe_asked(ask.epoch);
+        let body = serde_json::to_vec(&answer).map_err(internal)?;
+        Ok(Response::new(pb::Json { body }))
+    }
 
     async fn replicate(
         &self,
@@ -151,6 +197,16 @@ impl Replication for Sink {
             return Err(Status::invalid_argument(
                 "SourceHello.epoch must be at least 1",
             ));
+        }
+        let view = self.inner.view.lock().unwrap().clone();
+        if let Some((epoch, primary)) = view {
+            if hello.epoch == epoch && hello.source_dc != primary {
+                warn!(source_dc = %hello.source_dc, epoch, %primary, "refused a source that is not the primary of its epoch");
+                return Err(Status::failed_precondition(format!(
+                    "{} is not the primary of epoch {epoch} ({primary} is)",
+                    hello.source_dc
+                )));
+            }
         }
         let my_gen = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let reply = {

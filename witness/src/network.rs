@@ -1,0 +1,125 @@
+//! openraft's network between witnesses: each RPC is one unary gRPC call
+//! over mutual TLS, its openraft payload serde-encoded as JSON.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::witness_identity;
+use crate::store::{NodeId, TypeConfig};
+use dr_proto::pb::{witness_client::WitnessClient, RaftRpc};
+
+/// Opens mTLS channels to the other witnesses.
+#[derive(Clone)]
+pub struct Network {
+    pub tls: dr_proto::tls::TlsFiles,
+}
+
+/// A lazily connected channel to witness `id` at `addr`.
+pub fn channel(tls: &dr_proto::tls::TlsFiles, id: u64, addr: &str) -> anyhow::Result<Channel> {
+    let tls: ClientTlsConfig = tls.client_config(&witness_identity(id))?;
+    Ok(Endpoint::from_shared(addr.to_string())?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+pub struct Client {
+    target: NodeId,
+    client: Option<WitnessClient<Channel>>,
+    error: Option<String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Client;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
+        match channel(&self.tls, target, &node.addr) {
+            Ok(ch) => Client {
+                target,
+                client: Some(WitnessClient::new(ch)),
+                error: None,
+            },
+            Err(e) => Client {
+                target,
+                client: None,
+                error: Some(format!("{e:#}")),
+            },
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+}
+
+impl Client {
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
+        &mut self,
+        kind: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(self.error.clone().unwrap_or_default()));
+        };
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftRpc {
+            kind: kind.into(),
+            body,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = client
+            .raft(request)
+            .await
+            .map_err(|s| unreachable(format!("witness {}: {}", self.target, s.message())))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.into_inner().body)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Client {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call::<_, _, openraft::error::Infallible>("append", &rpc, &option)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call::<_, _, openraft::error::Infallible>("vote", &rpc, &option)
+            .await
+    }
+}

@@ -1,0 +1,721 @@
+//! The witness process: the openraft node, its own probes of each
+//! datacenter's Milvus, the decision core driving what it commits, and the
+//! gRPC API (Raft between witnesses, heartbeats from agents, status and
+//! commands from operators).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{error, info, warn};
+
+use crate::config::{witness_identity, WitnessConfig};
+use crate::decide::{
+    Action, AgentHeartbeat, Decider, HeartbeatReply, Input, LeaseAnswer, Observation, Observer,
+    OperatorRequest, Verdict,
+};
+use crate::model::{AuditEntry, Cluster, Command, WitnessState};
+use crate::network::{channel, Network};
+use crate::store::{self, LogStore, NodeId, Raft, StateMachine};
+use crate::timing::{Millis, Timing};
+use dr_proto::pb::{
+    witness_client::WitnessClient,
+    witness_server::{Witness as WitnessApi, WitnessServer},
+    Json, RaftRpc,
+};
+use dr_proto::tls::TlsFiles;
+
+/// What an agent sends: its heartbeat and the timing it runs with (which
+/// must equal the witnesses').
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub heartbeat: AgentHeartbeat,
+    pub timing: Timing,
+}
+
+/// An observation pushed from one witness to the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObservationPush {
+    pub from: NodeId,
+    pub observation: Observation,
+}
+
+/// The last heartbeat a witness received from an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSeen {
+    pub ago_ms: u64,
+    pub heartbeat: AgentHeartbeat,
+}
+
+/// `drctl witness status`: one witness's view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    pub id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub raft_state: String,
+    pub cluster: Cluster,
+    /// This witness's latest observation of each datacenter.
+    pub observation: Observation,
+    pub agents: BTreeMap<String, AgentSeen>,
+    /// On the leader: what it is deciding and why.
+    pub verdict: Verdict,
+    /// On the leader: how long the primary's lease may still be valid.
+    pub lease_remaining_ms: Option<u64>,
+    pub audit: Vec<AuditEntry>,
+    pub timing: Timing,
+}
+
+/// Addresses the witness actually bound.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub pid: u32,
+}
+
+struct Core {
+    decider: Decider,
+    observer: Observer,
+    agents: BTreeMap<String, (Millis, AgentHeartbeat)>,
+    observation: Observation,
+    leader: bool,
+    init_proposed: bool,
+    applied_version: Option<u64>,
+}
+
+struct Inner {
+    cfg: WitnessConfig,
+    timing: Timing,
+    raft: Raft,
+    state: watch::Receiver<WitnessState>,
+    core: Mutex<Core>,
+    started: Instant,
+    peers: BTreeMap<NodeId, WitnessClient<tonic::transport::Channel>>,
+    http: reqwest::Client,
+    metrics: Mutex<Counters>,
+}
+
+#[derive(Default, Clone)]
+struct Counters {
+    decisions: u64,
+    alerts: u64,
+    heartbeats: u64,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Response<Json>, Status> {
+    serde_json::to_vec(v)
+        .map(|body| Response::new(Json { body }))
+        .map_err(|e| Status::internal(format!("encode reply: {e}")))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(req: &Json, what: &str) -> Result<T, Status> {
+    serde_json::from_slice(&req.body)
+        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+impl Inner {
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    fn witness_names(&self) -> Vec<String> {
+        self.cfg.witnesses.keys().map(|id| witness_identity(*id)).collect()
+    }
+
+    fn agent_names(&self) -> Vec<String> {
+        self.cfg
+            .datacenters
+            .keys()
+            .map(|dc| self.cfg.agent_identity(dc))
+            .collect()
+    }
+
+    /// Runs decider actions; proposals go through Raft in the background.
+    fn run_actions(self: &Arc<Self>, actions: Vec<Action>) -> Option<Result<String, String>> {
+        let mut operator = None;
+        for a in actions {
+            match a {
+                Action::Propose(cmd) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.propose(cmd).await });
+                    operator.get_or_insert(Ok("proposed".to_string()));
+                }
+                Action::Alert { reason } => {
+                    self.metrics.lock().unwrap().alerts += 1;
+                    error!(alert = %reason, "automatic failover held");
+                    self.alert(format!("milvus-dr: automatic failover held: {reason}"));
+                    let me = self.clone();
+                    let cmd = Command::Note {
+                        wall_ms: wall_ms(),
+                        what: "failover held".into(),
+                        evidence: reason,
+                    };
+                    tokio::spawn(async move { me.propose(cmd).await });
+                }
+                Action::OperatorReply(r) => operator = Some(r),
+                Action::Reply(_) => {}
+            }
+        }
+        operator
+    }
+
+    fn alert(&self, text: String) {
+        if let Some(url) = self.cfg.alerts.webhook_url.clone() {
+            let http = self.http.clone();
+            tokio::spawn(async move {
+                for attempt in 0..3u32 {
+                    match http
+                        .post(&url)
+                        .json(&serde_json::json!({ "text": text }))
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                    {
+                        Ok(_) => return,
+                        Err(e) => {
+                            warn!(error = %e, attempt, "alert webhook failed");
+                            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn propose(self: &Arc<Self>, cmd: Command) {
+        let what = cmd.describe();
+        let evidence = cmd.evidence().to_string();
+        let res = tokio::time::timeout(
+            Duration::from_millis(self.timing.lease_ms),
+            self.raft.client_write(cmd),
+        )
+        .await;
+        match res {
+            Ok(Ok(r)) => {
+                self.metrics.lock().unwrap().decisions += 1;
+                match &r.data.result {
+                    Ok(()) => info!(decision = %what, %evidence, epoch = r.data.epoch, log_index = r.log_id.index, "committed"),
+                    Err(why) => warn!(decision = %what, %why, "committed but rejected by the state machine"),
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(decision = %what, error = %e, "could not commit");
+                let now = self.now();
+                self.core.lock().unwrap().decider.step(now, Input::ProposalFailed);
+            }
+            Err(_) => {
+                warn!(decision = %what, "commit timed out");
+                let now = self.now();
+                self.core.lock().unwrap().decider.step(now, Input::ProposalFailed);
+            }
+        }
+    }
+
+    /// One round: leadership, applied state, probes, observations, decisions.
+    async fn round(self: &Arc<Self>, probe: bool) {
+        let now = self.now();
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.cfg.id);
+        let cluster = self.state.borrow().cluster.clone();
+        let mut actions = vec![];
+        let mut init = None;
+        {
+            let mut core = self.core.lock().unwrap();
+            if leader != core.leader {
+                core.leader = leader;
+                info!(leader, term = m.current_term, "witness leadership changed");
+                core.decider.step(
+                    now,
+                    if leader {
+                        Input::BecameLeader
+                    } else {
+                        Input::LostLeadership
+                    },
+                );
+                core.init_proposed = false;
+                core.applied_version = None;
+            }
+            if core.applied_version != Some(cluster.version) {
+                core.applied_version = Some(cluster.version);
+                core.decider.step(now, Input::Applied(cluster.clone()));
+            }
+            if leader && cluster.epoch == 0 && !core.init_proposed {
+                core.init_proposed = true;
+                init = Some(Command::Init {
+                    primary: self.cfg.initial_primary.clone(),
+                    datacenters: self.cfg.datacenters.keys().cloned().collect(),
+                    wall_ms: wall_ms(),
+                });
+            }
+        }
+        if let Some(cmd) = init {
+            info!("initialising the witness state: epoch 1, primary {}", self.cfg.initial_primary);
+            let me = self.clone();
+            tokio::spawn(async move { me.propose(cmd).await });
+        }
+        if probe {
+            let probes = self.cfg.datacenters.iter().map(|(dc, d)| {
+                let http = self.http.clone();
+                let url = d.health_url.clone();
+                let timeout = Duration::from_millis(self.timing.heartbeat_ms.max(200));
+                async move {
+                    let ok = match http.get(&url).timeout(timeout).send().await {
+                        Ok(r) => r.status().is_success(),
+                        Err(_) => false,
+                    };
+                    (dc.clone(), ok)
+                }
+            });
+            let results = futures::future::join_all(probes).await;
+            let now = self.now();
+            let wall = wall_ms();
+            let obs = {
+                let mut core = self.core.lock().unwrap();
+                for (dc, ok) in &results {
+                    let before = core.observation.get(dc).map(|v| v.milvus_ok);
+                    if before.is_some() && before != Some(*ok) {
+                        info!(datacenter = %dc, milvus_ok = ok, "probe result changed");
+                    }
+                    core.observer.on_probe(now, wall, dc, *ok);
+                }
+                let obs = core.observer.observe(now);
+                core.observation = obs.clone();
+                core.decider.step(
+                    now,
+                    Input::Observation {
+                        from: self.cfg.id,
+                        obs: obs.clone(),
+                    },
+                );
+                obs
+            };
+            let push = ObservationPush {
+                from: self.cfg.id,
+                observation: obs,
+            };
+            if let Ok(body) = serde_json::to_vec(&push) {
+                for (id, client) in &self.peers {
+                    let mut client = client.clone();
+                    let body = body.clone();
+                    let id = *id;
+                    let ttl = Duration::from_millis(self.timing.heartbeat_ms.max(200));
+                    tokio::spawn(async move {
+                        let mut req = Request::new(Json { body });
+                        req.set_timeout(ttl);
+                        if let Err(e) = client.observe(req).await {
+                            tracing::debug!(witness = id, error = %e.message(), "observation push failed");
+                        }
+                    });
+                }
+            }
+        }
+        {
+            let now = self.now();
+            let mut core = self.core.lock().unwrap();
+            let before = core.decider.verdict().clone();
+            actions.extend(core.decider.step(now, Input::Tick { wall_ms: wall_ms() }));
+            let after = core.decider.verdict().clone();
+            if before != after && after != Verdict::NotLeader {
+                info!(verdict = ?after, "leader decision state");
+            }
+        }
+        self.run_actions(actions);
+    }
+
+    fn status(&self) -> WitnessStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let st = self.state.borrow().clone();
+        let now = self.now();
+        let core = self.core.lock().unwrap();
+        WitnessStatus {
+            id: self.cfg.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            raft_state: format!("{:?}", m.state),
+            cluster: st.cluster,
+            observation: core.observation.clone(),
+            agents: core
+                .agents
+                .iter()
+                .map(|(dc, (at, hb))| {
+                    (
+                        dc.clone(),
+                        AgentSeen {
+                            ago_ms: now.saturating_sub(*at),
+                            heartbeat: hb.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            verdict: core.decider.verdict().clone(),
+            lease_remaining_ms: core.decider.lease_valid_until(now).map(|u| u - now),
+            audit: st.audit.iter().rev().take(50).rev().cloned().collect(),
+            timing: self.timing,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WitnessApi for Service {
+    async fn raft(&self, request: Request<RaftRpc>) -> Result<Response<Json>, Status> {
+        dr_proto::tls::authorize(&request, &self.inner.witness_names())?;
+        let rpc = request.into_inner();
+        let raft = &self.inner.raft;
+        let bad = |e: serde_json::Error| Status::invalid_argument(format!("malformed {} request: {e}", rpc.kind));
+        match rpc.kind.as_str() {
+            "append" => json(&raft.append_entries(serde_json::from_slice(&rpc.body).map_err(bad)?).await),
+            "vote" => json(&raft.vote(serde_json::from_slice(&rpc.body).map_err(bad)?).await),
+            "snapshot" => {
+                json(&raft.install_snapshot(serde_json::from_slice(&rpc.body).map_err(bad)?).await)
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown Raft RPC kind '{other}' (append, vote or snapshot)"
+            ))),
+        }
+    }
+
+    async fn observe(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let who = dr_proto::tls::authorize(&request, &self.inner.witness_names())?;
+        let push: ObservationPush = parse(request.get_ref(), "observation")?;
+        if who != witness_identity(push.from) {
+            return Err(Status::permission_denied(format!(
+                "{who} may not push observations of witness {}",
+                push.from
+            )));
+        }
+        let now = self.inner.now();
+        self.inner.core.lock().unwrap().decider.step(
+            now,
+            Input::Observation {
+                from: push.from,
+                obs: push.observation,
+            },
+        );
+        json(&())
+    }
+
+    async fn heartbeat(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let inner = &self.inner;
+        let who = dr_proto::tls::authorize(&request, &inner.agent_names())?;
+        let req: HeartbeatRequest = parse(request.get_ref(), "heartbeat")?;
+        let dc = inner.cfg.dc_of_identity(&who).unwrap_or_default();
+        if req.heartbeat.dc != dc {
+            return Err(Status::permission_denied(format!(
+                "{who} may only heartbeat for datacenter {dc}, not {}",
+                req.heartbeat.dc
+            )));
+        }
+        if req.timing != inner.timing {
+            return Err(Status::failed_precondition(format!(
+                "the agent's failover timing {:?} differs from the witnesses' {:?}; fix: use the same failover section everywhere",
+                req.timing, inner.timing
+            )));
+        }
+        let now = inner.now();
+        let mut reply: HeartbeatReply = {
+            let mut core = inner.core.lock().unwrap();
+            core.observer.on_agent_heartbeat(now, &dc);
+            core.agents.insert(dc.clone(), (now, req.heartbeat.clone()));
+            let actions = core.decider.step(now, Input::Heartbeat(req.heartbeat));
+            actions
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::Reply(r) => Some(r),
+                    _ => None,
+                })
+                .ok_or_else(|| Status::internal("no heartbeat reply"))?
+        };
+        inner.metrics.lock().unwrap().heartbeats += 1;
+        if reply.lease == LeaseAnswer::Granted {
+            // Confirm leadership with a quorum before the grant leaves.
+            let ok = tokio::time::timeout(
+                Duration::from_millis(inner.timing.heartbeat_ms),
+                inner.raft.ensure_linearizable(),
+            )
+            .await;
+            if !matches!(ok, Ok(Ok(_))) {
+                reply.lease = LeaseAnswer::NotLeader;
+            }
+        }
+        reply.cluster = Some(inner.state.borrow().cluster.clone()).filter(|c| c.epoch > 0);
+        reply.leader = inner.raft.metrics().borrow().current_leader;
+        json(&reply)
+    }
+
+    async fn status(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let mut allowed = self.inner.cfg.tls.operator_identities.clone();
+        allowed.extend(self.inner.agent_names());
+        allowed.extend(self.inner.witness_names());
+        dr_proto::tls::authorize(&request, &allowed)?;
+        json(&self.inner.status())
+    }
+
+    async fn operator(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let who = dr_proto::tls::authorize(&request, &self.inner.cfg.tls.operator_identities)?;
+        let req: OperatorRequest = parse(request.get_ref(), "operator request")?;
+        let req = match req {
+            OperatorRequest::ForceFailover { .. } => OperatorRequest::ForceFailover { by: who },
+            OperatorRequest::Switchover { to, .. } => OperatorRequest::Switchover { to, by: who },
+            OperatorRequest::MarkResynced { dc, .. } => OperatorRequest::MarkResynced { dc, by: who },
+        };
+        info!(request = ?req, "operator request");
+        let now = self.inner.now();
+        let actions = {
+            let mut core = self.inner.core.lock().unwrap();
+            if !core.leader {
+                let leader = self.inner.raft.metrics().borrow().current_leader;
+                return Err(Status::failed_precondition(format!(
+                    "witness {} is not the leader (leader: {})",
+                    self.inner.cfg.id,
+                    leader.map_or("unknown".into(), |l| format!("witness {l}"))
+                )));
+            }
+            core.decider.step(
+                now,
+                Input::Operator {
+                    req,
+                    wall_ms: wall_ms(),
+                },
+            )
+        };
+        match self.inner.run_actions(actions) {
+            Some(Ok(msg)) => json(&msg),
+            Some(Err(why)) => Err(Status::failed_precondition(why)),
+            None => json(&"accepted"),
+        }
+    }
+}
+
+/// Runs a witness until `shutdown`. `on_bound` is called once listening.
+pub async fn run(
+    cfg: WitnessConfig,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<()> {
+    dr_proto::tls::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("create the state directory {}", cfg.state_dir.display()))?;
+    let timing = cfg.timing();
+    let tls = TlsFiles {
+        ca: cfg.tls.ca.clone(),
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+    };
+    let grpc_listener = TcpListener::bind(cfg.listen.grpc)
+        .await
+        .with_context(|| format!("bind listen.grpc {}", cfg.listen.grpc))?;
+    let metrics_listener = TcpListener::bind(cfg.listen.metrics)
+        .await
+        .with_context(|| format!("bind listen.metrics {}", cfg.listen.metrics))?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+        pid: std::process::id(),
+    };
+    std::fs::write(cfg.state_dir.join("bound.json"), serde_json::to_vec(&bound)?)?;
+
+    let db = store::open(&cfg.state_dir.join("witness.redb"))
+        .with_context(|| format!("open the Raft store in {}", cfg.state_dir.display()))?;
+    let (sm, state_rx) = StateMachine::new(db.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let raft_cfg = openraft::Config {
+        cluster_name: "milvus-dr-witnesses".into(),
+        heartbeat_interval: cfg.raft.heartbeat_ms,
+        election_timeout_min: cfg.raft.election_timeout_min_ms,
+        election_timeout_max: cfg.raft.election_timeout_max_ms,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft timers")?;
+    let raft = Raft::new(
+        cfg.id,
+        Arc::new(raft_cfg),
+        Network { tls: tls.clone() },
+        LogStore::new(db.clone()),
+        sm,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("start Raft: {e}"))?;
+    let members: BTreeMap<NodeId, BasicNode> = cfg
+        .witnesses
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    // Safe on every witness: all initialise with the same membership, and
+    // an initialised store refuses it.
+    match raft.initialize(members).await {
+        Ok(()) => info!("initialised a new witness group"),
+        Err(e) => info!("witness group already initialised ({e})"),
+    }
+    let mut peers = BTreeMap::new();
+    for (id, addr) in &cfg.witnesses {
+        if *id != cfg.id {
+            peers.insert(*id, WitnessClient::new(channel(&tls, *id, addr)?));
+        }
+    }
+    let dcs: Vec<String> = cfg.datacenters.keys().cloned().collect();
+    let inner = Arc::new(Inner {
+        timing,
+        raft: raft.clone(),
+        state: state_rx,
+        core: Mutex::new(Core {
+            decider: Decider::new(timing, cfg.witnesses.len()),
+            observer: Observer::new(timing, 0, &dcs),
+            agents: BTreeMap::new(),
+            observation: Observation::new(),
+            leader: false,
+            init_proposed: false,
+            applied_version: None,
+        }),
+        started: Instant::now(),
+        peers,
+        http: reqwest::Client::builder()
+            .build()
+            .context("HTTP client for probes")?,
+        metrics: Mutex::new(Counters::default()),
+        cfg,
+    });
+    let service = Service {
+        inner: inner.clone(),
+    };
+    let server_stop = CancellationToken::new();
+    let grpc = {
+        let tls_cfg = tls.server_config()?;
+        let stop = server_stop.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        let svc = WitnessServer::new(service.clone())
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tls_config(tls_cfg)?
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+                .context("gRPC server")
+        })
+    };
+    let metrics_task = tokio::spawn(serve_metrics(
+        metrics_listener,
+        inner.clone(),
+        server_stop.clone(),
+    ));
+    info!(id = inner.cfg.id, grpc = %bound.grpc, metrics = %bound.metrics, "witness listening");
+    on_bound(&bound);
+
+    let tick = Duration::from_millis((timing.heartbeat_ms / 4).clamp(25, 250));
+    let mut last_probe = Instant::now() - Duration::from_secs(3600);
+    loop {
+        let probe = last_probe.elapsed() >= Duration::from_millis(timing.heartbeat_ms);
+        if probe {
+            last_probe = Instant::now();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = inner.round(probe) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+    info!("shutting down");
+    let _ = raft.shutdown().await;
+    server_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+    Ok(())
+}
+
+fn render_metrics(inner: &Inner) -> String {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    let st = inner.status();
+    let c = inner.metrics.lock().unwrap().clone();
+    let mut reg = Registry::with_prefix("milvus_dr_witness");
+    let g = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    reg.register("epoch", "Committed epoch", g(st.cluster.epoch as i64));
+    reg.register(
+        "is_leader",
+        "1 on the Raft leader",
+        g(i64::from(st.leader == Some(st.id))),
+    );
+    reg.register("term", "Raft term", g(st.term as i64));
+    reg.register(
+        "lease_remaining_ms",
+        "On the leader: how long the primary's lease may still be valid",
+        g(st.lease_remaining_ms.unwrap_or(0) as i64),
+    );
+    let primary = Family::<Vec<(String, String)>, Gauge>::default();
+    let healthy = Family::<Vec<(String, String)>, Gauge>::default();
+    let unhealthy_for = Family::<Vec<(String, String)>, Gauge>::default();
+    for dc in inner.cfg.datacenters.keys() {
+        let l = vec![("datacenter".to_string(), dc.clone())];
+        primary
+            .get_or_create(&l)
+            .set(i64::from(st.cluster.primary == *dc));
+        let v = st.observation.get(dc).copied().unwrap_or_default();
+        healthy.get_or_create(&l).set(i64::from(v.healthy));
+        unhealthy_for.get_or_create(&l).set(v.unhealthy_for_ms as i64);
+    }
+    reg.register("primary", "1 for the committed primary datacenter", primary);
+    reg.register("datacenter_healthy", "This witness's view: Milvus probe ok and agent heartbeating", healthy);
+    reg.register("datacenter_unhealthy_ms", "How long this witness has seen the datacenter unhealthy", unhealthy_for);
+    let counter = |v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        c
+    };
+    reg.register("decisions", "Decisions this witness committed as leader", counter(c.decisions));
+    reg.register("alerts", "Held-failover alerts raised", counter(c.alerts));
+    reg.register("heartbeats", "Agent heartbeats received", counter(c.heartbeats));
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+async fn serve_metrics(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) -> Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let inner = inner.clone();
+            async move {
+                (
+                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    render_metrics(&inner),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .context("metrics server")
+}
