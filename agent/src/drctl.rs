@@ -9,13 +9,19 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use crate::tls::TlsFiles;
-use dr_proto::pb::{self, admin_client::AdminClient};
+use dr_proto::pb::{self, admin_client::AdminClient, witness_client::WitnessClient};
+use dr_witness::decide::OperatorRequest;
+use dr_witness::service::WitnessStatus;
 
 /// `drctl.yaml`: which agents to talk to, with which operator certificate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrctlConfig {
     pub agents: BTreeMap<String, AgentRef>,
+    /// The witness quorum (id -> address), for `drctl witness ...` and the
+    /// witness view in `drctl status`.
+    #[serde(default)]
+    pub witnesses: BTreeMap<u64, String>,
     pub tls: DrctlTls,
 }
 
@@ -38,6 +44,63 @@ pub struct DrctlTls {
 }
 
 impl DrctlConfig {
+    fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.tls.ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        }
+    }
+
+    fn witness_client(&self, id: u64) -> Result<WitnessClient<Channel>> {
+        let addr = self
+            .witnesses
+            .get(&id)
+            .with_context(|| format!("no witness {id} in the drctl config"))?;
+        let ch = dr_witness::network::channel(&self.tls_files(), id, addr)?;
+        Ok(WitnessClient::new(ch))
+    }
+
+    /// Every witness's status (or why it could not be reached).
+    pub async fn witness_status(&self) -> Vec<(u64, Result<WitnessStatus>)> {
+        let mut out = vec![];
+        for id in self.witnesses.keys() {
+            let r = async {
+                let mut c = self.witness_client(*id)?;
+                let mut req = tonic::Request::new(pb::Json { body: b"{}".to_vec() });
+                req.set_timeout(Duration::from_secs(3));
+                let reply = c.status(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                Ok(serde_json::from_slice(&reply.into_inner().body)?)
+            }
+            .await;
+            out.push((*id, r));
+        }
+        out
+    }
+
+    /// Sends an operator request to the leader (tries every witness).
+    pub async fn witness_command(&self, req: &OperatorRequest) -> Result<String> {
+        let body = serde_json::to_vec(req)?;
+        let mut errors = vec![];
+        for id in self.witnesses.keys() {
+            let r = async {
+                let mut c = self.witness_client(*id)?;
+                let mut r = tonic::Request::new(pb::Json { body: body.clone() });
+                r.set_timeout(Duration::from_secs(10));
+                c.operator(r).await.map_err(|s| anyhow::anyhow!("{}", s.message()))
+            }
+            .await;
+            match r {
+                Ok(reply) => {
+                    let text: serde_json::Value = serde_json::from_slice(&reply.into_inner().body)?;
+                    return Ok(format!("witness {id}: {}", text.as_str().unwrap_or("ok")));
+                }
+                Err(e) => errors.push(format!("witness {id}: {e:#}")),
+            }
+        }
+        bail!("no witness accepted the request: {}", errors.join("; "))
+    }
+
     pub fn load(path: &Path) -> Result<DrctlConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read the drctl config {}", path.display()))?;
@@ -65,11 +128,7 @@ impl DrctlConfig {
             .get(dc)
             .with_context(|| format!("no agent {dc} in the drctl config"))?;
         let identity = a.identity.clone().unwrap_or_else(|| format!("agent.{dc}"));
-        let tls = TlsFiles {
-            ca: self.tls.ca.clone(),
-            cert: self.tls.cert.clone(),
-            key: self.tls.key.clone(),
-        };
+        let tls = self.tls_files();
         let ch = tonic::transport::Endpoint::from_shared(a.address.clone())?
             .tls_config(tls.client_config(&identity)?)?
             .connect_timeout(Duration::from_secs(5))
@@ -106,6 +165,9 @@ pub struct AgentStatus {
     pub rows_deleted: Option<u64>,
     pub collections: Vec<CollectionLine>,
     pub last_error: Option<String>,
+    /// With witnesses: why the agent is or is not acting as primary.
+    pub failover: Option<String>,
+    pub lease_remaining_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +196,8 @@ pub fn to_agent_status(dc: &str, r: Result<pb::StatusReply>) -> AgentStatus {
             rows_deleted: None,
             collections: vec![],
             last_error: None,
+            failover: None,
+            lease_remaining_ms: None,
         },
         Ok(s) => {
             let r = s.replication.unwrap_or_default();
@@ -162,6 +226,8 @@ pub fn to_agent_status(dc: &str, r: Result<pb::StatusReply>) -> AgentStatus {
                     })
                     .collect(),
                 last_error: (!r.last_error.is_empty()).then_some(r.last_error),
+                failover: (!s.failover.is_empty()).then_some(s.failover),
+                lease_remaining_ms: (s.lease_remaining_ms > 0).then_some(s.lease_remaining_ms),
             }
         }
     }
@@ -211,11 +277,85 @@ pub fn status_table(all: &[AgentStatus]) -> String {
             s.acked_seq.unwrap_or_default(),
             s.last_error.clone().unwrap_or_default()
         );
+        if let Some(f) = &s.failover {
+            out += &format!("    failover: {f}");
+            if let Some(l) = s.lease_remaining_ms {
+                out += &format!(" (lease {:.1}s left)", l as f64 / 1000.0);
+            }
+            out += "\n";
+        }
         for c in &s.collections {
             out += &format!(
                 "    {:<40} {:>10} rows  {}\n",
                 c.collection, c.rows, c.state
             );
+        }
+    }
+    out
+}
+
+/// The witness view for humans: leader, epoch, primary, each witness's
+/// latest observation, lease remaining, the newest audit entries.
+pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
+    let mut out = format!(
+        "{:<8} {:<10} {:<7} {:<6} {:<10} {:<9}  {}\n",
+        "WITNESS", "RAFT", "LEADER", "EPOCH", "PRIMARY", "LEASE", "OBSERVATION"
+    );
+    let mut newest: Option<&WitnessStatus> = None;
+    for (id, r) in all {
+        match r {
+            Err(e) => out += &format!("{id:<8} {:<10} {:<7} {:<6} {:<10} {:<9}  {e:#}\n", "?", "?", "?", "?", "?"),
+            Ok(s) => {
+                let obs = s
+                    .observation
+                    .iter()
+                    .map(|(dc, v)| {
+                        if v.healthy {
+                            format!("{dc} healthy")
+                        } else {
+                            format!(
+                                "{dc} UNHEALTHY {:.1}s (milvus {}, agent silent {})",
+                                v.unhealthy_for_ms as f64 / 1000.0,
+                                if v.milvus_ok { "ok" } else { "down" },
+                                v.agent_silent_ms
+                                    .map_or("never heard".into(), |m| format!("{:.1}s", m as f64 / 1000.0))
+                            )
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                out += &format!(
+                    "{:<8} {:<10} {:<7} {:<6} {:<10} {:<9}  {}\n",
+                    id,
+                    s.raft_state,
+                    s.leader.map_or("?".into(), |l| l.to_string()),
+                    s.cluster.epoch,
+                    s.cluster.primary,
+                    s.lease_remaining_ms
+                        .map_or("-".into(), |l| format!("{:.1}s", l as f64 / 1000.0)),
+                    obs
+                );
+                if newest.is_none_or(|n| s.cluster.version > n.cluster.version) {
+                    newest = Some(s);
+                }
+            }
+        }
+    }
+    if let Some(s) = newest {
+        if let Some(leader) = all.iter().find_map(|(id, r)| {
+            r.as_ref().ok().filter(|s| s.leader == Some(*id)).map(|s| s.verdict.clone())
+        }) {
+            out += &format!("leader decision: {leader:?}\n");
+        }
+        if !s.cluster.needs_resync.is_empty() {
+            out += &format!(
+                "awaiting resync (no automatic failback): {:?}\n",
+                s.cluster.needs_resync
+            );
+        }
+        out += "recent decisions:\n";
+        for a in s.audit.iter().rev().take(8) {
+            out += &format!("  epoch {:<4} {}  [{}]\n", a.epoch, a.what, a.evidence);
         }
     }
     out

@@ -67,7 +67,7 @@ impl FailsafeResponder for Failover {
         for a in self.step(Input::FailsafeAsked { epoch }) {
             if let Action::AnswerFailsafe(ans) = a {
                 if ans.ok {
-                    info!(epoch, "failsafe: confirmed to the peer that no newer epoch is known (promise given)");
+                    tracing::debug!(epoch, "failsafe: confirmed to the peer that no newer epoch is known (promise given)");
                 }
                 return ans;
             }
@@ -332,7 +332,13 @@ async fn execute(
         Action::StopSource { reason } => {
             warn!(%reason, "fenced: no longer acting as primary; stopping the replication source");
             stop_source(source).await;
-            rt.state.lock().unwrap().role = "fenced".into();
+            let named_primary = fo
+                .role
+                .lock()
+                .unwrap()
+                .cluster()
+                .is_some_and(|c| c.primary == rt.datacenter);
+            rt.state.lock().unwrap().role = if named_primary { "fenced" } else { "sink" }.into();
         }
         Action::Drain { epoch } => {
             let (state, fo) = (rt.state.clone(), fo.clone());

@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod proxy;
+pub mod witness;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,20 @@ impl MilvusServer {
     /// started it exits: call this from a thread that lives long enough.
     pub fn start(data_dir: &Path) -> Result<MilvusServer> {
         Self::spawn(data_dir)?.wait_healthy()
+    }
+
+    /// Starts a server of the test's own (not shared), from a thread that
+    /// outlives the test, and waits until it is healthy.
+    pub fn start_private(data_dir: &Path) -> Result<MilvusServer> {
+        let dir = data_dir.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(MilvusServer::start(&dir));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv()?
     }
 
     /// Launches the server without waiting for it.
@@ -284,6 +299,9 @@ pub struct TestEnv {
     pub certs: PathBuf,
     pub primary: Milvus,
     pub standby: Milvus,
+    /// (gRPC endpoint, health URL) of dc-a's and dc-b's Milvus as agents
+    /// see them; a test may point these at a proxy or another server.
+    pub endpoints: [(String, String); 2],
 }
 
 impl TestEnv {
@@ -298,7 +316,14 @@ impl TestEnv {
         let certs = dir.path().join("certs");
         dr_agent::tls::generate_dev_certs(
             &certs,
-            &["agent.dc-a".into(), "agent.dc-b".into(), "operator".into()],
+            &[
+                "agent.dc-a".into(),
+                "agent.dc-b".into(),
+                "operator".into(),
+                "witness-1".into(),
+                "witness-2".into(),
+                "witness-3".into(),
+            ],
             30,
         )?;
         let env = TestEnv {
@@ -307,6 +332,10 @@ impl TestEnv {
             certs,
             primary: s.primary.client(),
             standby: s.standby.client(),
+            endpoints: [
+                (s.primary.endpoint(), s.primary.health_url()),
+                (s.standby.endpoint(), s.standby.health_url()),
+            ],
         };
         for m in [&env.primary, &env.standby] {
             // /healthz can answer before the gRPC proxy serves.
@@ -335,6 +364,7 @@ impl TestEnv {
         }
         DrctlConfig {
             agents,
+            witnesses: Default::default(),
             tls: DrctlTls {
                 ca: self.certs.join("ca.pem"),
                 cert: self.certs.join("operator.pem"),
@@ -366,9 +396,8 @@ pub struct AgentSpec<'a> {
 
 impl Agent {
     pub fn write_config(env: &TestEnv, spec: &AgentSpec) -> Result<PathBuf> {
-        let s = servers();
         let state_dir = env.dir.path().join(format!("state-{}", spec.dc));
-        let (a_milvus, b_milvus) = (&s.primary, &s.standby);
+        let [(ae, ah), (be, bh)] = env.endpoints.clone();
         let (a_addr, b_addr) = if spec.dc == "dc-a" {
             ("https://127.0.0.1:1".to_string(), spec.peer_address.clone())
         } else {
@@ -395,10 +424,10 @@ replication:
 "#,
             dc = spec.dc,
             state = state_dir.display(),
-            ae = a_milvus.endpoint(),
-            ah = a_milvus.health_url(),
-            be = b_milvus.endpoint(),
-            bh = b_milvus.health_url(),
+            ae = ae,
+            ah = ah,
+            be = be,
+            bh = bh,
             port = spec.grpc_port,
             certs = env.certs.display(),
             db = env.name,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dr_agent::drctl::{self, DrctlConfig};
+use dr_witness::decide::OperatorRequest;
 
 /// Operate milvus-dr: status, verify, certificates.
 #[derive(Parser)]
@@ -38,11 +39,41 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         settle: Duration,
     },
+    /// The witness quorum: status and operator commands.
+    Witness {
+        #[command(subcommand)]
+        cmd: WitnessCmd,
+    },
     /// Certificates for a development deployment.
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum WitnessCmd {
+    /// Leader, epoch, primary, each witness's observations, lease, audit.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover to the standby: drain, commit, reverse (loses nothing).
+    Switchover {
+        /// The datacenter to make primary (the current standby).
+        #[arg(long)]
+        to: String,
+    },
+    /// Let a failover held by the data-loss budget or the anti-flap window
+    /// proceed, accepting that writes not yet replicated are lost.
+    ForceFailover {
+        /// Required: you accept losing the writes the standby lacks.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+    /// State that a demoted datacenter has been resynchronised and may be
+    /// chosen again.
+    MarkResynced { datacenter: String },
 }
 
 #[derive(Subcommand)]
@@ -121,10 +152,23 @@ fn main() -> ExitCode {
             for dc in cfg.agents.keys() {
                 all.push(drctl::to_agent_status(dc, cfg.status(dc).await));
             }
+            let witnesses = cfg.witness_status().await;
             if json {
-                out(&(serde_json::to_string_pretty(&all).unwrap_or_default() + "\n"));
+                let w: Vec<serde_json::Value> = witnesses
+                    .iter()
+                    .map(|(id, r)| match r {
+                        Ok(s) => serde_json::json!({ "id": id, "reachable": true, "status": s }),
+                        Err(e) => serde_json::json!({ "id": id, "reachable": false, "error": format!("{e:#}") }),
+                    })
+                    .collect();
+                let doc = serde_json::json!({ "agents": all, "witnesses": w });
+                out(&(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"));
             } else {
                 out(&drctl::status_table(&all));
+                if !witnesses.is_empty() {
+                    out("\n");
+                    out(&drctl::witness_table(&witnesses));
+                }
             }
             if all.iter().all(|s| s.reachable) {
                 ExitCode::SUCCESS
@@ -166,6 +210,57 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("drctl verify: could not run: {e:#}");
                     ExitCode::from(2)
+                }
+            }
+        }),
+        Cmd::Witness { cmd } => rt.block_on(async {
+            let cfg = match load(&args.config) {
+                Ok(c) if !c.witnesses.is_empty() => c,
+                Ok(_) => {
+                    eprintln!("drctl: no witnesses in the drctl config; add witnesses: {{1: https://..., 2: ..., 3: ...}}");
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("drctl: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let req = match cmd {
+                WitnessCmd::Status { json } => {
+                    let all = cfg.witness_status().await;
+                    if json {
+                        let v: Vec<serde_json::Value> = all
+                            .iter()
+                            .map(|(id, r)| match r {
+                                Ok(s) => serde_json::json!({ "id": id, "reachable": true, "status": s }),
+                                Err(e) => serde_json::json!({ "id": id, "reachable": false, "error": format!("{e:#}") }),
+                            })
+                            .collect();
+                        out(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
+                    } else {
+                        out(&drctl::witness_table(&all));
+                    }
+                    let up = all.iter().filter(|(_, r)| r.is_ok()).count();
+                    return if up > all.len() / 2 { ExitCode::SUCCESS } else { ExitCode::from(1) };
+                }
+                WitnessCmd::Switchover { to } => OperatorRequest::Switchover { to, by: String::new() },
+                WitnessCmd::ForceFailover { accept_data_loss } => {
+                    if !accept_data_loss {
+                        eprintln!("drctl: force-failover may lose writes the standby lacks; rerun with --accept-data-loss to proceed");
+                        return ExitCode::from(2);
+                    }
+                    OperatorRequest::ForceFailover { by: String::new() }
+                }
+                WitnessCmd::MarkResynced { datacenter } => OperatorRequest::MarkResynced { dc: datacenter, by: String::new() },
+            };
+            match cfg.witness_command(&req).await {
+                Ok(msg) => {
+                    out(&format!("{msg}\n"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("drctl witness: {e:#}");
+                    ExitCode::from(1)
                 }
             }
         }),

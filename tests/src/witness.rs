@@ -1,0 +1,210 @@
+//! Three `dr-witness` processes on loopback, each behind a TCP proxy so
+//! tests can restart them on new ports and cut links.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dr_witness::service::{Bound, WitnessStatus};
+
+use crate::proxy::Proxy;
+use crate::{bin, wait_until, TestEnv};
+
+pub struct WitnessProc {
+    pub id: u64,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub bound: Option<Bound>,
+    child: Option<Child>,
+}
+
+impl WitnessProc {
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WitnessProc {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(dir) = std::env::var_os("DR_TEST_LOGS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let name = self
+                .log
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let _ = std::fs::copy(&self.log, dir.join(format!("{name}-witness-{}.log", self.id)));
+        }
+    }
+}
+
+/// The witness group of one test.
+pub struct Witnesses {
+    pub procs: Vec<WitnessProc>,
+    /// The address everyone but a test-chosen agent uses for witness i.
+    pub front: Vec<Proxy>,
+    /// The addresses dc-a's agent uses (cut them to isolate dc-a).
+    pub for_a: Vec<Proxy>,
+}
+
+impl Witnesses {
+    /// Writes the configs and starts all three. `failover_yaml` is the
+    /// `failover:` section body shared with the agents.
+    pub async fn start(env: &TestEnv, failover_yaml: &str) -> Result<Witnesses> {
+        let mut front = vec![];
+        let mut for_a = vec![];
+        for _ in 0..3 {
+            front.push(Proxy::start().await?);
+            for_a.push(Proxy::start().await?);
+        }
+        let list: String = front
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("  {}: \"https://{}\"\n", i + 1, p.addr))
+            .collect();
+        let mut procs = vec![];
+        for id in 1..=3u64 {
+            let state_dir = env.dir.path().join(format!("witness-{id}"));
+            let yaml = format!(
+                r#"id: {id}
+state_dir: {state}
+listen: {{ grpc: "127.0.0.1:0", metrics: "127.0.0.1:0" }}
+witnesses:
+{list}datacenters:
+  dc-a: {{ health_url: "{ah}" }}
+  dc-b: {{ health_url: "{bh}" }}
+initial_primary: dc-a
+tls: {{ ca: "{certs}/ca.pem", cert: "{certs}/witness-{id}.pem", key: "{certs}/witness-{id}.key" }}
+failover: {failover_yaml}
+raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_ms: 1000 }}
+"#,
+                state = state_dir.display(),
+                ah = env.endpoints[0].1,
+                bh = env.endpoints[1].1,
+                certs = env.certs.display(),
+            );
+            let config = env.dir.path().join(format!("witness-{id}.yaml"));
+            std::fs::write(&config, yaml)?;
+            procs.push(WitnessProc {
+                id,
+                config,
+                log: env.dir.path().join(format!("witness-{id}.log")),
+                state_dir,
+                bound: None,
+                child: None,
+            });
+        }
+        let mut w = Witnesses {
+            procs,
+            front,
+            for_a,
+        };
+        for i in 0..3 {
+            w.spawn(i).await?;
+        }
+        Ok(w)
+    }
+
+    /// Starts witness index `i` (0-based) again on its state.
+    pub async fn spawn(&mut self, i: usize) -> Result<()> {
+        let p = &mut self.procs[i];
+        let bound_path = p.state_dir.join("bound.json");
+        let _ = std::fs::create_dir_all(&p.state_dir);
+        let _ = std::fs::remove_file(&bound_path);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)?;
+        let child = Command::new(bin("dr-witness"))
+            .arg("--config")
+            .arg(&p.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("DR_WITNESS_LOG").unwrap_or_else(|_| {
+                    "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()
+                }),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn dr-witness")?;
+        p.child = Some(child);
+        let b: Bound = wait_until(Duration::from_secs(30), "dr-witness to bind", || async {
+            std::fs::read(&bound_path)
+                .ok()
+                .and_then(|t| serde_json::from_slice(&t).ok())
+        })
+        .await?;
+        self.front[i].set_target(b.grpc);
+        self.for_a[i].set_target(b.grpc);
+        p.bound = Some(b);
+        Ok(())
+    }
+
+    /// The `witnesses:` map for an agent config; dc-a goes through its own
+    /// proxies.
+    pub fn agent_yaml(&self, dc: &str) -> String {
+        let list = if dc == "dc-a" { &self.for_a } else { &self.front };
+        let items: Vec<String> = list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}: \"https://{}\"", i + 1, p.addr))
+            .collect();
+        format!("witnesses: {{ {} }}", items.join(", "))
+    }
+
+    pub fn drctl_map(&self) -> BTreeMap<u64, String> {
+        self.front
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("https://{}", p.addr)))
+            .collect()
+    }
+
+    /// Cuts (or restores) every link from dc-a's agent to the witnesses.
+    pub fn isolate_a(&self, on: bool) {
+        for p in &self.for_a {
+            p.block(on);
+        }
+    }
+}
+
+/// Polls the witnesses through drctl's client until `pred` holds on the
+/// status of some reachable witness that names itself leader.
+pub async fn wait_leader_status<F>(
+    drctl: &dr_agent::drctl::DrctlConfig,
+    deadline: Duration,
+    what: &str,
+    pred: F,
+) -> Result<WitnessStatus>
+where
+    F: Fn(&WitnessStatus) -> bool,
+{
+    wait_until(deadline, what, || async {
+        drctl
+            .witness_status()
+            .await
+            .into_iter()
+            .filter_map(|(id, r)| r.ok().filter(|s| s.leader == Some(id)))
+            .find(|s| pred(s))
+    })
+    .await
+}

@@ -1,0 +1,393 @@
+//! The witness quorum and failover with real processes: three `dr-witness`
+//! and two `dr-agent` processes on loopback with mutual TLS, real Milvus
+//! servers, and TCP proxies that cut links.
+//!
+//! Tests in this binary run one at a time (they kill processes and measure
+//! timings); each uses the fast profile unless it says otherwise.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use dr_agent::drctl::DrctlConfig;
+use dr_proto::pb;
+use dr_tests::data::{self, Shape};
+use dr_tests::proxy::Proxy;
+use dr_tests::witness::{wait_leader_status, Witnesses};
+use dr_tests::{wait_until, Agent, AgentSpec, MilvusServer, TestEnv};
+use dr_witness::decide::OperatorRequest;
+use tracing::info;
+
+const FAST: &str = "{ profile: fast }";
+const SIMPLE: Shape = Shape::Simple { dim: 8 };
+const LONG: Duration = Duration::from_secs(120);
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// Fields drop in order: processes before the environment's directory.
+struct Deployment {
+    w: Witnesses,
+    a: Agent,
+    b: Agent,
+    /// dc-a's Milvus health endpoint as agents and witnesses see it.
+    health_a: Proxy,
+    _pa: Proxy,
+    _pb: Proxy,
+    ctl: DrctlConfig,
+    env: TestEnv,
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Witnesses and both agents up, dc-a acting as primary at epoch 1 with a
+/// small collection replicating.
+async fn deploy(name: &str, failover: &str, own_primary: Option<&MilvusServer>) -> Result<Deployment> {
+    let mut env = TestEnv::new(name).await?;
+    if let Some(m) = own_primary {
+        env.endpoints[0] = (m.endpoint(), m.health_url());
+        env.primary = m.client();
+        data::drop_database(&env.primary, name).await?;
+        env.primary.create_database(name).await?;
+    }
+    let health_a = Proxy::start().await?;
+    let target: std::net::SocketAddr = host_port(&env.endpoints[0].1).parse()?;
+    health_a.set_target(target);
+    env.endpoints[0].1 = format!("http://{}/healthz", health_a.addr);
+    data::create(&env.primary, name, "c", SIMPLE).await?;
+    data::insert(&env.primary, name, "c", SIMPLE, &(0..200).collect::<Vec<_>>(), 1).await?;
+
+    let w = Witnesses::start(&env, failover).await?;
+    let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
+    let b = Agent::start(
+        &env,
+        &AgentSpec {
+            dc: "dc-b",
+            peer_address: format!("https://{}", pa.addr),
+            grpc_port: 0,
+            extra_yaml: &format!("{}\nfailover: {failover}", w.agent_yaml("dc-b")),
+        },
+    )
+    .await?;
+    let a = Agent::start(
+        &env,
+        &AgentSpec {
+            dc: "dc-a",
+            peer_address: format!("https://{}", pb.addr),
+            grpc_port: 0,
+            extra_yaml: &format!("{}\nfailover: {failover}", w.agent_yaml("dc-a")),
+        },
+    )
+    .await?;
+    pa.set_target(a.grpc);
+    pb.set_target(b.grpc);
+    let mut ctl = env.drctl(&a, &b);
+    ctl.witnesses = w.drctl_map();
+    let d = Deployment {
+        env,
+        w,
+        a,
+        b,
+        health_a,
+        _pa: pa,
+        _pb: pb,
+        ctl,
+    };
+    wait_until(LONG, "dc-a to act as primary and replicate", || async {
+        let s = d.ctl.status("dc-a").await.ok()?;
+        let r = s.replication?;
+        (s.role == "source" && s.epoch == 1 && r.applied_snapshot_ms > 0).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    Ok(d)
+}
+
+impl Deployment {
+    async fn status(&self, dc: &str) -> Option<pb::StatusReply> {
+        self.ctl.status(dc).await.ok()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("--- dc-a\n{}\n--- dc-b\n{}\n", self.a.log_tail(), self.b.log_tail());
+        for p in &self.w.procs {
+            let t = p.log_text();
+            let lines: Vec<&str> = t.lines().collect();
+            out += &format!(
+                "--- witness {}\n{}\n",
+                p.id,
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            );
+        }
+        out
+    }
+
+    /// Asserts over `window` that no failover happens: epoch 1 everywhere,
+    /// dc-b never the source.
+    async fn assert_no_failover_for(&self, window: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < window {
+            if let Some(b) = self.status("dc-b").await {
+                ensure!(b.role != "source", "dc-b became the source: {}\n{}", b.failover, self.logs());
+                ensure!(b.epoch <= 1, "dc-b is at epoch {}", b.epoch);
+            }
+            for (_, r) in self.ctl.witness_status().await {
+                if let Ok(s) = r {
+                    ensure!(s.cluster.epoch == 1, "a witness committed epoch {}", s.cluster.epoch);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Timestamp (µs since the epoch) of the first log line containing all of
+/// `needles`, from the tracing text format.
+fn log_time(path: &std::path::Path, needles: &[&str]) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| needles.iter().all(|n| l.contains(n)))?;
+    let ts = line.split_whitespace().next()?;
+    // 2026-11-25T07:12:34.123456Z
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, s) = (t.next()??, t.next()??, t.next()??);
+    let micros: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3_600 + mi * 60 + s) * 1_000_000) + micros)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epoch() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let mut d = deploy("fo_leader", FAST, None).await?;
+    let first = wait_leader_status(&d.ctl, LONG, "a witness leader", |_| true).await?;
+    let old = first.id;
+    info!(leader = old, "killing the witness leader");
+    d.w.procs[(old - 1) as usize].kill9();
+    let second = wait_leader_status(&d.ctl, LONG, "a new witness leader", |s| s.id != old).await?;
+    ensure!(second.cluster.epoch == 1 && second.cluster.primary == "dc-a");
+    // The primary keeps acting through the change of leader.
+    wait_until(LONG, "dc-a still the source", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "source" && s.failover.contains("witness lease")).then_some(())
+    })
+    .await?;
+
+    // Decisions are still made: a planned switchover to dc-b.
+    let started = Instant::now();
+    let msg = d
+        .ctl
+        .witness_command(&OperatorRequest::Switchover {
+            to: "dc-b".into(),
+            by: String::new(),
+        })
+        .await?;
+    info!(%msg, "switchover requested");
+    let after = wait_leader_status(&d.ctl, LONG, "the switchover to commit", |s| {
+        s.cluster.epoch == 2 && s.cluster.primary == "dc-b"
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let rto = started.elapsed();
+    let done = after
+        .audit
+        .iter()
+        .find(|a| a.what.contains("switchover to dc-b complete"))
+        .context("the completion is audited")?;
+    ensure!(done.evidence.contains("nothing lost"), "evidence: {}", done.evidence);
+    ensure!(after.cluster.needs_resync.is_empty(), "a planned switchover demotes nobody");
+    wait_until(LONG, "dc-b the source at epoch 2 and dc-a its sink", || async {
+        let b = d.status("dc-b").await?;
+        let a = d.status("dc-a").await?;
+        (b.role == "source" && b.epoch == 2 && a.role == "sink" && a.epoch == 2).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    println!("switchover committed {:.2}s after the request (RPO 0: {})", rto.as_secs_f64(), done.evidence);
+
+    // Every witness restarts: the epoch and the primary survive.
+    d.w.spawn((old - 1) as usize).await?;
+    for i in 0..3 {
+        d.w.procs[i].kill9();
+    }
+    for i in 0..3 {
+        d.w.spawn(i).await?;
+    }
+    let back = wait_leader_status(&d.ctl, LONG, "a leader after restarting every witness", |_| true).await?;
+    ensure!(
+        back.cluster.epoch == 2 && back.cluster.primary == "dc-b",
+        "after restart: epoch {} primary {}",
+        back.cluster.epoch,
+        back.cluster.primary
+    );
+    ensure!(back.audit.iter().any(|a| a.what.contains("switchover to dc-b complete")));
+    // And dc-b goes on as primary, renewing its lease with the new leader.
+    wait_until(LONG, "dc-b renewing with the restarted witnesses", || async {
+        let b = d.status("dc-b").await?;
+        (b.role == "source" && b.failover.contains("witness lease")).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its_role_only_by_failsafe(
+) -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let mut d = deploy("fo_quorum", FAST, None).await?;
+    d.w.procs[0].kill9();
+    d.w.procs[1].kill9();
+    // The primary cannot renew through a majority: it keeps acting only on
+    // the standby's failsafe confirmations.
+    wait_until(LONG, "dc-a acting by failsafe", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "source" && s.failover.contains("failsafe")).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    // Its Milvus looks dead for longer than confirmation + leases: still no
+    // promotion (one witness cannot decide), and dc-a fences (no failsafe
+    // for an unhealthy primary).
+    d.health_a.block(true);
+    d.assert_no_failover_for(Duration::from_millis(5_000 + 3 * 2_000 + 1_000)).await?;
+    wait_until(LONG, "dc-a to fence", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "fenced").then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    d.health_a.block(false);
+    wait_until(LONG, "dc-a to act again by failsafe", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "source").then_some(())
+    })
+    .await?;
+    // Without the standby's confirmation, it fences.
+    d.b.stop()?;
+    wait_until(LONG, "dc-a to fence without its peer", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "fenced").then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promoted() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let d = deploy("fo_cut", FAST, None).await?;
+    let cut = Instant::now();
+    d.w.isolate_a(true);
+    wait_until(LONG, "dc-b promoted at epoch 2", || async {
+        let s = d.status("dc-b").await?;
+        (s.role == "source" && s.epoch == 2).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let promoted_after = cut.elapsed();
+    let fenced = log_time(&d.a.log, &["fenced: no longer acting as primary"])
+        .context("dc-a logged its fencing")?;
+    let promoted = log_time(&d.b.log, &["acting as primary: starting the replication source", "epoch=2"])
+        .context("dc-b logged its promotion")?;
+    println!(
+        "cut at 0; dc-b promoted {:.2}s later; dc-a fenced {:.3}s before dc-b started acting",
+        promoted_after.as_secs_f64(),
+        (promoted - fenced) as f64 / 1e6
+    );
+    ensure!(fenced < promoted, "dc-a fenced at {fenced} µs, dc-b acted at {promoted} µs");
+    // dc-a learns the new epoch from its peer and follows it as the sink.
+    wait_until(LONG, "dc-a the sink at epoch 2", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "sink" && s.epoch == 2).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let st = wait_leader_status(&d.ctl, LONG, "the failover audited", |s| s.cluster.epoch == 2).await?;
+    ensure!(st.cluster.needs_resync.contains("dc-a"), "the old primary must be resynced before it may be chosen again");
+    d.w.isolate_a(false);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_shorter_than_the_confirmation_window_does_not_fail_over() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let d = deploy("fo_blip", FAST, None).await?;
+    d.w.isolate_a(true);
+    d.assert_no_failover_for(Duration::from_millis(3_000)).await?;
+    d.w.isolate_a(false);
+    // Past the confirmation window and a lease: still epoch 1.
+    d.assert_no_failover_for(Duration::from_millis(5_000 + 2_000)).await?;
+    wait_until(LONG, "dc-a renewing from the witnesses again", || async {
+        let s = d.status("dc-a").await?;
+        (s.role == "source" && s.epoch == 1 && s.failover.contains("witness lease")).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    Ok(())
+}
+
+/// Kills dc-a's Milvus (a server of this test's own) and measures the time
+/// to the committed failover. `DR_FAILOVER_PROFILE=default` measures the
+/// default profile (30 s confirmation window) instead of the fast one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let profile = std::env::var("DR_FAILOVER_PROFILE").unwrap_or_else(|_| "fast".into());
+    let failover = format!("{{ profile: {profile} }}");
+    let dir = tempfile::tempdir()?;
+    let mut own = MilvusServer::start_private(&dir.path().join("milvus-a"))?;
+    let d = deploy("fo_kill", &failover, Some(&own)).await?;
+    // Let the standby be fully caught up so the data-loss budget holds.
+    wait_until(LONG, "the standby caught up", || async {
+        let s = d.status("dc-a").await?;
+        (s.replication?.lag_ms < 2_000).then_some(())
+    })
+    .await?;
+    let killed_wall = dr_agent::replication::now_ms() as u64;
+    let killed = Instant::now();
+    own.kill();
+    let st = wait_leader_status(&d.ctl, Duration::from_secs(300), "the failover to commit", |s| {
+        s.cluster.epoch == 2
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let observed = killed.elapsed();
+    let entry = st
+        .audit
+        .iter()
+        .find(|a| a.what.starts_with("failover to dc-b"))
+        .context("the failover is audited")?;
+    let committed_after = entry.wall_ms.saturating_sub(killed_wall);
+    println!(
+        "profile {profile}: failover committed {:.2}s after the primary Milvus was killed (seen by the test after {:.2}s); evidence: {}",
+        committed_after as f64 / 1000.0,
+        observed.as_secs_f64(),
+        entry.evidence
+    );
+    wait_until(LONG, "dc-b the source at epoch 2", || async {
+        let s = d.status("dc-b").await?;
+        (s.role == "source" && s.epoch == 2).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    // Rows written before the kill are on the new primary.
+    let n = data::read_all(&d.env.standby, &d.env.name, "c").await?.len();
+    ensure!(n == 200, "the new primary has {n} of 200 rows");
+    Ok(())
+}
