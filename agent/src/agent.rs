@@ -182,10 +182,7 @@ pub async fn run(
     let mut failover_task = None;
     let source_task = if !cfg.witnesses.is_empty() {
         // The witness quorum decides who is primary.
-        let timing = cfg
-            .failover
-            .resolve()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let timing = cfg.failover.resolve().map_err(|e| anyhow::anyhow!("{e}"))?;
         let (fo, task) = crate::failover::start(
             crate::failover::Runtime {
                 datacenter: cfg.datacenter.clone(),

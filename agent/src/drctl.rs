@@ -67,9 +67,14 @@ impl DrctlConfig {
         for id in self.witnesses.keys() {
             let r = async {
                 let mut c = self.witness_client(*id)?;
-                let mut req = tonic::Request::new(pb::Json { body: b"{}".to_vec() });
+                let mut req = tonic::Request::new(pb::Json {
+                    body: b"{}".to_vec(),
+                });
                 req.set_timeout(Duration::from_secs(3));
-                let reply = c.status(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                let reply = c
+                    .status(req)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
                 Ok(serde_json::from_slice(&reply.into_inner().body)?)
             }
             .await;
@@ -87,7 +92,9 @@ impl DrctlConfig {
                 let mut c = self.witness_client(*id)?;
                 let mut r = tonic::Request::new(pb::Json { body: body.clone() });
                 r.set_timeout(Duration::from_secs(10));
-                c.operator(r).await.map_err(|s| anyhow::anyhow!("{}", s.message()))
+                c.operator(r)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))
             }
             .await;
             match r {
@@ -304,7 +311,12 @@ pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
     let mut newest: Option<&WitnessStatus> = None;
     for (id, r) in all {
         match r {
-            Err(e) => out += &format!("{id:<8} {:<10} {:<7} {:<6} {:<10} {:<9}  {e:#}\n", "?", "?", "?", "?", "?"),
+            Err(e) => {
+                out += &format!(
+                    "{id:<8} {:<10} {:<7} {:<6} {:<10} {:<9}  {e:#}\n",
+                    "?", "?", "?", "?", "?"
+                )
+            }
             Ok(s) => {
                 let obs = s
                     .observation
@@ -317,8 +329,10 @@ pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
                                 "{dc} UNHEALTHY {:.1}s (milvus {}, agent silent {})",
                                 v.unhealthy_for_ms as f64 / 1000.0,
                                 if v.milvus_ok { "ok" } else { "down" },
-                                v.agent_silent_ms
-                                    .map_or("never heard".into(), |m| format!("{:.1}s", m as f64 / 1000.0))
+                                v.agent_silent_ms.map_or("never heard".into(), |m| format!(
+                                    "{:.1}s",
+                                    m as f64 / 1000.0
+                                ))
                             )
                         }
                     })
@@ -343,7 +357,10 @@ pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
     }
     if let Some(s) = newest {
         if let Some(leader) = all.iter().find_map(|(id, r)| {
-            r.as_ref().ok().filter(|s| s.leader == Some(*id)).map(|s| s.verdict.clone())
+            r.as_ref()
+                .ok()
+                .filter(|s| s.leader == Some(*id))
+                .map(|s| s.verdict.clone())
         }) {
             out += &format!("leader decision: {leader:?}\n");
         }

@@ -258,16 +258,22 @@ async fn execute(
                     let mut req = tonic::Request::new(Json { body });
                     req.set_timeout(ttl);
                     match client.heartbeat(req).await {
-                        Ok(r) => match serde_json::from_slice::<HeartbeatReply>(&r.into_inner().body) {
-                            Ok(reply) => {
-                                fo.step(Input::Reply(reply));
+                        Ok(r) => {
+                            match serde_json::from_slice::<HeartbeatReply>(&r.into_inner().body) {
+                                Ok(reply) => {
+                                    fo.step(Input::Reply(reply));
+                                }
+                                Err(e) => {
+                                    warn!(witness = id, error = %e, "unreadable heartbeat reply")
+                                }
                             }
-                            Err(e) => warn!(witness = id, error = %e, "unreadable heartbeat reply"),
-                        },
+                        }
                         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                             error!(witness = id, error = %s.message(), "witness refused the heartbeat")
                         }
-                        Err(s) => tracing::debug!(witness = id, error = %s.message(), "heartbeat failed"),
+                        Err(s) => {
+                            tracing::debug!(witness = id, error = %s.message(), "heartbeat failed")
+                        }
                     }
                 });
             }
@@ -277,14 +283,18 @@ async fn execute(
             let sent_at = fo.now();
             let ttl = Duration::from_millis(rt.timing.heartbeat_ms);
             tokio::spawn(async move {
-                let body = serde_json::to_vec(&serde_json::json!({ "epoch": epoch })).unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&serde_json::json!({ "epoch": epoch })).unwrap_or_default();
                 let mut req = tonic::Request::new(Json { body });
                 req.set_timeout(ttl);
                 match peer.failsafe(req).await {
                     Ok(r) => match serde_json::from_slice::<FailsafeAnswer>(&r.into_inner().body) {
                         Ok(answer) => {
                             if !answer.ok {
-                                warn!(epoch, "the peer refused the failsafe (it knows a newer epoch)");
+                                warn!(
+                                    epoch,
+                                    "the peer refused the failsafe (it knows a newer epoch)"
+                                );
                             }
                             fo.step(Input::FailsafeAnswered {
                                 sent_at,
@@ -345,12 +355,19 @@ async fn execute(
             let deadline = Duration::from_millis(2 * rt.timing.confirmation_ms);
             tokio::spawn(async move {
                 let from = now_ms();
-                info!(epoch, "switchover: draining (waiting for a full pass acknowledged by the standby)");
+                info!(
+                    epoch,
+                    "switchover: draining (waiting for a full pass acknowledged by the standby)"
+                );
                 let started = Instant::now();
                 while started.elapsed() < deadline {
                     let applied = state.lock().unwrap().applied_snapshot_ms;
                     if applied >= from {
-                        info!(epoch, snapshot_ms = applied, "switchover: drained; releasing the lease");
+                        info!(
+                            epoch,
+                            snapshot_ms = applied,
+                            "switchover: drained; releasing the lease"
+                        );
                         fo.step(Input::Drained {
                             epoch,
                             snapshot_wall_ms: applied as u64,

@@ -50,7 +50,10 @@ impl Drop for WitnessProc {
                 .and_then(|p| p.file_name())
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let _ = std::fs::copy(&self.log, dir.join(format!("{name}-witness-{}.log", self.id)));
+            let _ = std::fs::copy(
+                &self.log,
+                dir.join(format!("{name}-witness-{}.log", self.id)),
+            );
         }
     }
 }
@@ -137,9 +140,8 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
             .arg(&p.config)
             .env(
                 "RUST_LOG",
-                std::env::var("DR_WITNESS_LOG").unwrap_or_else(|_| {
-                    "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()
-                }),
+                std::env::var("DR_WITNESS_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -162,7 +164,11 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
     /// The `witnesses:` map for an agent config; dc-a goes through its own
     /// proxies.
     pub fn agent_yaml(&self, dc: &str) -> String {
-        let list = if dc == "dc-a" { &self.for_a } else { &self.front };
+        let list = if dc == "dc-a" {
+            &self.for_a
+        } else {
+            &self.front
+        };
         let items: Vec<String> = list
             .iter()
             .enumerate()

@@ -46,7 +46,11 @@ fn host_port(url: &str) -> String {
 
 /// Witnesses and both agents up, dc-a acting as primary at epoch 1 with a
 /// small collection replicating.
-async fn deploy(name: &str, failover: &str, own_primary: Option<&MilvusServer>) -> Result<Deployment> {
+async fn deploy(
+    name: &str,
+    failover: &str,
+    own_primary: Option<&MilvusServer>,
+) -> Result<Deployment> {
     let mut env = TestEnv::new(name).await?;
     if let Some(m) = own_primary {
         env.endpoints[0] = (m.endpoint(), m.health_url());
@@ -59,7 +63,15 @@ async fn deploy(name: &str, failover: &str, own_primary: Option<&MilvusServer>) 
     health_a.set_target(target);
     env.endpoints[0].1 = format!("http://{}/healthz", health_a.addr);
     data::create(&env.primary, name, "c", SIMPLE).await?;
-    data::insert(&env.primary, name, "c", SIMPLE, &(0..200).collect::<Vec<_>>(), 1).await?;
+    data::insert(
+        &env.primary,
+        name,
+        "c",
+        SIMPLE,
+        &(0..200).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
 
     let w = Witnesses::start(&env, failover).await?;
     let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
@@ -113,7 +125,11 @@ impl Deployment {
     }
 
     fn logs(&self) -> String {
-        let mut out = format!("--- dc-a\n{}\n--- dc-b\n{}\n", self.a.log_tail(), self.b.log_tail());
+        let mut out = format!(
+            "--- dc-a\n{}\n--- dc-b\n{}\n",
+            self.a.log_tail(),
+            self.b.log_tail()
+        );
         for p in &self.w.procs {
             let t = p.log_text();
             let lines: Vec<&str> = t.lines().collect();
@@ -132,12 +148,21 @@ impl Deployment {
         let start = Instant::now();
         while start.elapsed() < window {
             if let Some(b) = self.status("dc-b").await {
-                ensure!(b.role != "source", "dc-b became the source: {}\n{}", b.failover, self.logs());
+                ensure!(
+                    b.role != "source",
+                    "dc-b became the source: {}\n{}",
+                    b.failover,
+                    self.logs()
+                );
                 ensure!(b.epoch <= 1, "dc-b is at epoch {}", b.epoch);
             }
             for (_, r) in self.ctl.witness_status().await {
                 if let Ok(s) = r {
-                    ensure!(s.cluster.epoch == 1, "a witness committed epoch {}", s.cluster.epoch);
+                    ensure!(
+                        s.cluster.epoch == 1,
+                        "a witness committed epoch {}",
+                        s.cluster.epoch
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -150,7 +175,9 @@ impl Deployment {
 /// `needles`, from the tracing text format.
 fn log_time(path: &std::path::Path, needles: &[&str]) -> Option<i64> {
     let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().find(|l| needles.iter().all(|n| l.contains(n)))?;
+    let line = text
+        .lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))?;
     let ts = line.split_whitespace().next()?;
     // 2026-11-25T07:12:34.123456Z
     let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
@@ -208,16 +235,31 @@ async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epo
         .iter()
         .find(|a| a.what.contains("switchover to dc-b complete"))
         .context("the completion is audited")?;
-    ensure!(done.evidence.contains("nothing lost"), "evidence: {}", done.evidence);
-    ensure!(after.cluster.needs_resync.is_empty(), "a planned switchover demotes nobody");
-    wait_until(LONG, "dc-b the source at epoch 2 and dc-a its sink", || async {
-        let b = d.status("dc-b").await?;
-        let a = d.status("dc-a").await?;
-        (b.role == "source" && b.epoch == 2 && a.role == "sink" && a.epoch == 2).then_some(())
-    })
+    ensure!(
+        done.evidence.contains("nothing lost"),
+        "evidence: {}",
+        done.evidence
+    );
+    ensure!(
+        after.cluster.needs_resync.is_empty(),
+        "a planned switchover demotes nobody"
+    );
+    wait_until(
+        LONG,
+        "dc-b the source at epoch 2 and dc-a its sink",
+        || async {
+            let b = d.status("dc-b").await?;
+            let a = d.status("dc-a").await?;
+            (b.role == "source" && b.epoch == 2 && a.role == "sink" && a.epoch == 2).then_some(())
+        },
+    )
     .await
     .with_context(|| d.logs())?;
-    println!("switchover committed {:.2}s after the request (RPO 0: {})", rto.as_secs_f64(), done.evidence);
+    println!(
+        "switchover committed {:.2}s after the request (RPO 0: {})",
+        rto.as_secs_f64(),
+        done.evidence
+    );
 
     // Every witness restarts: the epoch and the primary survive.
     d.w.spawn((old - 1) as usize).await?;
@@ -227,19 +269,32 @@ async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epo
     for i in 0..3 {
         d.w.spawn(i).await?;
     }
-    let back = wait_leader_status(&d.ctl, LONG, "a leader after restarting every witness", |_| true).await?;
+    let back = wait_leader_status(
+        &d.ctl,
+        LONG,
+        "a leader after restarting every witness",
+        |_| true,
+    )
+    .await?;
     ensure!(
         back.cluster.epoch == 2 && back.cluster.primary == "dc-b",
         "after restart: epoch {} primary {}",
         back.cluster.epoch,
         back.cluster.primary
     );
-    ensure!(back.audit.iter().any(|a| a.what.contains("switchover to dc-b complete")));
+    ensure!(back
+        .audit
+        .iter()
+        .any(|a| a.what.contains("switchover to dc-b complete")));
     // And dc-b goes on as primary, renewing its lease with the new leader.
-    wait_until(LONG, "dc-b renewing with the restarted witnesses", || async {
-        let b = d.status("dc-b").await?;
-        (b.role == "source" && b.failover.contains("witness lease")).then_some(())
-    })
+    wait_until(
+        LONG,
+        "dc-b renewing with the restarted witnesses",
+        || async {
+            let b = d.status("dc-b").await?;
+            (b.role == "source" && b.failover.contains("witness lease")).then_some(())
+        },
+    )
     .await
     .with_context(|| d.logs())?;
     Ok(())
@@ -264,7 +319,8 @@ async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its
     // promotion (one witness cannot decide), and dc-a fences (no failsafe
     // for an unhealthy primary).
     d.health_a.block(true);
-    d.assert_no_failover_for(Duration::from_millis(5_000 + 3 * 2_000 + 1_000)).await?;
+    d.assert_no_failover_for(Duration::from_millis(5_000 + 3 * 2_000 + 1_000))
+        .await?;
     wait_until(LONG, "dc-a to fence", || async {
         let s = d.status("dc-a").await?;
         (s.role == "fenced").then_some(())
@@ -289,7 +345,8 @@ async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promoted() -> Result<()> {
+async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promoted() -> Result<()>
+{
     let _g = SERIAL.lock().await;
     let d = deploy("fo_cut", FAST, None).await?;
     let cut = Instant::now();
@@ -303,14 +360,23 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
     let promoted_after = cut.elapsed();
     let fenced = log_time(&d.a.log, &["fenced: no longer acting as primary"])
         .context("dc-a logged its fencing")?;
-    let promoted = log_time(&d.b.log, &["acting as primary: starting the replication source", "epoch=2"])
-        .context("dc-b logged its promotion")?;
+    let promoted = log_time(
+        &d.b.log,
+        &[
+            "acting as primary: starting the replication source",
+            "epoch=2",
+        ],
+    )
+    .context("dc-b logged its promotion")?;
     println!(
         "cut at 0; dc-b promoted {:.2}s later; dc-a fenced {:.3}s before dc-b started acting",
         promoted_after.as_secs_f64(),
         (promoted - fenced) as f64 / 1e6
     );
-    ensure!(fenced < promoted, "dc-a fenced at {fenced} µs, dc-b acted at {promoted} µs");
+    ensure!(
+        fenced < promoted,
+        "dc-a fenced at {fenced} µs, dc-b acted at {promoted} µs"
+    );
     // dc-a learns the new epoch from its peer and follows it as the sink.
     wait_until(LONG, "dc-a the sink at epoch 2", || async {
         let s = d.status("dc-a").await?;
@@ -318,8 +384,14 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
     })
     .await
     .with_context(|| d.logs())?;
-    let st = wait_leader_status(&d.ctl, LONG, "the failover audited", |s| s.cluster.epoch == 2).await?;
-    ensure!(st.cluster.needs_resync.contains("dc-a"), "the old primary must be resynced before it may be chosen again");
+    let st = wait_leader_status(&d.ctl, LONG, "the failover audited", |s| {
+        s.cluster.epoch == 2
+    })
+    .await?;
+    ensure!(
+        st.cluster.needs_resync.contains("dc-a"),
+        "the old primary must be resynced before it may be chosen again"
+    );
     d.w.isolate_a(false);
     Ok(())
 }
@@ -329,10 +401,12 @@ async fn a_partition_shorter_than_the_confirmation_window_does_not_fail_over() -
     let _g = SERIAL.lock().await;
     let d = deploy("fo_blip", FAST, None).await?;
     d.w.isolate_a(true);
-    d.assert_no_failover_for(Duration::from_millis(3_000)).await?;
+    d.assert_no_failover_for(Duration::from_millis(3_000))
+        .await?;
     d.w.isolate_a(false);
     // Past the confirmation window and a lease: still epoch 1.
-    d.assert_no_failover_for(Duration::from_millis(5_000 + 2_000)).await?;
+    d.assert_no_failover_for(Duration::from_millis(5_000 + 2_000))
+        .await?;
     wait_until(LONG, "dc-a renewing from the witnesses again", || async {
         let s = d.status("dc-a").await?;
         (s.role == "source" && s.epoch == 1 && s.failover.contains("witness lease")).then_some(())
@@ -362,9 +436,12 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     let killed_wall = dr_agent::replication::now_ms() as u64;
     let killed = Instant::now();
     own.kill();
-    let st = wait_leader_status(&d.ctl, Duration::from_secs(300), "the failover to commit", |s| {
-        s.cluster.epoch == 2
-    })
+    let st = wait_leader_status(
+        &d.ctl,
+        Duration::from_secs(300),
+        "the failover to commit",
+        |s| s.cluster.epoch == 2,
+    )
     .await
     .with_context(|| d.logs())?;
     let observed = killed.elapsed();
@@ -387,7 +464,9 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     .await
     .with_context(|| d.logs())?;
     // Rows written before the kill are on the new primary.
-    let n = data::read_all(&d.env.standby, &d.env.name, "c").await?.len();
+    let n = data::read_all(&d.env.standby, &d.env.name, "c")
+        .await?
+        .len();
     ensure!(n == 200, "the new primary has {n} of 200 rows");
     Ok(())
 }

@@ -17,7 +17,11 @@ pub struct ConfigError {
     pub fix: String,
 }
 
-fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError {
         field: field.into(),
         problem: problem.into(),
@@ -222,7 +226,9 @@ impl WitnessConfig {
                 ));
             }
         }
-        self.failover.resolve().map_err(|e| err(e.field, e.problem, e.fix))?;
+        self.failover
+            .resolve()
+            .map_err(|e| err(e.field, e.problem, e.fix))?;
         let r = self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= 2 * r.heartbeat_ms {
             return Err(err(
@@ -261,10 +267,16 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let bad = EXAMPLE.replace("initial_primary: dc-a", "initial_primary: dc-z");
-        assert_eq!(WitnessConfig::parse(&bad).unwrap_err().field, "initial_primary");
+        assert_eq!(
+            WitnessConfig::parse(&bad).unwrap_err().field,
+            "initial_primary"
+        );
         let bad = EXAMPLE.replace("id: 1\n", "id: 9\n");
         assert_eq!(WitnessConfig::parse(&bad).unwrap_err().field, "id");
         let bad = EXAMPLE.replace("profile: default", "profile: default\n  lease_ms: 100");
-        assert_eq!(WitnessConfig::parse(&bad).unwrap_err().field, "failover.lease_ms");
+        assert_eq!(
+            WitnessConfig::parse(&bad).unwrap_err().field,
+            "failover.lease_ms"
+        );
     }
 }

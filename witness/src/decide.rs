@@ -108,7 +108,10 @@ impl Observer {
         Observer {
             timing,
             started_at: now,
-            dcs: dcs.iter().map(|d| (d.clone(), DcTrack::default())).collect(),
+            dcs: dcs
+                .iter()
+                .map(|d| (d.clone(), DcTrack::default()))
+                .collect(),
         }
     }
 
@@ -131,8 +134,7 @@ impl Observer {
 
     fn healthy(&self, t: &DcTrack, now: Millis) -> bool {
         t.probe_ok == Some(true)
-            && t
-                .last_agent_hb
+            && t.last_agent_hb
                 .is_some_and(|h| now.saturating_sub(h) <= self.timing.lease_ms)
     }
 
@@ -177,9 +179,17 @@ impl Observer {
 pub enum OperatorRequest {
     /// Proceed with a failover held by the data-loss budget or the
     /// anti-flap window, acknowledging that writes may be lost.
-    ForceFailover { by: String },
-    Switchover { to: Dc, by: String },
-    MarkResynced { dc: Dc, by: String },
+    ForceFailover {
+        by: String,
+    },
+    Switchover {
+        to: Dc,
+        by: String,
+    },
+    MarkResynced {
+        dc: Dc,
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +220,9 @@ pub enum Action {
     /// Commit this through Raft.
     Propose(Command),
     /// Automatic failover is held: tell a human why (also audited).
-    Alert { reason: String },
+    Alert {
+        reason: String,
+    },
     OperatorReply(Result<String, String>),
 }
 
@@ -406,7 +418,9 @@ impl Decider {
             }
             OperatorRequest::Switchover { to, by } => {
                 if c.phase != Phase::Stable {
-                    return Action::OperatorReply(Err("a switchover is already in progress".into()));
+                    return Action::OperatorReply(
+                        Err("a switchover is already in progress".into()),
+                    );
                 }
                 if c.standby() != Some(&to) {
                     return Action::OperatorReply(Err(format!("{to} is not the standby")));
@@ -461,9 +475,9 @@ impl Decider {
                 "the standby agent {standby} is at epoch {} not {}",
                 hb.epoch, c.epoch
             )),
-            Some((_, hb)) if hb.acting_primary => {
-                Err(format!("the standby agent {standby} claims to act as primary"))
-            }
+            Some((_, hb)) if hb.acting_primary => Err(format!(
+                "the standby agent {standby} claims to act as primary"
+            )),
             Some(_) => Ok(()),
         }
     }
@@ -590,7 +604,13 @@ impl Decider {
         }
     }
 
-    fn tick_failover(&mut self, now: Millis, wall_ms: u64, may_act: Millis, c: &Cluster) -> Vec<Action> {
+    fn tick_failover(
+        &mut self,
+        now: Millis,
+        wall_ms: u64,
+        may_act: Millis,
+        c: &Cluster,
+    ) -> Vec<Action> {
         let primary = c.primary.clone();
         let Some(standby) = c.standby().cloned() else {
             return self.set(Verdict::Stable("one datacenter only".into()));

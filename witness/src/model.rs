@@ -23,7 +23,10 @@ pub const AUDIT_KEEP: usize = 500;
 pub enum Phase {
     Stable,
     /// A planned switchover to `to` is draining the primary.
-    SwitchingOver { to: Dc, started_wall_ms: u64 },
+    SwitchingOver {
+        to: Dc,
+        started_wall_ms: u64,
+    },
 }
 
 /// One audited decision or operator command.
@@ -394,7 +397,10 @@ mod tests {
         })
         .unwrap();
         let c = &c.cluster;
-        assert_eq!((c.epoch, c.primary.as_str(), &c.phase), (3, "a", &Phase::Stable));
+        assert_eq!(
+            (c.epoch, c.primary.as_str(), &c.phase),
+            (3, "a", &Phase::Stable)
+        );
         // A planned switchover demotes nobody.
         assert!(c.needs_resync.is_empty());
     }

@@ -27,17 +27,34 @@ pub enum Input {
     Tick,
     /// Time to heartbeat: produces [`Action::SendHeartbeat`] (and maybe a
     /// failsafe request).
-    HeartbeatDue { wall_ms: u64 },
+    HeartbeatDue {
+        wall_ms: u64,
+    },
     Reply(HeartbeatReply),
-    MilvusHealth { healthy: bool, wall_ms: u64 },
+    MilvusHealth {
+        healthy: bool,
+        wall_ms: u64,
+    },
     /// Replication progress: as a sink, the newest applied pass snapshot.
-    Applied { snapshot_wall_ms: u64, lag_ms: Option<u64> },
+    Applied {
+        snapshot_wall_ms: u64,
+        lag_ms: Option<u64>,
+    },
     /// The source finished the final pass of a drain.
-    Drained { epoch: Epoch, snapshot_wall_ms: u64 },
+    Drained {
+        epoch: Epoch,
+        snapshot_wall_ms: u64,
+    },
     /// The peer asks whether we have seen an epoch newer than `epoch`.
-    FailsafeAsked { epoch: Epoch },
+    FailsafeAsked {
+        epoch: Epoch,
+    },
     /// The peer's answer to our request sent at `sent_at` (our clock).
-    FailsafeAnswered { sent_at: Millis, epoch: Epoch, answer: FailsafeAnswer },
+    FailsafeAnswered {
+        sent_at: Millis,
+        epoch: Epoch,
+        answer: FailsafeAnswer,
+    },
     /// The witness view learned some other way (the peer's answer).
     Learned(Cluster),
 }
@@ -54,18 +71,30 @@ pub struct FailsafeAnswer {
 pub enum Action {
     SendHeartbeat(AgentHeartbeat),
     /// Ask the peer agent for a failsafe confirmation of `epoch`.
-    AskFailsafe { epoch: Epoch },
+    AskFailsafe {
+        epoch: Epoch,
+    },
     AnswerFailsafe(FailsafeAnswer),
     /// Start acting as primary: the replication source at `epoch`.
-    StartSource { epoch: Epoch },
+    StartSource {
+        epoch: Epoch,
+    },
     /// Stop acting as primary, now.
-    StopSource { reason: String },
+    StopSource {
+        reason: String,
+    },
     /// Finish one full replication pass, then report [`Input::Drained`].
-    Drain { epoch: Epoch },
+    Drain {
+        epoch: Epoch,
+    },
     /// Accept replication only at `epoch` or newer.
-    BecomeSink { epoch: Epoch },
+    BecomeSink {
+        epoch: Epoch,
+    },
     /// First time acting as primary at a new epoch: the DNS hook.
-    SwitchDns { epoch: Epoch },
+    SwitchDns {
+        epoch: Epoch,
+    },
     /// Persist the committed view (epochs must not go back after a restart).
     Persist(Cluster),
 }
@@ -240,8 +269,7 @@ impl AgentRole {
                 if let Some(c) = answer.cluster {
                     self.learn(c, &mut out);
                 }
-                if answer.ok && epoch == self.epoch() && self.is_named_primary() && !self.released
-                {
+                if answer.ok && epoch == self.epoch() && self.is_named_primary() && !self.released {
                     let until = self.timing.agent_lease_until(sent_at);
                     self.failsafe_until = self.failsafe_until.max(Some(until));
                 }
@@ -334,11 +362,7 @@ impl AgentRole {
         match r.lease {
             LeaseAnswer::NotLeader => {}
             LeaseAnswer::Granted => {
-                let sent_at = self
-                    .sent
-                    .iter()
-                    .find(|(s, _)| *s == r.seq)
-                    .map(|(_, t)| *t);
+                let sent_at = self.sent.iter().find(|(s, _)| *s == r.seq).map(|(_, t)| *t);
                 if let Some(sent_at) = sent_at {
                     if same_epoch
                         && r.seq >= self.min_grant_seq

@@ -140,7 +140,11 @@ impl Inner {
     }
 
     fn witness_names(&self) -> Vec<String> {
-        self.cfg.witnesses.keys().map(|id| witness_identity(*id)).collect()
+        self.cfg
+            .witnesses
+            .keys()
+            .map(|id| witness_identity(*id))
+            .collect()
     }
 
     fn agent_names(&self) -> Vec<String> {
@@ -215,19 +219,31 @@ impl Inner {
             Ok(Ok(r)) => {
                 self.metrics.lock().unwrap().decisions += 1;
                 match &r.data.result {
-                    Ok(()) => info!(decision = %what, %evidence, epoch = r.data.epoch, log_index = r.log_id.index, "committed"),
-                    Err(why) => warn!(decision = %what, %why, "committed but rejected by the state machine"),
+                    Ok(()) => {
+                        info!(decision = %what, %evidence, epoch = r.data.epoch, log_index = r.log_id.index, "committed")
+                    }
+                    Err(why) => {
+                        warn!(decision = %what, %why, "committed but rejected by the state machine")
+                    }
                 }
             }
             Ok(Err(e)) => {
                 warn!(decision = %what, error = %e, "could not commit");
                 let now = self.now();
-                self.core.lock().unwrap().decider.step(now, Input::ProposalFailed);
+                self.core
+                    .lock()
+                    .unwrap()
+                    .decider
+                    .step(now, Input::ProposalFailed);
             }
             Err(_) => {
                 warn!(decision = %what, "commit timed out");
                 let now = self.now();
-                self.core.lock().unwrap().decider.step(now, Input::ProposalFailed);
+                self.core
+                    .lock()
+                    .unwrap()
+                    .decider
+                    .step(now, Input::ProposalFailed);
             }
         }
     }
@@ -270,7 +286,10 @@ impl Inner {
             }
         }
         if let Some(cmd) = init {
-            info!("initialising the witness state: epoch 1, primary {}", self.cfg.initial_primary);
+            info!(
+                "initialising the witness state: epoch 1, primary {}",
+                self.cfg.initial_primary
+            );
             let me = self.clone();
             tokio::spawn(async move { me.propose(cmd).await });
         }
@@ -382,13 +401,25 @@ impl WitnessApi for Service {
         dr_proto::tls::authorize(&request, &self.inner.witness_names())?;
         let rpc = request.into_inner();
         let raft = &self.inner.raft;
-        let bad = |e: serde_json::Error| Status::invalid_argument(format!("malformed {} request: {e}", rpc.kind));
+        let bad = |e: serde_json::Error| {
+            Status::invalid_argument(format!("malformed {} request: {e}", rpc.kind))
+        };
         match rpc.kind.as_str() {
-            "append" => json(&raft.append_entries(serde_json::from_slice(&rpc.body).map_err(bad)?).await),
-            "vote" => json(&raft.vote(serde_json::from_slice(&rpc.body).map_err(bad)?).await),
-            "snapshot" => {
-                json(&raft.install_snapshot(serde_json::from_slice(&rpc.body).map_err(bad)?).await)
-            }
+            "append" => json(
+                &raft
+                    .append_entries(serde_json::from_slice(&rpc.body).map_err(bad)?)
+                    .await,
+            ),
+            "vote" => json(
+                &raft
+                    .vote(serde_json::from_slice(&rpc.body).map_err(bad)?)
+                    .await,
+            ),
+            "snapshot" => json(
+                &raft
+                    .install_snapshot(serde_json::from_slice(&rpc.body).map_err(bad)?)
+                    .await,
+            ),
             other => Err(Status::invalid_argument(format!(
                 "unknown Raft RPC kind '{other}' (append, vote or snapshot)"
             ))),
@@ -477,7 +508,9 @@ impl WitnessApi for Service {
         let req = match req {
             OperatorRequest::ForceFailover { .. } => OperatorRequest::ForceFailover { by: who },
             OperatorRequest::Switchover { to, .. } => OperatorRequest::Switchover { to, by: who },
-            OperatorRequest::MarkResynced { dc, .. } => OperatorRequest::MarkResynced { dc, by: who },
+            OperatorRequest::MarkResynced { dc, .. } => {
+                OperatorRequest::MarkResynced { dc, by: who }
+            }
         };
         info!(request = ?req, "operator request");
         let now = self.inner.now();
@@ -533,7 +566,10 @@ pub async fn run(
         metrics: metrics_listener.local_addr()?,
         pid: std::process::id(),
     };
-    std::fs::write(cfg.state_dir.join("bound.json"), serde_json::to_vec(&bound)?)?;
+    std::fs::write(
+        cfg.state_dir.join("bound.json"),
+        serde_json::to_vec(&bound)?,
+    )?;
 
     let db = store::open(&cfg.state_dir.join("witness.redb"))
         .with_context(|| format!("open the Raft store in {}", cfg.state_dir.display()))?;
@@ -683,32 +719,57 @@ fn render_metrics(inner: &Inner) -> String {
             .set(i64::from(st.cluster.primary == *dc));
         let v = st.observation.get(dc).copied().unwrap_or_default();
         healthy.get_or_create(&l).set(i64::from(v.healthy));
-        unhealthy_for.get_or_create(&l).set(v.unhealthy_for_ms as i64);
+        unhealthy_for
+            .get_or_create(&l)
+            .set(v.unhealthy_for_ms as i64);
     }
     reg.register("primary", "1 for the committed primary datacenter", primary);
-    reg.register("datacenter_healthy", "This witness's view: Milvus probe ok and agent heartbeating", healthy);
-    reg.register("datacenter_unhealthy_ms", "How long this witness has seen the datacenter unhealthy", unhealthy_for);
+    reg.register(
+        "datacenter_healthy",
+        "This witness's view: Milvus probe ok and agent heartbeating",
+        healthy,
+    );
+    reg.register(
+        "datacenter_unhealthy_ms",
+        "How long this witness has seen the datacenter unhealthy",
+        unhealthy_for,
+    );
     let counter = |v: u64| {
         let c = Counter::<u64>::default();
         c.inc_by(v);
         c
     };
-    reg.register("decisions", "Decisions this witness committed as leader", counter(c.decisions));
+    reg.register(
+        "decisions",
+        "Decisions this witness committed as leader",
+        counter(c.decisions),
+    );
     reg.register("alerts", "Held-failover alerts raised", counter(c.alerts));
-    reg.register("heartbeats", "Agent heartbeats received", counter(c.heartbeats));
+    reg.register(
+        "heartbeats",
+        "Agent heartbeats received",
+        counter(c.heartbeats),
+    );
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
 }
 
-async fn serve_metrics(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) -> Result<()> {
+async fn serve_metrics(
+    listener: TcpListener,
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+) -> Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let inner = inner.clone();
             async move {
                 (
-                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     render_metrics(&inner),
                 )
             }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder,
-    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -226,7 +226,9 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<Database>) -> Result<(StateMachine, watch::Receiver<WitnessState>), StorageError<NodeId>> {
+    pub fn new(
+        db: Arc<Database>,
+    ) -> Result<(StateMachine, watch::Receiver<WitnessState>), StorageError<NodeId>> {
         let data: SmData = get_meta(&db, K_SM)?.unwrap_or_default();
         let (tx, rx) = watch::channel(data.state.clone());
         Ok((

@@ -308,12 +308,17 @@ mod tests {
 
     #[test]
     fn failover_section_picks_a_profile_and_overrides() {
-        let f: FailoverSection = serde_norway::from_str("profile: fast\nconfirmation_ms: 8000").unwrap();
+        let f: FailoverSection =
+            serde_norway::from_str("profile: fast\nconfirmation_ms: 8000").unwrap();
         let t = f.resolve().unwrap();
-        assert_eq!((t.heartbeat_ms, t.lease_ms, t.confirmation_ms), (250, 2_000, 8_000));
+        assert_eq!(
+            (t.heartbeat_ms, t.lease_ms, t.confirmation_ms),
+            (250, 2_000, 8_000)
+        );
         let f: FailoverSection = serde_norway::from_str("{}").unwrap();
         assert_eq!(f.resolve().unwrap(), Timing::default());
-        let f: FailoverSection = serde_norway::from_str("profile: fast\nconfirmation_ms: 1000").unwrap();
+        let f: FailoverSection =
+            serde_norway::from_str("profile: fast\nconfirmation_ms: 1000").unwrap();
         assert_eq!(f.resolve().unwrap_err().field, "failover.confirmation_ms");
         assert!(serde_norway::from_str::<FailoverSection>("profile: turbo").is_err());
     }

@@ -12,8 +12,11 @@
 //! Invariants are checked at every step; see [`World::check`]. A failing
 //! seed prints the command that replays it with a full trace.
 
-use std::collections::{BTreeMap, BinaryHeap};
+// Indices name the nodes of the simulated network.
+#![allow(clippy::needless_range_loop)]
+
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use dr_witness::decide::{
     self, Action as WAction, Decider, HeartbeatReply, Input as WInput, LeaseAnswer, Observer,
@@ -60,9 +63,19 @@ impl Clock {
 enum Msg {
     Heartbeat(decide::AgentHeartbeat),
     Reply(HeartbeatReply),
-    Observation { from: usize, obs: decide::Observation },
-    AskFailsafe { epoch: Epoch, sent_at: Millis },
-    Answer { epoch: Epoch, sent_at: Millis, answer: FailsafeAnswer },
+    Observation {
+        from: usize,
+        obs: decide::Observation,
+    },
+    AskFailsafe {
+        epoch: Epoch,
+        sent_at: Millis,
+    },
+    Answer {
+        epoch: Epoch,
+        sent_at: Millis,
+        answer: FailsafeAnswer,
+    },
 }
 
 struct Witness {
@@ -149,11 +162,7 @@ impl World {
                     leader: false,
                     applied: 0,
                     decider: Decider::new(timing, W),
-                    observer: Observer::new(
-                        timing,
-                        c.local(now0),
-                        &DCS.map(String::from),
-                    ),
+                    observer: Observer::new(timing, c.local(now0), &DCS.map(String::from)),
                     next_beat: 0,
                 }
             })
@@ -391,9 +400,10 @@ impl World {
                     },
                 ),
                 AAction::AnswerFailsafe(_) => unreachable!("answered inline"),
-                AAction::StartSource { epoch } => {
-                    self.note(format!("{} STARTS acting as primary at epoch {epoch}", DCS[i]))
-                }
+                AAction::StartSource { epoch } => self.note(format!(
+                    "{} STARTS acting as primary at epoch {epoch}",
+                    DCS[i]
+                )),
                 AAction::StopSource { reason } => {
                     self.note(format!("{} stops acting: {reason}", DCS[i]))
                 }
@@ -404,7 +414,10 @@ impl World {
                 AAction::BecomeSink { .. } | AAction::SwitchDns { .. } => {}
                 AAction::Persist(c) => {
                     let promoted = c.primary == DCS[i]
-                        && self.agents[i].persisted.as_ref().is_some_and(|p| p.epoch < c.epoch);
+                        && self.agents[i]
+                            .persisted
+                            .as_ref()
+                            .is_some_and(|p| p.epoch < c.epoch);
                     self.agents[i].persisted = Some(c);
                     if promoted && self.t < FAULT_UNTIL && self.rng.gen_bool(0.3) {
                         // Crash at the worst moment: just promoted, with
@@ -431,9 +444,13 @@ impl World {
                     self.run_witness_actions(w, acts, Some(ai));
                 }
                 Msg::Observation { from, obs } => {
-                    self.witnesses[w]
-                        .decider
-                        .step(now, WInput::Observation { from: from as u64, obs });
+                    self.witnesses[w].decider.step(
+                        now,
+                        WInput::Observation {
+                            from: from as u64,
+                            obs,
+                        },
+                    );
                 }
                 _ => unreachable!(),
             }
@@ -504,7 +521,8 @@ impl World {
                 // The witness leader crashes and comes back.
                 if let Some(l) = self.leader() {
                     self.set_witness(l, false);
-                    self.undo.push((self.t + self.rng.gen_range(0..4_000), Undo::Witness(l)));
+                    self.undo
+                        .push((self.t + self.rng.gen_range(0..4_000), Undo::Witness(l)));
                 }
             }
             10..=14 => {
@@ -517,7 +535,8 @@ impl World {
                 // forgets failsafe promises it gave).
                 let i = self.rng.gen_range(0..2);
                 self.set_agent(i, false);
-                self.undo.push((self.t + self.rng.gen_range(0..3_000), Undo::Agent(i)));
+                self.undo
+                    .push((self.t + self.rng.gen_range(0..3_000), Undo::Agent(i)));
             }
             25..=34 => {
                 self.milvus_up[p] = false;
@@ -581,7 +600,10 @@ impl World {
             87..=92 => self.operator(OperatorRequest::ForceFailover { by: "sim".into() }),
             _ => {
                 if let Some(dc) = self.committed().needs_resync.iter().next().cloned() {
-                    self.operator(OperatorRequest::MarkResynced { dc, by: "sim".into() });
+                    self.operator(OperatorRequest::MarkResynced {
+                        dc,
+                        by: "sim".into(),
+                    });
                 }
             }
         }
@@ -658,7 +680,8 @@ impl World {
             let persisted = self.agents[i].persisted.clone();
             self.agents[i].restarts += 1;
             let seq_base = self.agents[i].restarts * 1_000_000_000;
-            self.agents[i].role = AgentRole::new(self.timing, DCS[i].into(), now, persisted, seq_base);
+            self.agents[i].role =
+                AgentRole::new(self.timing, DCS[i].into(), now, persisted, seq_base);
             self.agents[i].up = true;
             self.agents[i].drain_done_at = None;
         } else {
@@ -716,15 +739,28 @@ impl World {
                 let obs = self.witnesses[w].observer.observe(now);
                 for o in 0..W {
                     if o == w {
-                        self.witnesses[w]
-                            .decider
-                            .step(now, WInput::Observation { from: w as u64, obs: obs.clone() });
+                        self.witnesses[w].decider.step(
+                            now,
+                            WInput::Observation {
+                                from: w as u64,
+                                obs: obs.clone(),
+                            },
+                        );
                     } else {
-                        self.send(wnode(w), wnode(o), Msg::Observation { from: w, obs: obs.clone() });
+                        self.send(
+                            wnode(w),
+                            wnode(o),
+                            Msg::Observation {
+                                from: w,
+                                obs: obs.clone(),
+                            },
+                        );
                     }
                 }
             }
-            let acts = self.witnesses[w].decider.step(now, WInput::Tick { wall_ms });
+            let acts = self.witnesses[w]
+                .decider
+                .step(now, WInput::Tick { wall_ms });
             self.run_witness_actions(w, acts, None);
         }
         // Agents: health, replication, drains, heartbeats.
@@ -787,7 +823,11 @@ impl World {
             }
             if now >= self.agents[i].next_beat {
                 self.agents[i].next_beat = now + self.timing.heartbeat_ms;
-                acts.extend(self.agents[i].role.step(now, AInput::HeartbeatDue { wall_ms }));
+                acts.extend(
+                    self.agents[i]
+                        .role
+                        .step(now, AInput::HeartbeatDue { wall_ms }),
+                );
             }
             self.run_agent_actions(i, acts);
         }
@@ -796,7 +836,12 @@ impl World {
 
     fn acting(&self) -> Vec<usize> {
         (0..2)
-            .filter(|&i| self.agents[i].up && self.agents[i].role.acting(self.agents[i].clock.local(self.t)))
+            .filter(|&i| {
+                self.agents[i].up
+                    && self.agents[i]
+                        .role
+                        .acting(self.agents[i].clock.local(self.t))
+            })
             .collect()
     }
 
@@ -824,9 +869,19 @@ impl World {
         for i in 0..2 {
             if let Some(c) = self.agents[i].role.cluster() {
                 let k = &mut self.max_known_epoch[W + i];
-                assert!(c.epoch >= *k, "agent {} epoch went back {} -> {}", DCS[i], k, c.epoch);
+                assert!(
+                    c.epoch >= *k,
+                    "agent {} epoch went back {} -> {}",
+                    DCS[i],
+                    k,
+                    c.epoch
+                );
                 *k = c.epoch;
-                assert_eq!(self.epoch_owner.get(&c.epoch), Some(&c.primary), "agent view disagrees");
+                assert_eq!(
+                    self.epoch_owner.get(&c.epoch),
+                    Some(&c.primary),
+                    "agent view disagrees"
+                );
             }
         }
         for w in 0..W {
@@ -894,7 +949,9 @@ fn run_seed(seed: u64, verbose: bool) -> Result<(u64, u64), String> {
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().expect("a number"))
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().expect("a number"))
 }
 
 /// 500 seeds per run (`SIM_SEEDS=N` for more, `SIM_BASE=B` to start
@@ -927,8 +984,14 @@ fn random_fault_schedules_keep_every_invariant() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     // The schedules must actually exercise failover and switchover.
-    assert!(failovers >= n / 10, "only {failovers} failovers in {n} seeds");
-    assert!(switchovers >= n / 10, "only {switchovers} switchovers in {n} seeds");
+    assert!(
+        failovers >= n / 10,
+        "only {failovers} failovers in {n} seeds"
+    );
+    assert!(
+        switchovers >= n / 10,
+        "only {switchovers} switchovers in {n} seeds"
+    );
 }
 
 /// `SIM_SEED=S cargo test -p dr-witness --test simulation replay -- --nocapture`
