@@ -623,3 +623,29 @@ pub fn verify_text(r: &VerifyReport) -> String {
     };
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_with_witnesses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drctl.yaml");
+        std::fs::write(&path, include_str!("../../deploy/examples/drctl.yaml")).unwrap();
+        let c = DrctlConfig::load(&path).unwrap();
+        assert_eq!(c.agents.len(), 2);
+        assert_eq!(c.witnesses.len(), 3);
+        assert!(c.witnesses[&2].starts_with("https://"));
+    }
+
+    #[test]
+    fn witness_table_shows_leader_epoch_and_unreachable_witnesses() {
+        let all = vec![(1, Err(anyhow::anyhow!("connection refused")))];
+        let t = witness_table(&all);
+        assert!(
+            t.contains("WITNESS") && t.contains("connection refused"),
+            "{t}"
+        );
+    }
+}

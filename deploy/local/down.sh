@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Stops the local demo: agents first (SIGTERM), then the Milvus servers;
+# Stops the local demo: agents first (SIGTERM), then the witnesses and the
+# Milvus servers;
 # SIGKILL for anything still running after 20 s. Keeps the data unless
 # --purge is given.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 demo="${DEMO_DIR:-$root/.local/demo}"
 [ -f "$demo/state.json" ] || { echo "down: no demo running"; exit 0; }
-pids() { python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(' '.join(str(p['pid']) for p in s[sys.argv[2]].values()))" "$demo/state.json" "$1"; }
+pids() { python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(' '.join(str(p['pid']) for p in s.get(sys.argv[2], {}).values()))" "$demo/state.json" "$1"; }
 stop() {
   for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
   for _ in $(seq 1 200); do
@@ -16,6 +17,7 @@ stop() {
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
 }
 stop $(pids agents)
+stop $(pids witnesses)
 stop $(pids milvus)
 rm -f "$demo/state.json"
 [ "${1:-}" = "--purge" ] && rm -rf "$demo"

@@ -8,8 +8,8 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 python3 - "$demo/state.json" <<'PY'
 import json, os, sys
 s = json.load(open(sys.argv[1]))
-for kind in ("milvus", "agents"):
-    for dc, p in s[kind].items():
+for kind in ("milvus", "witnesses", "agents"):
+    for dc, p in s.get(kind, {}).items():
         alive = os.path.exists(f"/proc/{p['pid']}")
         print(f"{kind:<7} {dc}  pid {p['pid']:<8} {'up  ' if alive else 'DOWN'}  {p['grpc']}")
 PY

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Local demo: two real Milvus servers (dc-a primary, dc-b standby), two
-# dr-agents on free ports with mutual TLS, sample data and a mixed workload,
-# then `drctl status` and `drctl verify`. Everything stays running; state and
-# logs live in .local/demo (or $DEMO_DIR). Stop it with deploy/local/down.sh.
+# Local demo: two real Milvus servers (dc-a primary, dc-b standby), three
+# dr-witnesses (the Raft quorum, fast failover profile) and two dr-agents,
+# all on free loopback ports with mutual TLS; sample data and a mixed
+# workload, then `drctl status` and `drctl verify`. Everything stays
+# running; state and logs live in .local/demo (or $DEMO_DIR). Stop it with
+# deploy/local/down.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -17,7 +19,7 @@ if [ -f "$demo/state.json" ]; then
 fi
 bash deploy/local/setup.sh
 echo "up: building (release)"
-cargo build --release --locked -q -p dr-agent -p dr-tests --bins
+cargo build --release --locked -q -p dr-agent -p dr-witness -p dr-tests --bins
 bin="$target/release"
 mkdir -p "$demo"
 
@@ -41,7 +43,41 @@ done
 a_grpc=$(json "$demo/milvus-dc-a/server.json" grpc_port); a_http=$(json "$demo/milvus-dc-a/server.json" http_port)
 b_grpc=$(json "$demo/milvus-dc-b/server.json" grpc_port); b_http=$(json "$demo/milvus-dc-b/server.json" http_port)
 
-write_config() { # dc, listen port, peer agent address
+# Free loopback ports for 3 witnesses and 2 agents (all configs list them).
+read -r w1 w2 w3 a_port b_port < <(python3 - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()
+PY
+)
+A_ADDR="https://127.0.0.1:$a_port"; B_ADDR="https://127.0.0.1:$b_port"
+witnesses="{ 1: \"https://127.0.0.1:$w1\", 2: \"https://127.0.0.1:$w2\", 3: \"https://127.0.0.1:$w3\" }"
+failover="{ profile: fast }"
+
+for id in 1 2 3; do
+  port_var="w$id"
+  cat > "$demo/witness-$id.yaml" <<YAML
+id: $id
+state_dir: witness-$id
+listen: { grpc: "127.0.0.1:${!port_var}", metrics: "127.0.0.1:0" }
+witnesses: $witnesses
+datacenters:
+  dc-a: { health_url: "http://127.0.0.1:$a_http/healthz" }
+  dc-b: { health_url: "http://127.0.0.1:$b_http/healthz" }
+initial_primary: dc-a
+tls: { ca: certs/ca.pem, cert: certs/witness-$id.pem, key: certs/witness-$id.key }
+failover: $failover
+YAML
+  "$bin/dr-witness" --config "$demo/witness-$id.yaml" --check >/dev/null
+  rm -f "$demo/witness-$id/bound.json"
+  setsid nohup "$bin/dr-witness" --config "$demo/witness-$id.yaml" > "$demo/witness-$id.log" 2>&1 < /dev/null &
+done
+for id in 1 2 3; do wait_file "$demo/witness-$id/bound.json"; done
+echo "up: witnesses running on ports $w1 $w2 $w3"
+
+write_config() { # dc, listen port
   cat > "$demo/agent-$1.yaml" <<YAML
 datacenter: $1
 initial_primary: dc-a
@@ -49,13 +85,15 @@ state_dir: state-$1
 datacenters:
   dc-a:
     milvus: { endpoint: "http://127.0.0.1:$a_grpc", health_url: "http://127.0.0.1:$a_http/healthz" }
-    agent: "${A_ADDR:-https://127.0.0.1:1}"
+    agent: "$A_ADDR"
   dc-b:
     milvus: { endpoint: "http://127.0.0.1:$b_grpc", health_url: "http://127.0.0.1:$b_http/healthz" }
-    agent: "${B_ADDR:-https://127.0.0.1:1}"
+    agent: "$B_ADDR"
 listen: { grpc: "127.0.0.1:$2", metrics: "127.0.0.1:0" }
 tls: { ca: certs/ca.pem, cert: certs/agent.$1.pem, key: certs/agent.$1.key }
 replication: { poll_interval: 500ms }
+witnesses: $witnesses
+failover: $failover
 YAML
 }
 start_agent() { # dc
@@ -64,20 +102,16 @@ start_agent() { # dc
   setsid nohup "$bin/dr-agent" --config "$demo/agent-$1.yaml" > "$demo/agent-$1.log" 2>&1 < /dev/null &
   wait_file "$demo/state-$1/bound.json"
 }
-write_config dc-b 0
+write_config dc-b "$b_port"
+write_config dc-a "$a_port"
 start_agent dc-b
-B_ADDR="https://$(json "$demo/state-dc-b/bound.json" grpc)"
-write_config dc-b "$(json "$demo/state-dc-b/bound.json" grpc | cut -d: -f2)"
-write_config dc-a 0
 start_agent dc-a
-A_ADDR="https://$(json "$demo/state-dc-a/bound.json" grpc)"
-write_config dc-a "$(json "$demo/state-dc-a/bound.json" grpc | cut -d: -f2)"
-write_config dc-b "$(json "$demo/state-dc-b/bound.json" grpc | cut -d: -f2)"
 
 cat > "$demo/drctl.yaml" <<YAML
 agents:
   dc-a: { address: "$A_ADDR" }
   dc-b: { address: "$B_ADDR" }
+witnesses: $witnesses
 tls: { ca: certs/ca.pem, cert: certs/operator.pem, key: certs/operator.key }
 YAML
 
@@ -85,7 +119,10 @@ python3 - "$demo" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 def j(p): return json.load(open(os.path.join(d, p)))
-state = {"milvus": {}, "agents": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+state = {"milvus": {}, "witnesses": {}, "agents": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+for i in (1, 2, 3):
+    b = j(f"witness-{i}/bound.json")
+    state["witnesses"][str(i)] = {"pid": b["pid"], "grpc": b["grpc"], "metrics": f"http://{b['metrics']}/metrics", "log": os.path.join(d, f"witness-{i}.log")}
 for dc in ("dc-a", "dc-b"):
     m = j(f"milvus-{dc}/server.json")
     state["milvus"][dc] = {"pid": m["pid"], "grpc": f"127.0.0.1:{m['grpc_port']}", "healthz": f"http://127.0.0.1:{m['http_port']}/healthz", "data_dir": m["data_dir"]}
@@ -94,6 +131,7 @@ for dc in ("dc-a", "dc-b"):
 json.dump(state, open(os.path.join(d, "state.json"), "w"), indent=2)
 PY
 echo "up: agents running; state in $demo/state.json"
+"$bin/drctl" --config "$demo/drctl.yaml" witness status >/dev/null || true
 
 echo "up: loading sample data and running a mixed workload on the primary"
 "$bin/demo-workload" --endpoint "http://127.0.0.1:$a_grpc" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
@@ -105,4 +143,7 @@ echo
 echo "up: demo running. Try:"
 echo "  $bin/drctl --config $demo/drctl.yaml status"
 echo "  curl -s \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['agents']['dc-b']['metrics'])\") | grep lag"
+echo "  $bin/drctl --config $demo/drctl.yaml witness status"
+echo "  $bin/drctl --config $demo/drctl.yaml witness switchover --to dc-b     # planned, loses nothing"
+echo "  kill \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['milvus']['dc-a']['pid'])\")   # primary Milvus dies: failover in ~6 s"
 echo "  bash deploy/local/down.sh"

@@ -142,7 +142,20 @@ impl WitnessConfig {
                 "pass the path of a readable YAML file with --config",
             )
         })?;
-        Self::parse(&text)
+        let mut cfg = Self::parse(&text)?;
+        // Relative paths are relative to the config file's folder.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.state_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
     }
 
     pub fn parse(text: &str) -> Result<WitnessConfig, ConfigError> {
@@ -262,6 +275,20 @@ mod tests {
         let c = WitnessConfig::parse(EXAMPLE).unwrap();
         assert_eq!(c.witnesses.len(), 3);
         assert_eq!(c.dc_of_identity("agent.dc-a").as_deref(), Some("dc-a"));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = EXAMPLE
+            .replace("/var/lib/milvus-dr/witness-1", "w1")
+            .replace("/etc/milvus-dr/certs/ca.pem", "certs/ca.pem");
+        let path = dir.path().join("witness.yaml");
+        std::fs::write(&path, text).unwrap();
+        let c = WitnessConfig::load(&path).unwrap();
+        assert_eq!(c.state_dir, dir.path().join("w1"));
+        assert_eq!(c.tls.ca, dir.path().join("certs/ca.pem"));
+        assert!(c.tls.key.is_absolute());
     }
 
     #[test]
