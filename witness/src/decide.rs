@@ -430,7 +430,7 @@ impl Decider {
                         "{to} was demoted by a failover; resynchronise it and run `drctl witness mark-resynced {to}` first"
                     )));
                 }
-                if let Err(why) = self.standby_ready(now, &c, &to) {
+                if let Err((_, why)) = self.standby_ready(now, &c, &to) {
                     return Action::OperatorReply(Err(why));
                 }
                 let cmd = Command::BeginSwitchover {
@@ -461,22 +461,40 @@ impl Decider {
         now.saturating_sub(received) <= FRESH_HEARTBEATS * self.timing.heartbeat_ms
     }
 
-    fn standby_ready(&self, now: Millis, c: &Cluster, standby: &Dc) -> Result<(), String> {
+    /// Whether the standby may take over; on refusal, the rule that
+    /// failed (for alert de-duplication) and why.
+    fn standby_ready(
+        &self,
+        now: Millis,
+        c: &Cluster,
+        standby: &Dc,
+    ) -> Result<(), (&'static str, String)> {
         match self.agents.get(standby) {
-            None => Err(format!("no heartbeat from the standby agent {standby}")),
-            Some((at, _)) if !self.fresh(*at, now) => Err(format!(
-                "the standby agent {standby} has been silent for {} ms",
-                now - at
+            None => Err((
+                "standby-unknown",
+                format!("no heartbeat from the standby agent {standby}"),
             )),
-            Some((_, hb)) if !hb.milvus_healthy => {
-                Err(format!("the standby's Milvus ({standby}) is unhealthy"))
-            }
-            Some((_, hb)) if hb.epoch != c.epoch => Err(format!(
-                "the standby agent {standby} is at epoch {} not {}",
-                hb.epoch, c.epoch
+            Some((at, _)) if !self.fresh(*at, now) => Err((
+                "standby-silent",
+                format!(
+                    "the standby agent {standby} has been silent for {} ms",
+                    now - at
+                ),
             )),
-            Some((_, hb)) if hb.acting_primary => Err(format!(
-                "the standby agent {standby} claims to act as primary"
+            Some((_, hb)) if !hb.milvus_healthy => Err((
+                "standby-milvus",
+                format!("the standby's Milvus ({standby}) is unhealthy"),
+            )),
+            Some((_, hb)) if hb.epoch != c.epoch => Err((
+                "standby-epoch",
+                format!(
+                    "the standby agent {standby} is at epoch {} not {}",
+                    hb.epoch, c.epoch
+                ),
+            )),
+            Some((_, hb)) if hb.acting_primary => Err((
+                "standby-acting",
+                format!("the standby agent {standby} claims to act as primary"),
             )),
             Some(_) => Ok(()),
         }
@@ -504,12 +522,14 @@ impl Decider {
         vec![]
     }
 
-    fn hold(&mut self, reason: String) -> Vec<Action> {
+    /// Holds the failover. One alert per kind of reason (`rule`), not one
+    /// per tick: reasons carry growing figures.
+    fn hold(&mut self, rule: &'static str, reason: String) -> Vec<Action> {
         self.verdict = Verdict::Held(reason.clone());
-        if self.last_alert.as_ref() == Some(&reason) {
+        if self.last_alert.as_deref() == Some(rule) {
             return vec![];
         }
-        self.last_alert = Some(reason.clone());
+        self.last_alert = Some(rule.to_string());
         vec![Action::Alert { reason }]
     }
 
@@ -584,7 +604,7 @@ impl Decider {
             .and_then(|(_, hb)| hb.applied_snapshot_wall_ms);
         match (drained, applied) {
             (Some(d), Some(a)) if a >= d => {
-                if let Err(why) = self.standby_ready(now, c, &to) {
+                if let Err((_, why)) = self.standby_ready(now, c, &to) {
                     return self.set(Verdict::Waiting(format!("switchover to {to}: {why}")));
                 }
                 let cmd = Command::CompleteSwitchover {
@@ -646,12 +666,12 @@ impl Decider {
         }
         // 2. The standby and its Milvus are healthy and eligible.
         if c.needs_resync.contains(&standby) {
-            return self.hold(format!(
+            return self.hold("resync", format!(
                 "primary {primary} is down but the standby {standby} was demoted earlier and is not resynchronised (no automatic failback)"
             ));
         }
-        if let Err(why) = self.standby_ready(now, c, &standby) {
-            return self.hold(format!("primary {primary} is down but {why}"));
+        if let Err((rule, why)) = self.standby_ready(now, c, &standby) {
+            return self.hold(rule, format!("primary {primary} is down but {why}"));
         }
         let forced = self.force.is_some();
         // 3. Data-loss budget.
@@ -660,7 +680,7 @@ impl Decider {
             Some(l) if l <= self.timing.data_loss_budget_ms => {}
             _ if forced => {}
             _ => {
-                return self.hold(format!(
+                return self.hold("budget", format!(
                     "failover to {standby} would lose {} of writes, over the {} ms budget; force it with `drctl witness force-failover` to accept the loss",
                     loss.map_or("an unknown amount".into(), |l| format!("about {l} ms")),
                     self.timing.data_loss_budget_ms
@@ -671,10 +691,13 @@ impl Decider {
         if let Some(last) = c.last_failover_wall_ms {
             let age = wall_ms.saturating_sub(last);
             if age < self.timing.anti_flap_ms && !forced {
-                return self.hold(format!(
-                    "the last failover was {age} ms ago, within the {} ms anti-flap window",
-                    self.timing.anti_flap_ms
-                ));
+                return self.hold(
+                    "anti-flap",
+                    format!(
+                        "the last failover was {age} ms ago, within the {} ms anti-flap window",
+                        self.timing.anti_flap_ms
+                    ),
+                );
             }
         }
         // 5. The primary's lease has run out.
