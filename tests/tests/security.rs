@@ -270,3 +270,117 @@ tls: { ca: ca.pem, cert: a.pem, key: a.key }
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// The witness API checks who calls what, and what they send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()> {
+    use dr_proto::pb::{witness_client::WitnessClient, Json, RaftRpc};
+    use dr_witness::decide::{AgentHeartbeat, OperatorRequest};
+    use dr_witness::service::HeartbeatRequest;
+    use dr_witness::timing::Timing;
+
+    let env = TestEnv::new("t_witness_api").await?;
+    let w = dr_tests::witness::Witnesses::start(&env, "{ profile: fast }").await?;
+    let addr = w.front[0].addr;
+    let client = |name: &str| {
+        let tls = files(&env, name).client_config("witness-1").unwrap();
+        async move { Ok::<_, anyhow::Error>(WitnessClient::new(channel(addr, tls).await?)) }
+    };
+    let hb = |dc: &str| AgentHeartbeat {
+        dc: dc.into(),
+        seq: 1,
+        epoch: 0,
+        acting_primary: false,
+        released: false,
+        milvus_healthy: true,
+        wall_ms: 0,
+        milvus_last_healthy_wall_ms: None,
+        applied_snapshot_wall_ms: None,
+        drained_snapshot_wall_ms: None,
+        lag_ms: None,
+    };
+    let body = |v: &HeartbeatRequest| Json {
+        body: serde_json::to_vec(v).unwrap(),
+    };
+
+    // An agent may not speak Raft, push observations or run operator commands.
+    let mut agent = client("agent.dc-a").await?;
+    let e = agent
+        .raft(RaftRpc {
+            kind: "vote".into(),
+            body: b"{}".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = agent
+        .operator(Json {
+            body: serde_json::to_vec(&OperatorRequest::ForceFailover { by: "x".into() })?,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // It may heartbeat only for its own datacenter, with the same timing.
+    let e = agent
+        .heartbeat(body(&HeartbeatRequest {
+            heartbeat: hb("dc-b"),
+            timing: Timing::fast(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = agent
+        .heartbeat(body(&HeartbeatRequest {
+            heartbeat: hb("dc-a"),
+            timing: Timing::default(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("timing"), "{}", e.message());
+    let e = agent
+        .heartbeat(Json {
+            body: b"{not json".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let ok = agent
+        .heartbeat(body(&HeartbeatRequest {
+            heartbeat: hb("dc-a"),
+            timing: Timing::fast(),
+        }))
+        .await?;
+    let reply: dr_witness::decide::HeartbeatReply = serde_json::from_slice(&ok.into_inner().body)?;
+    assert_eq!(reply.seq, 1);
+
+    // A witness may not claim another witness's observations; an unknown
+    // Raft RPC kind is refused.
+    let mut w2 = client("witness-2").await?;
+    let e = w2
+        .observe(Json {
+            body: br#"{"from": 3, "observation": {}}"#.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = w2
+        .raft(RaftRpc {
+            kind: "gossip".into(),
+            body: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // The operator can read the status.
+    let mut op = client("operator").await?;
+    let st = op
+        .status(Json {
+            body: b"{}".to_vec(),
+        })
+        .await?;
+    let st: dr_witness::service::WitnessStatus = serde_json::from_slice(&st.into_inner().body)?;
+    assert_eq!(st.id, 1);
+    Ok(())
+}
