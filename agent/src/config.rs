@@ -13,25 +13,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A configuration error: which field, what is wrong, how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}; fix: {fix}")]
-pub struct ConfigError {
-    pub field: String,
-    pub problem: String,
-    pub fix: String,
-}
+pub use dr_proto::ConfigError;
 
 fn err(
     field: impl Into<String>,
     problem: impl Into<String>,
     fix: impl Into<String>,
 ) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        problem: problem.into(),
-        fix: fix.into(),
-    }
+    ConfigError::new(field, problem, fix)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -494,9 +483,7 @@ impl Config {
                 }
             }
         }
-        self.failover
-            .resolve()
-            .map_err(|e| err(e.field, e.problem, e.fix))?;
+        self.failover.resolve()?;
         if self.tls.operator_identities.is_empty() {
             return Err(err(
                 "tls.operator_identities",

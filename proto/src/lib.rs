@@ -18,6 +18,30 @@ pub mod pb {
     tonic::include_proto!("milvusdr.v1");
 }
 
+/// A configuration error of any milvus-dr program: which field, what is
+/// wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}; fix: {fix}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl ConfigError {
+    pub fn new(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
 /// A message that fails validation on receipt.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {message}: {problem}")]

@@ -34,3 +34,31 @@ pub async fn on_signal(token: CancellationToken) {
     }
     token.cancel();
 }
+
+/// The tail of every service's `main`: a runtime, SIGTERM/SIGINT cancel
+/// `run`'s token, and a failure is logged once. Exit 0 after a clean stop,
+/// 1 when `run` fails, 70 when no runtime can start.
+pub fn run_service<F, Fut>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(70);
+        }
+    };
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        match run(shutdown).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "{name} failed");
+                std::process::ExitCode::from(1)
+            }
+        }
+    })
+}

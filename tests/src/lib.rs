@@ -292,6 +292,57 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Starts one of our service binaries with `--config`, logging (append)
+/// to `log` at `RUST_LOG` = `$log_env` or `default_log`, and waits until
+/// it writes the addresses it bound to `bound`.
+pub async fn spawn_bound<B: serde::de::DeserializeOwned>(
+    binary: &str,
+    config: &Path,
+    log: &Path,
+    bound: &Path,
+    log_env: &str,
+    default_log: &str,
+) -> Result<(Child, B)> {
+    if let Some(dir) = bound.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(bound);
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new(bin(binary))
+        .arg("--config")
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var(log_env).unwrap_or_else(|_| default_log.into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("spawn {binary}"))?;
+    let b = wait_until(
+        Duration::from_secs(30),
+        &format!("{binary} to bind"),
+        || async {
+            std::fs::read(bound)
+                .ok()
+                .and_then(|t| serde_json::from_slice(&t).ok())
+        },
+    )
+    .await;
+    match b {
+        Ok(b) => Ok((child, b)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
 /// Certificates and databases of one test.
 pub struct TestEnv {
     pub name: String,
@@ -456,34 +507,17 @@ replication:
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let bound = self.state_dir.join("bound.json");
-        let _ = std::fs::remove_file(&bound);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(bin("dr-agent"))
-            .arg("--config")
-            .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("DR_AGENT_LOG")
-                    .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn dr-agent")?;
+        let (child, b): (Child, dr_agent::agent::Bound) = spawn_bound(
+            "dr-agent",
+            &self.config,
+            &self.log,
+            &self.state_dir.join("bound.json"),
+            "DR_AGENT_LOG",
+            "info,h2=warn,tower=warn,hyper=warn",
+        )
+        .await
+        .with_context(|| format!("dr-agent {}; log: {}", self.dc, self.log_tail()))?;
         self.child = Some(child);
-        let b: dr_agent::agent::Bound =
-            wait_until(Duration::from_secs(30), "dr-agent to bind", || async {
-                std::fs::read(&bound)
-                    .ok()
-                    .and_then(|t| serde_json::from_slice(&t).ok())
-            })
-            .await
-            .with_context(|| format!("dr-agent {}; log: {}", self.dc, self.log_tail()))?;
         self.grpc = b.grpc;
         self.metrics = b.metrics;
         Ok(())

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use dr_witness::service::{Bound, WitnessStatus};
 
 use crate::proxy::Proxy;
-use crate::{bin, wait_until, TestEnv};
+use crate::{spawn_bound, wait_until, TestEnv};
 
 pub struct WitnessProc {
     pub id: u64,
@@ -128,33 +128,16 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
     /// Starts witness index `i` (0-based) again on its state.
     pub async fn spawn(&mut self, i: usize) -> Result<()> {
         let p = &mut self.procs[i];
-        let bound_path = p.state_dir.join("bound.json");
-        let _ = std::fs::create_dir_all(&p.state_dir);
-        let _ = std::fs::remove_file(&bound_path);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p.log)?;
-        let child = Command::new(bin("dr-witness"))
-            .arg("--config")
-            .arg(&p.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("DR_WITNESS_LOG")
-                    .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn dr-witness")?;
-        p.child = Some(child);
-        let b: Bound = wait_until(Duration::from_secs(30), "dr-witness to bind", || async {
-            std::fs::read(&bound_path)
-                .ok()
-                .and_then(|t| serde_json::from_slice(&t).ok())
-        })
+        let (child, b): (Child, Bound) = spawn_bound(
+            "dr-witness",
+            &p.config,
+            &p.log,
+            &p.state_dir.join("bound.json"),
+            "DR_WITNESS_LOG",
+            "info,openraft=warn,h2=warn,tower=warn,hyper=warn",
+        )
         .await?;
+        p.child = Some(child);
         self.front[i].set_target(b.grpc);
         self.for_a[i].set_target(b.grpc);
         p.bound = Some(b);

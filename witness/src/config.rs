@@ -8,25 +8,14 @@ use serde::Deserialize;
 
 use crate::timing::{FailoverSection, Timing};
 
-/// A configuration error: which field, what is wrong, how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}; fix: {fix}")]
-pub struct ConfigError {
-    pub field: String,
-    pub problem: String,
-    pub fix: String,
-}
+pub use dr_proto::ConfigError;
 
 fn err(
     field: impl Into<String>,
     problem: impl Into<String>,
     fix: impl Into<String>,
 ) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        problem: problem.into(),
-        fix: fix.into(),
-    }
+    ConfigError::new(field, problem, fix)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,9 +228,7 @@ impl WitnessConfig {
                 ));
             }
         }
-        self.failover
-            .resolve()
-            .map_err(|e| err(e.field, e.problem, e.fix))?;
+        self.failover.resolve()?;
         let r = self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= 2 * r.heartbeat_ms {
             return Err(err(

@@ -24,20 +24,7 @@ use serde::{Deserialize, Serialize};
 pub type Millis = u64;
 
 /// An invalid timing configuration: the field, the problem, the fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimingError {
-    pub field: &'static str,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl std::fmt::Display for TimingError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}; fix: {}", self.field, self.problem, self.fix)
-    }
-}
-
-impl std::error::Error for TimingError {}
+pub type TimingError = dr_proto::ConfigError;
 
 /// The failover timing knobs (the `failover` config section).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -155,13 +142,8 @@ impl Timing {
     /// Checks the ordering heartbeat < lease < confirmation window, with
     /// room for at least two renewals per lease.
     pub fn validate(&self) -> Result<(), TimingError> {
-        let e = |field, problem: String, fix: String| {
-            Err(TimingError {
-                field,
-                problem,
-                fix,
-            })
-        };
+        let e =
+            |field: &str, problem: String, fix: String| Err(TimingError::new(field, problem, fix));
         if !(0.0..0.1).contains(&self.max_drift) {
             return e(
                 "failover.max_drift",

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// milvus-dr agent: replicates, probes health and serves the admin API.
 #[derive(Parser)]
@@ -39,22 +38,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dr-agent: cannot start the runtime: {e}");
-            return ExitCode::from(70);
-        }
-    };
-    rt.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(dr_agent::logging::on_signal(shutdown.clone()));
-        match dr_agent::agent::run(cfg, shutdown, |_| {}).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "dr-agent failed");
-                ExitCode::from(1)
-            }
-        }
+    dr_agent::logging::run_service("dr-agent", |shutdown| {
+        dr_agent::agent::run(cfg, shutdown, |_| {})
     })
 }

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// milvus-dr witness: one of three Raft members deciding which datacenter
 /// is primary.
@@ -40,22 +39,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dr-witness: cannot start the runtime: {e}");
-            return ExitCode::from(70);
-        }
-    };
-    rt.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(dr_proto::logging::on_signal(shutdown.clone()));
-        match dr_witness::service::run(cfg, shutdown, |_| {}).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "dr-witness failed");
-                ExitCode::from(1)
-            }
-        }
+    dr_proto::logging::run_service("dr-witness", |shutdown| {
+        dr_witness::service::run(cfg, shutdown, |_| {})
     })
 }
