@@ -131,7 +131,9 @@ pub async fn run(
         },
         server_shutdown.clone(),
     ));
+    let milvus_last_ok_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let prober = {
+        let last_ok = milvus_last_ok_ms.clone();
         let (milvus, health, every, stop) = (
             milvus.clone(),
             health.clone(),
@@ -143,6 +145,12 @@ pub async fn run(
             let mut failures = 0u32;
             loop {
                 let h = milvus.health().await;
+                if h.healthy {
+                    last_ok.store(
+                        crate::replication::now_ms(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 failures = if h.healthy { 0 } else { failures + 1 };
                 {
                     let mut cur = health.lock().unwrap();
@@ -195,6 +203,7 @@ pub async fn run(
                 source_cfg: base_source_cfg()?,
                 milvus: milvus.clone(),
                 health: health.clone(),
+                milvus_last_ok_ms: milvus_last_ok_ms.clone(),
                 state: state.clone(),
                 sink: sink_handle.clone(),
                 on_promote: cfg.hooks.on_promote.clone(),

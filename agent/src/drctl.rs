@@ -301,6 +301,62 @@ pub fn status_table(all: &[AgentStatus]) -> String {
     out
 }
 
+/// The newest committed state any reachable witness reports.
+pub async fn newest_cluster(cfg: &DrctlConfig) -> Option<dr_witness::model::Cluster> {
+    cfg.witness_status()
+        .await
+        .into_iter()
+        .filter_map(|(_, r)| r.ok().map(|s| s.cluster))
+        .max_by_key(|c| c.version)
+}
+
+/// Follows a requested switchover until it completes or is aborted, and
+/// reports how long it took and what the witnesses recorded.
+pub async fn await_switchover(cfg: &DrctlConfig, from_epoch: u64, to: &str) -> Result<String> {
+    let started = std::time::Instant::now();
+    let mut begun = false;
+    loop {
+        let all = cfg.witness_status().await;
+        let newest = all
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .max_by_key(|s| s.cluster.version);
+        if let Some(s) = newest {
+            if s.cluster.epoch > from_epoch {
+                let evidence = s
+                    .audit
+                    .iter()
+                    .rev()
+                    .find(|a| a.what.contains("complete") || a.what.contains("failover"))
+                    .map(|a| format!("{}: {}", a.what, a.evidence))
+                    .unwrap_or_default();
+                return Ok(format!(
+                    "epoch {}: {} is primary; committed {:.1}s after the request ({evidence})",
+                    s.cluster.epoch,
+                    s.cluster.primary,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            let switching = s.cluster.phase != dr_witness::model::Phase::Stable;
+            if begun && !switching {
+                let why = s
+                    .audit
+                    .iter()
+                    .rev()
+                    .find(|a| a.what.contains("aborted"))
+                    .map(|a| a.evidence.clone())
+                    .unwrap_or_else(|| "no reason recorded".into());
+                bail!("the switchover to {to} was aborted: {why}");
+            }
+            begun |= switching;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("no outcome after 10 minutes; see `drctl witness status`");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The witness view for humans: leader, epoch, primary, each witness's
 /// latest observation, lease remaining, the newest audit entries.
 pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {

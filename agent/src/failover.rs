@@ -91,6 +91,9 @@ pub struct Runtime {
     pub source_cfg: source::SourceConfig,
     pub milvus: Milvus,
     pub health: Arc<Mutex<Health>>,
+    /// Wall-clock ms of the last successful local Milvus probe (raw, not
+    /// thresholded): the data-loss estimate needs it promptly.
+    pub milvus_last_ok_ms: Arc<std::sync::atomic::AtomicI64>,
     pub state: SharedState,
     pub sink: Sink,
     pub on_promote: Option<String>,
@@ -189,9 +192,12 @@ async fn run(
         // Local facts, then the heartbeat when due.
         let h = rt.health.lock().unwrap().clone();
         let wall = now_ms().max(0) as u64;
+        let last_ok = rt
+            .milvus_last_ok_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
         fo.step(Input::MilvusHealth {
             healthy: h.healthy,
-            wall_ms: wall,
+            last_ok_wall_ms: (last_ok > 0).then_some(last_ok as u64),
         });
         let (applied, lag) = {
             let s = rt.state.lock().unwrap();

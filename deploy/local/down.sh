@@ -6,7 +6,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 demo="${DEMO_DIR:-$root/.local/demo}"
-[ -f "$demo/state.json" ] || { echo "down: no demo running"; exit 0; }
+if [ ! -f "$demo/state.json" ]; then
+  echo "down: no demo running"
+  [ "${1:-}" = "--purge" ] && rm -rf "$demo" && echo "down: purged $demo"
+  exit 0
+fi
 pids() { python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(' '.join(str(p['pid']) for p in s.get(sys.argv[2], {}).values()))" "$demo/state.json" "$1"; }
 stop() {
   for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -23,18 +23,26 @@ cargo build --release --locked -q -p dr-agent -p dr-witness -p dr-tests --bins
 bin="$target/release"
 mkdir -p "$demo"
 
+# If anything fails, stop what this run started (no half-running demo).
+started=()
+cleanup() { [ ${#started[@]} -gt 0 ] && kill "${started[@]}" 2>/dev/null; echo "up: failed; stopped what was started (logs stay in $demo)" >&2; }
+trap cleanup ERR
+
 wait_file() { for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "up: $1 never appeared" >&2; return 1; }
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 for dc in dc-a dc-b; do
   mkdir -p "$demo/milvus-$dc"
+  rm -f "$demo/milvus-$dc/server.json"
   setsid nohup "$venv/bin/python" deploy/local/milvus_server.py --data-dir "$demo/milvus-$dc" \
     > "$demo/milvus-$dc/launcher.log" 2>&1 < /dev/null &
+  started+=($!)
 done
 for dc in dc-a dc-b; do
   wait_file "$demo/milvus-$dc/server.json"
   port=$(json "$demo/milvus-$dc/server.json" http_port)
-  for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
+  # A restart on existing data waits for the old session to expire (~1-3 min).
+  for _ in $(seq 1 1500); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
   curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { echo "up: Milvus $dc not healthy" >&2; exit 1; }
   echo "up: Milvus $dc healthy on grpc port $(json "$demo/milvus-$dc/server.json" grpc_port)"
 done
@@ -73,6 +81,7 @@ YAML
   "$bin/dr-witness" --config "$demo/witness-$id.yaml" --check >/dev/null
   rm -f "$demo/witness-$id/bound.json"
   setsid nohup "$bin/dr-witness" --config "$demo/witness-$id.yaml" > "$demo/witness-$id.log" 2>&1 < /dev/null &
+  started+=($!)
 done
 for id in 1 2 3; do wait_file "$demo/witness-$id/bound.json"; done
 echo "up: witnesses running on ports $w1 $w2 $w3"
@@ -100,6 +109,7 @@ start_agent() { # dc
   "$bin/dr-agent" --config "$demo/agent-$1.yaml" --check >/dev/null
   rm -f "$demo/state-$1/bound.json"
   setsid nohup "$bin/dr-agent" --config "$demo/agent-$1.yaml" > "$demo/agent-$1.log" 2>&1 < /dev/null &
+  started+=($!)
   wait_file "$demo/state-$1/bound.json"
 }
 write_config dc-b "$b_port"
@@ -130,6 +140,7 @@ for dc in ("dc-a", "dc-b"):
     state["agents"][dc] = {"pid": b["pid"], "grpc": b["grpc"], "metrics": f"http://{b['metrics']}/metrics", "config": os.path.join(d, f"agent-{dc}.yaml"), "log": os.path.join(d, f"agent-{dc}.log")}
 json.dump(state, open(os.path.join(d, "state.json"), "w"), indent=2)
 PY
+trap - ERR
 echo "up: agents running; state in $demo/state.json"
 "$bin/drctl" --config "$demo/drctl.yaml" witness status >/dev/null || true
 

@@ -31,9 +31,11 @@ pub enum Input {
         wall_ms: u64,
     },
     Reply(HeartbeatReply),
+    /// The local Milvus: the (thresholded) verdict, and when a probe last
+    /// succeeded (wall clock), which bounds what a failover may lose.
     MilvusHealth {
         healthy: bool,
-        wall_ms: u64,
+        last_ok_wall_ms: Option<u64>,
     },
     /// Replication progress: as a sink, the newest applied pass snapshot.
     Applied {
@@ -227,11 +229,13 @@ impl AgentRole {
             Input::Tick => {}
             Input::HeartbeatDue { wall_ms } => self.heartbeat(now, wall_ms, &mut out),
             Input::Reply(r) => self.on_reply(r, &mut out),
-            Input::MilvusHealth { healthy, wall_ms } => {
+            Input::MilvusHealth {
+                healthy,
+                last_ok_wall_ms,
+            } => {
                 self.milvus_healthy = healthy;
-                if healthy {
-                    self.milvus_last_healthy_wall_ms = Some(wall_ms);
-                }
+                self.milvus_last_healthy_wall_ms =
+                    self.milvus_last_healthy_wall_ms.max(last_ok_wall_ms);
             }
             Input::Applied {
                 snapshot_wall_ms,

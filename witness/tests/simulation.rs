@@ -774,7 +774,7 @@ impl World {
                 now,
                 AInput::MilvusHealth {
                     healthy: self.milvus_up[i],
-                    wall_ms,
+                    last_ok_wall_ms: self.milvus_up[i].then_some(wall_ms),
                 },
             );
             let peer = 1 - i;

@@ -253,9 +253,22 @@ fn main() -> ExitCode {
                 }
                 WitnessCmd::MarkResynced { datacenter } => OperatorRequest::MarkResynced { dc: datacenter, by: String::new() },
             };
+            let before = drctl::newest_cluster(&cfg).await;
             match cfg.witness_command(&req).await {
                 Ok(msg) => {
                     out(&format!("{msg}\n"));
+                    if let (OperatorRequest::Switchover { to, .. }, Some(b)) = (&req, before) {
+                        return match drctl::await_switchover(&cfg, b.epoch, to).await {
+                            Ok(text) => {
+                                out(&format!("{text}\n"));
+                                ExitCode::SUCCESS
+                            }
+                            Err(e) => {
+                                eprintln!("drctl witness switchover: {e:#}");
+                                ExitCode::from(1)
+                            }
+                        };
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
