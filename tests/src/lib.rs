@@ -598,18 +598,22 @@ replication:
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-        // DR_TEST_LOGS=DIR keeps every agent log for a look after the run.
-        if let Some(dir) = std::env::var_os("DR_TEST_LOGS") {
-            let dir = PathBuf::from(dir);
-            let _ = std::fs::create_dir_all(&dir);
-            let name = self
-                .log
-                .parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let _ = std::fs::copy(&self.log, dir.join(format!("{name}-{}.log", self.dc)));
-        }
+        keep_log(&self.log, &self.dc);
+    }
+}
+
+/// DR_TEST_LOGS=DIR keeps every process log for a look after the run, as
+/// `<test dir>-<what>.log`.
+pub fn keep_log(log: &Path, what: &str) {
+    if let Some(dir) = std::env::var_os("DR_TEST_LOGS") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let name = log
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let _ = std::fs::copy(log, dir.join(format!("{name}-{what}.log")));
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Result;
 use dr_witness::service::{Bound, WitnessStatus};
 
 use crate::proxy::Proxy;
-use crate::{spawn_bound, wait_until, TestEnv};
+use crate::{keep_log, spawn_bound, wait_until, TestEnv};
 
 pub struct WitnessProc {
     pub id: u64,
@@ -41,20 +41,7 @@ impl WitnessProc {
 impl Drop for WitnessProc {
     fn drop(&mut self) {
         self.kill9();
-        if let Some(dir) = std::env::var_os("DR_TEST_LOGS") {
-            let dir = PathBuf::from(dir);
-            let _ = std::fs::create_dir_all(&dir);
-            let name = self
-                .log
-                .parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let _ = std::fs::copy(
-                &self.log,
-                dir.join(format!("{name}-witness-{}.log", self.id)),
-            );
-        }
+        keep_log(&self.log, &format!("witness-{}", self.id));
     }
 }
 

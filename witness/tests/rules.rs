@@ -61,6 +61,18 @@ fn failed_over_to_b(wall_ms: u64) -> Cluster {
     c
 }
 
+/// Epoch 2 after a failover to `b` at `last`, `a` resynchronised since.
+fn resynced_after_failover(last: u64) -> Cluster {
+    then(
+        &failed_over_to_b(last),
+        &Command::MarkResynced {
+            dc: "a".into(),
+            wall_ms: last + 1,
+            evidence: "test".into(),
+        },
+    )
+}
+
 /// Epoch 1, switching over from `a` to `b` since `started_wall_ms`.
 fn switching_to_b(started_wall_ms: u64) -> Cluster {
     then(
@@ -686,14 +698,7 @@ fn an_alert_is_repeated_after_the_condition_cleared_and_came_back() {
 #[test]
 fn anti_flap_hold_alerts_once_not_every_tick() {
     let last = 1_000_000;
-    let c = then(
-        &failed_over_to_b(last),
-        &Command::MarkResynced {
-            dc: "a".into(),
-            wall_ms: last + 1,
-            evidence: "test".into(),
-        },
-    );
+    let c = resynced_after_failover(last);
     let mut d = leader(&c, 0);
     failover_due_in(&mut d, 50_000, "b", "a", 2);
     assert_eq!(tick_wall(&mut d, 50_000, last + 1_000).len(), 1);
@@ -1041,14 +1046,7 @@ fn a_newer_epoch_makes_the_old_primary_a_sink() {
 #[test]
 fn anti_flap_holds_a_second_failover_within_the_window_unless_forced() {
     let last = 1_000_000;
-    let c = then(
-        &failed_over_to_b(last),
-        &Command::MarkResynced {
-            dc: "a".into(),
-            wall_ms: last + 1,
-            evidence: "test".into(),
-        },
-    );
+    let c = resynced_after_failover(last);
     let mut d = leader(&c, 0);
     failover_due_in(&mut d, 50_000, "b", "a", 2);
     let held = tick_wall(&mut d, 50_000, last + 1_000);
@@ -1072,14 +1070,7 @@ fn no_automatic_failback_to_a_datacenter_awaiting_resync() {
         "{held:?}"
     );
     // After the operator marks it resynced, the failover may go.
-    let c = then(
-        &failed_over_to_b(1),
-        &Command::MarkResynced {
-            dc: "a".into(),
-            wall_ms: 2,
-            evidence: "test".into(),
-        },
-    );
+    let c = resynced_after_failover(1);
     assert_eq!(d.step(2_000_001, Input::Applied(c)), vec![]);
     let (from, to, ..) = proposed_failover(&tick(&mut d, 2_000_002));
     assert_eq!((from, to.as_str()), (2, "a"));
