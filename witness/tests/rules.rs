@@ -1134,3 +1134,155 @@ fn no_automatic_failback_to_a_datacenter_awaiting_resync() {
     let (from, to, ..) = proposed_failover(&tick(&mut d, 2_000_002));
     assert_eq!((from, to.as_str()), (2, "a"));
 }
+
+// ---------------------------------------------------------------------------
+// AgentRole: drain, promotion at a newer epoch, failsafe confirmation
+// ---------------------------------------------------------------------------
+
+/// An agent of `a` acting on a grant for a heartbeat sent at `sent`.
+fn acting_primary(sent: Millis) -> AgentRole {
+    let mut a = agent("a", 0);
+    let s = beat(&mut a, sent);
+    assert_eq!(
+        a.step(sent + 1, reply(s, &init(), LeaseAnswer::Granted)),
+        vec![
+            role::Action::StartSource { epoch: 1 },
+            role::Action::SwitchDns { epoch: 1 }
+        ]
+    );
+    a
+}
+
+#[test]
+fn a_drained_primary_releases_its_lease() {
+    let sent = t().leader_may_act_at(0) + 10;
+    let mut a = acting_primary(sent);
+    // Drained without a drain asked: ignored.
+    let drained = role::Input::Drained {
+        epoch: 1,
+        snapshot_wall_ms: 7,
+    };
+    assert_eq!(a.step(sent + 2, drained), vec![]);
+    assert!(a.acting(sent + 2));
+    // The switchover is learned: drain, still acting meanwhile.
+    let sw = switching_to_b(sent);
+    assert_eq!(
+        a.step(sent + 3, role::Input::Learned(sw.clone())),
+        vec![role::Action::Persist(sw), role::Action::Drain { epoch: 1 }]
+    );
+    assert!(a.acting(sent + 3));
+    // A drain report for another epoch is ignored.
+    let other = role::Input::Drained {
+        epoch: 2,
+        snapshot_wall_ms: 8,
+    };
+    assert_eq!(a.step(sent + 4, other), vec![]);
+    assert!(a.acting(sent + 4));
+    let done = role::Input::Drained {
+        epoch: 1,
+        snapshot_wall_ms: 9,
+    };
+    assert_eq!(
+        a.step(sent + 5, done),
+        vec![role::Action::StopSource {
+            reason: "primary at epoch 1 but not acting: lease released (drained or revoked)".into()
+        }]
+    );
+    // The next heartbeat carries the release and the drained snapshot; a
+    // grant for it does not make the agent act again.
+    let acts = a.step(sent + 6, role::Input::HeartbeatDue { wall_ms: sent + 6 });
+    let h = match acts.as_slice() {
+        [role::Action::SendHeartbeat(h)] => h.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(h.released && !h.acting_primary);
+    assert_eq!(h.drained_snapshot_wall_ms, Some(9));
+    assert_eq!(
+        a.step(
+            sent + 7,
+            reply(h.seq, &switching_to_b(sent), LeaseAnswer::Granted)
+        ),
+        vec![]
+    );
+    assert!(!a.acting(sent + 7));
+}
+
+#[test]
+fn promoted_at_a_newer_epoch_the_agent_acts_and_switches_dns_only_once_granted() {
+    let mut b = agent("b", 0);
+    assert_eq!(
+        b.step(0, role::Input::Tick),
+        vec![role::Action::BecomeSink { epoch: 1 }]
+    );
+    let now = t().leader_may_act_at(0) + 10;
+    let old = beat(&mut b, now);
+    // The reply brings epoch 2 with b primary, granting a heartbeat sent
+    // before b knew: ignored.
+    let c2 = failed_over_to_b(3);
+    assert_eq!(
+        b.step(now + 1, reply(old, &c2, LeaseAnswer::Granted)),
+        vec![role::Action::Persist(c2.clone())]
+    );
+    assert!(!b.acting(now + 1));
+    let s = beat(&mut b, now + 2);
+    assert_eq!(
+        b.step(now + 3, reply(s, &c2, LeaseAnswer::Granted)),
+        vec![
+            role::Action::StartSource { epoch: 2 },
+            role::Action::SwitchDns { epoch: 2 }
+        ]
+    );
+    assert_eq!(b.describe(now + 3), "primary at epoch 2 via witness lease");
+}
+
+#[test]
+fn a_failsafe_confirmation_keeps_the_primary_acting_for_a_shortened_lease() {
+    let now = t().leader_may_act_at(0) + 10;
+    let mut a = agent("a", 0);
+    let answered = |ok: bool, epoch: Epoch| role::Input::FailsafeAnswered {
+        sent_at: now,
+        epoch,
+        answer: role::FailsafeAnswer {
+            ok,
+            cluster: Some(init()),
+        },
+    };
+    // Refused, or for another epoch: nothing.
+    assert_eq!(a.step(now + 100, answered(false, 1)), vec![]);
+    assert_eq!(a.step(now + 100, answered(true, 0)), vec![]);
+    assert!(!a.acting(now + 100));
+    assert_eq!(
+        a.step(now + 100, answered(true, 1)),
+        vec![
+            role::Action::StartSource { epoch: 1 },
+            role::Action::SwitchDns { epoch: 1 }
+        ]
+    );
+    assert_eq!(a.lease_until(), None);
+    let until = t().agent_lease_until(now);
+    assert!(a.acting(until - 1));
+    assert_eq!(
+        a.step(until, role::Input::Tick),
+        vec![role::Action::StopSource {
+            reason: "primary at epoch 1 but not acting: no valid lease: fenced".into()
+        }]
+    );
+}
+
+#[test]
+fn a_switchover_is_refused_by_a_witness_that_is_not_leader() {
+    let mut d = Decider::new(t(), 3);
+    assert_eq!(d.step(0, Input::Applied(init())), vec![]);
+    assert_eq!(
+        lease(&mut d, 50_000, standby("b", 1, 49_000)),
+        LeaseAnswer::NotLeader
+    );
+    let req = OperatorRequest::Switchover {
+        to: "b".into(),
+        by: "operator".into(),
+    };
+    assert_eq!(
+        op(&mut d, 50_000, req),
+        refused("not the leader; ask the leader")
+    );
+}
