@@ -655,6 +655,12 @@ impl Decider {
             }
             self.last_alert = None;
             let unhealthy = fresh.iter().filter(|(_, v)| !v.healthy).count();
+            if unhealthy < self.majority {
+                // The outage an operator forced is over: the waiver ends
+                // with it (a force given while the outage is still being
+                // confirmed survives).
+                self.force = None;
+            }
             return self.set(if unhealthy == 0 {
                 Verdict::Stable(format!("primary {primary} healthy"))
             } else {

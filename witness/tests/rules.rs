@@ -764,7 +764,6 @@ fn over_the_data_loss_budget_the_failover_is_held_until_an_operator_forces_it() 
 /// stays confirmed unhealthy"; a primary that recovers ends the waiver, so a
 /// later, separate outage over the budget is held again.
 #[test]
-#[ignore = "BUG: a forced failover's waiver outlives the primary's recovery (force is kept for 10 x confirmation_ms)"]
 fn a_force_ends_when_the_primary_recovers() {
     let now = 50_000;
     let mut d = leader(&init(), 0);
