@@ -161,6 +161,14 @@ fn obs(primary: &str, v: DcView) -> Observation {
         .collect()
 }
 
+/// Witnesses 1 and 2 have seen `primary` down for exactly the
+/// confirmation window, writable until `last_ok`.
+fn confirmed_down(d: &mut Decider, now: Millis, primary: &str, last_ok: u64) {
+    for w in [1, 2] {
+        observe(d, now, w, primary, down(t().confirmation_ms, Some(last_ok)));
+    }
+}
+
 fn observe(d: &mut Decider, now: Millis, from: WitnessId, primary: &str, v: DcView) {
     let input = Input::Observation {
         from,
@@ -728,17 +736,7 @@ fn silent_standby_hold_alerts_once_not_every_tick() {
 fn over_the_data_loss_budget_the_failover_is_held_until_an_operator_forces_it() {
     let now = 50_000;
     let mut d = leader(&init(), 0);
-    for w in [1, 2] {
-        // The primary was writable until 1 s ago; the standby applied up to
-        // 20 s ago: about 19 s would be lost, over the 10 s budget.
-        observe(
-            &mut d,
-            now,
-            w,
-            "a",
-            down(t().confirmation_ms, Some(now - 1_000)),
-        );
-    }
+    confirmed_down(&mut d, now, "a", now - 1_000);
     assert_eq!(
         lease(&mut d, now, standby("b", 1, now - 20_000)),
         LeaseAnswer::Denied
@@ -767,15 +765,7 @@ fn over_the_data_loss_budget_the_failover_is_held_until_an_operator_forces_it() 
 fn a_force_ends_when_the_primary_recovers() {
     let now = 50_000;
     let mut d = leader(&init(), 0);
-    for w in [1, 2] {
-        observe(
-            &mut d,
-            now,
-            w,
-            "a",
-            down(t().confirmation_ms, Some(now - 1_000)),
-        );
-    }
+    confirmed_down(&mut d, now, "a", now - 1_000);
     assert_eq!(
         lease(&mut d, now, standby("b", 1, now - 20_000)),
         LeaseAnswer::Denied
@@ -798,15 +788,7 @@ fn a_force_ends_when_the_primary_recovers() {
     // A new outage, still within 10 x confirmation_ms of the force and
     // again over the budget: held, not a forced failover.
     let later = now + 100_000;
-    for w in [1, 2] {
-        observe(
-            &mut d,
-            later,
-            w,
-            "a",
-            down(t().confirmation_ms, Some(later - 30_000)),
-        );
-    }
+    confirmed_down(&mut d, later, "a", later - 30_000);
     assert_eq!(
         lease(&mut d, later, standby("b", 1, now - 20_000)),
         LeaseAnswer::Denied
