@@ -122,12 +122,14 @@ pub async fn run(
                 .context("gRPC server")
         })
     };
+    let backup_stats: crate::backup::SharedStats = Default::default();
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
         MetricsSource {
             datacenter: cfg.datacenter.clone(),
             state: state.clone(),
             health: health.clone(),
+            backup: backup_stats.clone(),
         },
         server_shutdown.clone(),
     ));
@@ -227,6 +229,17 @@ pub async fn run(
     } else {
         None
     };
+
+    if cfg.backup.enabled {
+        let (c, m, st) = (cfg.clone(), milvus.clone(), state.clone());
+        tokio::spawn(crate::backup::schedule::run(
+            c,
+            m,
+            st,
+            backup_stats,
+            shutdown.clone(),
+        ));
+    }
 
     on_bound(&bound);
     shutdown.cancelled().await;

@@ -161,17 +161,40 @@ impl Default for Replication {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
+    /// Run scheduled backups from this agent (`drctl backup` works either way).
     #[serde(default)]
     pub enabled: bool,
     /// Cron expression (with seconds omitted), e.g. `0 2 * * *`.
     #[serde(default = "d_schedule")]
     pub schedule: String,
+    /// IANA time zone the schedule is read in, e.g. `Europe/Berlin`.
     #[serde(default = "d_tz")]
     pub timezone: String,
+    /// Delete backups older than this many days (0 = no age limit).
     #[serde(default = "d_retention_days")]
     pub retention_days: u32,
+    /// Keep at most this many backups (newest first).
     #[serde(default)]
     pub keep_last: Option<u32>,
+    /// Re-read a backup (checksums, digests) right after writing it.
+    #[serde(default = "d_true")]
+    pub verify_after_backup: bool,
+    /// Databases to back up; empty = all.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// `database.collection` names never backed up.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Rows per scan page (at most 16384).
+    #[serde(default = "d_page_rows")]
+    pub page_rows: usize,
+    /// Size of one multipart-upload part in MiB. AWS S3 needs at least 5
+    /// for every part but the last; some S3-compatible stores accept less.
+    #[serde(default = "d_part_size_mib")]
+    pub part_size_mib: u64,
+    /// A collection's rows are split into Parquet objects of about this size.
+    #[serde(default = "d_object_max_mib")]
+    pub object_max_mib: u64,
     #[serde(default)]
     pub s3: Option<S3>,
 }
@@ -184,6 +207,12 @@ impl Default for Backup {
             timezone: d_tz(),
             retention_days: d_retention_days(),
             keep_last: None,
+            verify_after_backup: true,
+            databases: vec![],
+            exclude: vec![],
+            page_rows: d_page_rows(),
+            part_size_mib: d_part_size_mib(),
+            object_max_mib: d_object_max_mib(),
             s3: None,
         }
     }
@@ -193,14 +222,30 @@ impl Default for Backup {
 #[serde(deny_unknown_fields)]
 pub struct S3 {
     pub bucket: String,
+    /// Folder in the bucket under which backups are written, e.g. `milvus/`.
     #[serde(default)]
     pub prefix: String,
+    /// Endpoint of an S3-compatible store, e.g. `http://minio:9000`
+    /// (default: AWS for the region).
     #[serde(default)]
     pub endpoint: Option<String>,
     #[serde(default = "d_region")]
     pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), for most non-AWS stores.
     #[serde(default)]
     pub force_path_style: bool,
+    /// Static credentials: environment variables holding the key id and
+    /// secret. Without static credentials, the AWS default chain is used
+    /// (environment, profile, web identity, ECS, instance metadata).
+    #[serde(default)]
+    pub access_key_id_env: Option<String>,
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+    /// Static credentials from files (never put secrets in this YAML).
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +338,15 @@ fn d_tz() -> String {
 fn d_retention_days() -> u32 {
     30
 }
+fn d_true() -> bool {
+    true
+}
+fn d_part_size_mib() -> u64 {
+    16
+}
+fn d_object_max_mib() -> u64 {
+    1024
+}
 fn d_region() -> String {
     "us-east-1".into()
 }
@@ -356,6 +410,14 @@ impl Config {
         fix(&mut self.tls.key);
         for dc in self.datacenters.values_mut() {
             if let Some(p) = &mut dc.milvus.password_file {
+                fix(p);
+            }
+        }
+        if let Some(s3) = &mut self.backup.s3 {
+            for p in [&mut s3.access_key_id_file, &mut s3.secret_access_key_file]
+                .into_iter()
+                .flatten()
+            {
                 fix(p);
             }
         }
@@ -491,25 +553,14 @@ impl Config {
                 "list at least one certificate name, e.g. operator",
             ));
         }
-        if self.backup.enabled {
-            if self.backup.s3.is_none() {
-                return Err(err(
-                    "backup.s3",
-                    "backups are enabled but no bucket is configured",
-                    "add backup.s3.bucket (and endpoint for non-AWS stores)",
-                ));
-            }
-            if self.backup.schedule.split_whitespace().count() != 5 {
-                return Err(err(
-                    "backup.schedule",
-                    format!(
-                        "'{}' is not a 5-field cron expression",
-                        self.backup.schedule
-                    ),
-                    "write minute hour day-of-month month day-of-week, e.g. '0 2 * * *'",
-                ));
-            }
+        if self.backup.enabled && self.backup.s3.is_none() {
+            return Err(err(
+                "backup.s3",
+                "backups are enabled but no bucket is configured",
+                "add backup.s3.bucket (and endpoint for non-AWS stores)",
+            ));
         }
+        self.validate_backup()?;
         if self.backup.retention_days == 0 && self.backup.keep_last.is_none() {
             return Err(err(
                 "backup.retention_days",
@@ -552,6 +603,93 @@ impl Config {
                     format!("alerts.webhooks[{i}].kind"),
                     format!("unknown kind '{}'", w.kind),
                     "use slack, pagerduty or generic",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_backup(&self) -> Result<(), ConfigError> {
+        let b = &self.backup;
+        if b.schedule.split_whitespace().count() != 5 {
+            return Err(err(
+                "backup.schedule",
+                format!("'{}' is not a 5-field cron expression", b.schedule),
+                "write minute hour day-of-month month day-of-week, e.g. '0 2 * * *'",
+            ));
+        }
+        if let Err(e) = b.schedule.parse::<croner::Cron>() {
+            return Err(err(
+                "backup.schedule",
+                format!("'{}' is not a valid cron expression: {e}", b.schedule),
+                "write minute hour day-of-month month day-of-week, e.g. '0 2 * * *'",
+            ));
+        }
+        if b.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(err(
+                "backup.timezone",
+                format!("unknown time zone '{}'", b.timezone),
+                "use an IANA name such as UTC or Europe/Berlin",
+            ));
+        }
+        if b.page_rows == 0 || b.page_rows > crate::milvus::MAX_QUERY_WINDOW {
+            return Err(err(
+                "backup.page_rows",
+                format!("{} is out of range", b.page_rows),
+                "use 1 to 16384 (Milvus' maxQueryResultWindow)",
+            ));
+        }
+        if !(5..=5 * 1024).contains(&b.part_size_mib) {
+            return Err(err(
+                "backup.part_size_mib",
+                format!("{} is out of range", b.part_size_mib),
+                "use 5 to 5120: S3 refuses multipart parts under 5 MiB (16 is a good default)",
+            ));
+        }
+        if b.object_max_mib < b.part_size_mib {
+            return Err(err(
+                "backup.object_max_mib",
+                "smaller than backup.part_size_mib",
+                "make objects at least one part large, e.g. 1024",
+            ));
+        }
+        for e in &b.exclude {
+            if e.split('.').count() != 2 {
+                return Err(err(
+                    "backup.exclude",
+                    format!("'{e}' is not database.collection"),
+                    "write entries as database.collection, e.g. default.scratch",
+                ));
+            }
+        }
+        if let Some(s3) = &b.s3 {
+            if s3.bucket.is_empty() {
+                return Err(err("backup.s3.bucket", "empty", "name the bucket"));
+            }
+            if let Some(ep) = &s3.endpoint {
+                check_url("backup.s3.endpoint", ep, &["http", "https"])?;
+            }
+            if s3.prefix.starts_with('/') {
+                return Err(err(
+                    "backup.s3.prefix",
+                    "starts with '/'",
+                    "write the prefix without a leading slash, e.g. milvus/",
+                ));
+            }
+            let env = (&s3.access_key_id_env, &s3.secret_access_key_env);
+            let file = (&s3.access_key_id_file, &s3.secret_access_key_file);
+            if env.0.is_some() != env.1.is_some() || file.0.is_some() != file.1.is_some() {
+                return Err(err(
+                    "backup.s3",
+                    "only one half of a static credential is configured",
+                    "set both access_key_id_env and secret_access_key_env (or both *_file), or neither for the default chain",
+                ));
+            }
+            if env.0.is_some() && file.0.is_some() {
+                return Err(err(
+                    "backup.s3",
+                    "static credentials from both environment and files",
+                    "keep either the *_env or the *_file pair",
                 ));
             }
         }
@@ -704,6 +842,31 @@ tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
         let c = Config::parse(include_str!("../../deploy/examples/agent.yaml")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.datacenter, "dc-a");
+    }
+
+    #[test]
+    fn backup_errors_name_the_field() {
+        let with = |extra: &str| {
+            Config::parse(&format!("{SAMPLE}{extra}\n"))
+                .unwrap()
+                .validate()
+        };
+        assert_eq!(
+            with("backup: { schedule: '0 25 * * *' }")
+                .unwrap_err()
+                .field,
+            "backup.schedule"
+        );
+        assert_eq!(
+            with("backup: { timezone: Mars/Olympus }")
+                .unwrap_err()
+                .field,
+            "backup.timezone"
+        );
+        let e = with("backup: { s3: { bucket: b, access_key_id_env: K } }").unwrap_err();
+        assert_eq!(e.field, "backup.s3");
+        assert!(e.fix.contains("secret_access_key_env"), "{e}");
+        with("backup: { enabled: true, schedule: '30 2 * * 1-5', timezone: Europe/Berlin, s3: { bucket: b, endpoint: 'http://127.0.0.1:9000', force_path_style: true } }").unwrap();
     }
 
     #[test]

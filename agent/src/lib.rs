@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod backup;
 pub mod config;
 pub mod drctl;
 pub mod failover;

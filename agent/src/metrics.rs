@@ -22,6 +22,7 @@ pub struct MetricsSource {
     pub datacenter: String,
     pub state: SharedState,
     pub health: Arc<Mutex<Health>>,
+    pub backup: crate::backup::SharedStats,
 }
 
 fn gauge_f(reg: &mut Registry, name: &str, help: &str, v: f64) {
@@ -133,9 +134,46 @@ pub fn render(src: &MetricsSource) -> String {
         "Capture passes completed",
         s.passes,
     );
+    backup_metrics(&mut reg, &src.backup.lock().unwrap().clone());
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+fn backup_metrics(reg: &mut Registry, b: &crate::backup::BackupStats) {
+    if b.last_success_ms > 0 {
+        gauge_f(
+            reg,
+            "backup_last_success_timestamp_seconds",
+            "End of the last scheduled backup that succeeded",
+            b.last_success_ms as f64 / 1000.0,
+        );
+    }
+    gauge_f(
+        reg,
+        "backup_last_duration_seconds",
+        "Duration of the last scheduled backup run",
+        b.last_duration_ms as f64 / 1000.0,
+    );
+    gauge_f(
+        reg,
+        "backup_last_bytes",
+        "Bytes written by the last successful scheduled backup",
+        b.last_bytes as f64,
+    );
+    gauge_f(
+        reg,
+        "backup_running",
+        "1 while a scheduled backup runs",
+        f64::from(u8::from(b.running)),
+    );
+    counter(reg, "backup_runs", "Scheduled backup runs", b.runs);
+    counter(
+        reg,
+        "backup_failures",
+        "Scheduled backup runs that failed",
+        b.failures,
+    );
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`.
@@ -187,6 +225,7 @@ mod tests {
                 healthy: true,
                 detail: "ok".into(),
             })),
+            backup: Default::default(),
         };
         let text = render(&src);
         assert!(

@@ -54,7 +54,8 @@ pub enum Shape {
     AllTypes { pk: PkType, binary: bool },
 }
 
-pub const ALL_DIM: usize = 8;
+/// Realistic enough that a few thousand rows fill an S3 multipart part.
+pub const ALL_DIM: usize = 128;
 pub const BIN_DIM: usize = 16;
 
 pub fn schema(name: &str, shape: Shape) -> CollectionSchema {

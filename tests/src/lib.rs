@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod proxy;
+pub mod s3;
 pub mod witness;
 
 use std::io::{Read, Write};
@@ -239,8 +240,9 @@ pub fn servers() -> &'static Servers {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = (|| -> Result<Servers> {
+                sweep_stale_server_dirs();
                 let dir = tempfile::Builder::new()
-                    .prefix("milvus-dr-test-")
+                    .prefix(&format!("{SERVER_DIR_PREFIX}{}-", std::process::id()))
                     .tempdir()?;
                 // Both launched from this thread, which never exits (their
                 // parent-death signal is tied to it), then awaited together.
@@ -260,6 +262,31 @@ pub fn servers() -> &'static Servers {
         });
         rx.recv().unwrap().expect("start the shared Milvus servers")
     })
+}
+
+const SERVER_DIR_PREFIX: &str = "milvus-dr-test-";
+
+/// The shared servers live in a static, which is never dropped, so their
+/// directory (about 0.5 GB of Milvus data) outlives the test binary. Each
+/// directory is named after the process that made it; this removes those
+/// whose process is gone.
+fn sweep_stale_server_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix(SERVER_DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Path of a binary of this workspace. `tests/run.sh` builds them first

@@ -44,6 +44,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WitnessCmd,
     },
+    /// Backups to S3: create, list, verify, restore, drill, prune.
+    Backup(dr_agent::backup::cli::BackupArgs),
     /// Certificates for a development deployment.
     Certs {
         #[command(subcommand)]
@@ -140,6 +142,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Backup(b) => rt.block_on(dr_agent::backup::cli::run(b)),
         Cmd::Status { json } => rt.block_on(async {
             let cfg = match load(&args.config) {
                 Ok(c) => c,

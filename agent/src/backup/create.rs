@@ -1,0 +1,378 @@
+//! Taking a backup: every chosen collection read at one Milvus timestamp,
+//! page by page, into Parquet objects streamed to S3; the manifest last.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tracing::{info, warn};
+
+use super::columns::{self, Column};
+use super::lock::Lock;
+use super::manifest::{CollectionBackup, Manifest, ObjectEntry, Source, MANIFEST};
+use super::progress::Progress;
+use super::store::Upload;
+use super::{qualified, Digest, Settings, Store};
+use crate::milvus::{self as mv, rows, Milvus};
+use crate::replication::catalog::{self, CollectionEntry};
+
+/// What to back up and how to report.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// `database.collection` names; empty = everything the filter allows.
+    pub only: Vec<String>,
+    /// The source datacenter's replication epoch, when known.
+    pub epoch: Option<u64>,
+    /// Who runs this (written into the lock).
+    pub holder: String,
+    /// Show a progress bar on a terminal.
+    pub interactive: bool,
+    /// Re-read the backup after writing it (checksums and digests).
+    pub verify: bool,
+    /// Apply retention after a successful backup.
+    pub prune: bool,
+}
+
+/// The outcome of a successful run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub manifest: Manifest,
+    pub seconds: f64,
+    pub verified: bool,
+    pub pruned: Vec<String>,
+}
+
+/// A new backup id: UTC time first, so ids sort by age.
+pub fn new_id(datacenter: &str) -> String {
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}-{datacenter}-{}",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &r[..4]
+    )
+}
+
+/// Takes the lock, backs up, then verifies and prunes as asked.
+pub async fn run(
+    store: &Store,
+    milvus: &Milvus,
+    settings: &Settings,
+    opts: &CreateOptions,
+) -> Result<RunReport> {
+    let start = std::time::Instant::now();
+    let lock = Lock::acquire(store, &opts.holder).await?;
+    let r = async {
+        let manifest = create(store, milvus, settings, opts).await?;
+        let mut verified = false;
+        if opts.verify {
+            let v = super::verify::verify(store, &manifest.id, opts.interactive).await?;
+            if !v.ok {
+                anyhow::bail!(
+                    "backup {} was written but does not verify: {}",
+                    manifest.id,
+                    v.problems.join("; ")
+                );
+            }
+            verified = true;
+        }
+        let mut pruned = vec![];
+        if opts.prune {
+            pruned = super::retention::prune(store, settings, false, Some(&manifest.id))
+                .await
+                .context("apply retention")?
+                .into_iter()
+                .filter(|d| d.delete)
+                .map(|d| d.id)
+                .collect();
+        }
+        Ok(RunReport {
+            manifest,
+            seconds: start.elapsed().as_secs_f64(),
+            verified,
+            pruned,
+        })
+    }
+    .await;
+    lock.release().await;
+    r
+}
+
+/// The Parquet bytes the writer produced, shared with the uploader.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+struct ObjectWriter {
+    key: String,
+    partition: Option<String>,
+    writer: ArrowWriter<SharedBuf>,
+    buf: SharedBuf,
+    upload: Upload,
+    digest: Digest,
+}
+
+impl ObjectWriter {
+    async fn drain(&mut self) -> Result<()> {
+        let bytes = self.buf.take();
+        if !bytes.is_empty() {
+            self.upload.write(&bytes).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<ObjectEntry> {
+        let r = async {
+            self.writer.finish().context("finish the Parquet file")?;
+            self.drain().await
+        }
+        .await;
+        if let Err(e) = r {
+            self.upload.abort().await;
+            return Err(e);
+        }
+        let u = self.upload.finish().await?;
+        Ok(ObjectEntry {
+            key: self.key,
+            partition: self.partition,
+            rows: self.digest.rows,
+            bytes: u.bytes,
+            sha256: u.sha256,
+            parts: u.parts,
+            digest: self.digest.text(),
+        })
+    }
+}
+
+fn writer_props(page_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(Some(page_rows.max(1)))
+        .set_created_by(super::tool_version())
+        .build()
+}
+
+/// Writes one backup (no lock: see [`run`]). Nothing claims success until
+/// `manifest.json` is written, last.
+pub async fn create(
+    store: &Store,
+    milvus: &Milvus,
+    settings: &Settings,
+    opts: &CreateOptions,
+) -> Result<Manifest> {
+    let started_at = Utc::now();
+    let id = new_id(&settings.datacenter);
+    let cat = catalog::read(milvus, &settings.filter)
+        .await
+        .context("read the Milvus catalog")?;
+    let chosen: Vec<&CollectionEntry> = cat
+        .collections
+        .iter()
+        .filter(|c| opts.only.is_empty() || opts.only.contains(&c.key()))
+        .collect();
+    for want in &opts.only {
+        if !chosen.iter().any(|c| c.key() == *want) {
+            anyhow::bail!("collection {want} not found in Milvus (write database.collection)");
+        }
+    }
+    info!(backup = %id, collections = chosen.len(), "backup started");
+    let mut progress = Progress::new(&format!("backup {id}"), 0, opts.interactive);
+    let mut collections = Vec::new();
+    for c in chosen {
+        let cb = backup_collection(store, milvus, settings, &id, c, &mut progress)
+            .await
+            .with_context(|| format!("back up {}", c.key()))?;
+        collections.push(cb);
+    }
+    progress.finish();
+    let manifest = Manifest {
+        format: super::manifest::FORMAT,
+        id: id.clone(),
+        started_at: started_at.to_rfc3339(),
+        finished_at: Utc::now().to_rfc3339(),
+        source: Source {
+            datacenter: settings.datacenter.clone(),
+            epoch: opts.epoch,
+            milvus_endpoint: milvus.endpoint().to_string(),
+            milvus_version: milvus.version().await.unwrap_or_default(),
+        },
+        tool: super::tool_version(),
+        total_rows: collections.iter().map(|c| c.rows).sum(),
+        total_bytes: collections
+            .iter()
+            .flat_map(|c| &c.objects)
+            .map(|o| o.bytes)
+            .sum(),
+        collections,
+    };
+    store
+        .put(&format!("{id}/{MANIFEST}"), manifest.to_json())
+        .await
+        .context("write manifest.json")?;
+    info!(
+        backup = %id,
+        rows = manifest.total_rows,
+        bytes = manifest.total_bytes,
+        "backup written"
+    );
+    Ok(manifest)
+}
+
+async fn backup_collection(
+    store: &Store,
+    milvus: &Milvus,
+    settings: &Settings,
+    id: &str,
+    c: &CollectionEntry,
+    progress: &mut Progress,
+) -> Result<CollectionBackup> {
+    let info = &c.info;
+    let (db, name) = (&info.database, &info.name);
+    let mut cb = CollectionBackup::describe(info, &c.partitions, &c.indexes, c.loaded);
+    // Milvus can only query a loaded collection: load it for the backup and
+    // release it afterwards, as it was.
+    if !c.loaded {
+        info!(collection = %c.key(), "loading the collection for the backup (released afterwards)");
+        milvus.load(db, name).await?;
+        milvus
+            .wait_loaded(db, name, std::time::Duration::from_secs(1800))
+            .await?;
+    }
+    let r = write_rows(store, milvus, settings, id, c, &mut cb, progress).await;
+    if !c.loaded {
+        if let Err(e) = milvus.release(db, name).await {
+            warn!(collection = %c.key(), error = %e, "could not release the collection after the backup");
+        }
+    }
+    r?;
+    Ok(cb)
+}
+
+async fn write_rows(
+    store: &Store,
+    milvus: &Milvus,
+    settings: &Settings,
+    id: &str,
+    c: &CollectionEntry,
+    cb: &mut CollectionBackup,
+    progress: &mut Progress,
+) -> Result<()> {
+    let info = &c.info;
+    let cols: Vec<Column> = columns::columns(&info.schema);
+    let schema = columns::arrow_schema(&cols)?;
+    let ts = milvus.alloc_timestamp().await?;
+    cb.snapshot_ts = ts;
+    let mut total = Digest::default();
+    for partition in c.scan_partitions() {
+        let part_dir = partition.clone().unwrap_or_else(|| "all".into());
+        let mut seq = 0u32;
+        let mut current: Option<ObjectWriter> = None;
+        let mut pages = mv::scan_pages(milvus, info, partition.as_deref(), ts, settings.page_rows);
+        let r: Result<()> = async {
+            while let Some(page) = pages.recv().await {
+                let page = page?;
+                if page.keys.is_empty() {
+                    continue;
+                }
+                let hashes = rows::row_hashes(&page.fields)?;
+                let batch = columns::to_batch(&schema, &cols, &page.fields)?;
+                drop(page);
+                if current.is_none() {
+                    let key = format!(
+                        "data/{}/{}/{}/{:05}.parquet",
+                        info.database, info.name, part_dir, seq
+                    );
+                    seq += 1;
+                    let buf = SharedBuf::default();
+                    current = Some(ObjectWriter {
+                        upload: store.upload(&format!("{id}/{key}")),
+                        key,
+                        partition: partition.clone(),
+                        writer: ArrowWriter::try_new(
+                            buf.clone(),
+                            schema.clone(),
+                            Some(writer_props(settings.page_rows)),
+                        )?,
+                        buf,
+                        digest: Digest::default(),
+                    });
+                }
+                let Some(w) = current.as_mut() else {
+                    unreachable!()
+                };
+                w.writer.write(&batch).context("encode Parquet")?;
+                w.writer.flush().context("encode Parquet")?;
+                let before = w.upload.bytes();
+                w.drain().await?;
+                w.digest.add_hashes(&hashes);
+                progress.add(hashes.len() as u64, w.upload.bytes() - before);
+                if w.upload.bytes() >= settings.object_max {
+                    if let Some(w) = current.take() {
+                        let o = w.finish().await?;
+                        total.merge(&digest_of(&o));
+                        cb.objects.push(o);
+                    }
+                }
+            }
+            if let Some(w) = current.take() {
+                let o = w.finish().await?;
+                total.merge(&digest_of(&o));
+                cb.objects.push(o);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            if let Some(mut w) = current.take() {
+                w.upload.abort().await;
+            }
+            return Err(e);
+        }
+    }
+    cb.rows = total.rows;
+    cb.digest = total.text();
+    info!(
+        collection = %qualified(&info.database, &info.name),
+        rows = cb.rows,
+        objects = cb.objects.len(),
+        "collection backed up"
+    );
+    Ok(())
+}
+
+fn digest_of(o: &ObjectEntry) -> Digest {
+    Digest {
+        rows: o.rows,
+        sum: parse_digest(&o.digest).unwrap_or(0),
+    }
+}
+
+/// The sum of a digest text.
+pub fn parse_digest(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.strip_prefix("xxh3sum:")?, 16).ok()
+}

@@ -1,0 +1,504 @@
+//! The S3 side: one bucket and prefix, objects addressed relative to the
+//! prefix, multipart uploads with bounded memory, streaming downloads that
+//! checksum as they go.
+//!
+//! Every call is retried by the SDK (standard mode: exponential backoff with
+//! jitter) on throttling, timeouts and connection errors; all our calls are
+//! idempotent (PUT of a whole object or part, GET, LIST, DELETE).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
+
+use crate::config::S3;
+
+/// Multipart parts uploading at once per object (memory: this many parts
+/// plus the one being filled).
+const PARTS_IN_FLIGHT: usize = 2;
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: usize,
+}
+
+fn read_secret_file(p: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("read {}", p.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Why an S3 call failed, in one line (the SDK's Display is terse).
+pub fn describe<E: ProvideErrorMetadata + std::error::Error>(
+    e: &aws_sdk_s3::error::SdkError<E>,
+) -> String {
+    use aws_sdk_s3::error::SdkError;
+    match e {
+        SdkError::ServiceError(s) => format!(
+            "{}: {}",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or("")
+        ),
+        SdkError::DispatchFailure(d) => {
+            let mut msg = format!("cannot reach S3: {d:?}");
+            if d.is_io() {
+                msg = "cannot reach S3 (connection failed)".into();
+            } else if d.is_timeout() {
+                msg = "S3 did not answer in time".into();
+            }
+            msg
+        }
+        SdkError::TimeoutError(_) => "S3 did not answer in time".into(),
+        other => format!("{other}"),
+    }
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(e: &aws_sdk_s3::error::SdkError<E>) -> bool {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => {
+            matches!(s.err().code(), Some("NoSuchKey") | Some("NotFound"))
+                || s.raw().status().as_u16() == 404
+        }
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Builds a client for the configured bucket. Static credentials come
+    /// from the configured environment variables or files; otherwise the
+    /// AWS default chain applies.
+    pub async fn connect(s3: &S3, part_size: usize) -> Result<Store> {
+        use aws_config::retry::RetryConfig;
+        use aws_config::timeout::TimeoutConfig;
+        use aws_config::{BehaviorVersion, Region};
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+        crate::tls::install_crypto_provider();
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(s3.region.clone()))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(5)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            );
+        let creds = match (
+            &s3.access_key_id_env,
+            &s3.secret_access_key_env,
+            &s3.access_key_id_file,
+            &s3.secret_access_key_file,
+        ) {
+            (Some(k), Some(s), _, _) => Some((
+                std::env::var(k).with_context(|| format!("read the S3 access key id from ${k}"))?,
+                std::env::var(s)
+                    .with_context(|| format!("read the S3 secret access key from ${s}"))?,
+            )),
+            (_, _, Some(k), Some(s)) => Some((read_secret_file(k)?, read_secret_file(s)?)),
+            _ => None,
+        };
+        if let Some((id, secret)) = creds {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "milvus-dr-config",
+            ));
+        }
+        if let Some(ep) = &s3.endpoint {
+            loader = loader.endpoint_url(ep.clone());
+        }
+        let sdk = loader.load().await;
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(s3.force_path_style)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .build();
+        let mut prefix = s3.prefix.clone();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Store {
+            client: Client::from_conf(conf),
+            bucket: s3.bucket.clone(),
+            prefix,
+            part_size: part_size.max(1),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Full key of a path relative to the prefix.
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    /// `s3://bucket/prefix/rel`, for messages.
+    pub fn url(&self, rel: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(rel))
+    }
+
+    pub async fn put(&self, rel: &str, body: Vec<u8>) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(rel))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("put {}: {}", self.url(rel), describe(&e)))?;
+        Ok(())
+    }
+
+    /// The whole object, or `None` if it does not exist.
+    pub async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let r = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(rel))
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => anyhow::bail!("get {}: {}", self.url(rel), describe(&e)),
+        };
+        let bytes = r
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("read {}", self.url(rel)))?;
+        Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    /// Streams an object into `file`, returning its size and SHA-256 (hex),
+    /// or `None` if it does not exist. Memory stays at one network chunk.
+    pub async fn download(&self, rel: &str, file: &Path) -> Result<Option<(u64, String)>> {
+        let r = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(rel))
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => anyhow::bail!("get {}: {}", self.url(rel), describe(&e)),
+        };
+        let mut out = tokio::io::BufWriter::new(
+            tokio::fs::File::create(file)
+                .await
+                .with_context(|| format!("create {}", file.display()))?,
+        );
+        let mut body = r.body;
+        let mut sha = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .with_context(|| format!("read {}", self.url(rel)))?
+        {
+            sha.update(&chunk);
+            n += chunk.len() as u64;
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok(Some((n, hex::encode(sha.finalize()))))
+    }
+
+    /// Keys (relative to the prefix) and sizes under `rel_prefix`.
+    pub async fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let r = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.key(rel_prefix))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("list {}: {}", self.url(rel_prefix), describe(&e)))?;
+            for o in r.contents() {
+                if let Some(k) = o.key() {
+                    let rel = k.strip_prefix(&self.prefix).unwrap_or(k).to_string();
+                    out.push((rel, o.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+            match r.next_continuation_token() {
+                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first-level folders under the prefix (backup ids), sorted.
+    pub async fn folders(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let r = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("list {}: {}", self.url(""), describe(&e)))?;
+            for p in r.common_prefixes() {
+                if let Some(p) = p.prefix() {
+                    let rel = p.strip_prefix(&self.prefix).unwrap_or(p);
+                    out.push(rel.trim_end_matches('/').to_string());
+                }
+            }
+            match r.next_continuation_token() {
+                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(rel))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("delete {}: {}", self.url(rel), describe(&e)))?;
+        Ok(())
+    }
+
+    /// Deletes every object under `rel_prefix`; returns how many. The
+    /// manifest goes first, so a folder half deleted reads as incomplete,
+    /// never as a complete backup with missing objects.
+    pub async fn delete_folder(&self, rel_prefix: &str) -> Result<usize> {
+        let mut keys = self.list(rel_prefix).await?;
+        keys.sort_by_key(|(k, _)| !k.ends_with("/manifest.json"));
+        for (k, _) in &keys {
+            self.delete(k).await?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Starts writing an object (multipart once it outgrows one part).
+    pub fn upload(&self, rel: &str) -> Upload {
+        Upload {
+            store: self.clone(),
+            rel: rel.to_string(),
+            upload_id: None,
+            buf: Vec::new(),
+            next_part: 1,
+            parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            bytes: 0,
+            sha: Sha256::new(),
+        }
+    }
+}
+
+/// One object being written. Memory: the part being filled plus
+/// [`PARTS_IN_FLIGHT`] parts uploading.
+pub struct Upload {
+    store: Store,
+    rel: String,
+    upload_id: Option<String>,
+    buf: Vec<u8>,
+    next_part: i32,
+    parts: Vec<CompletedPart>,
+    in_flight: JoinSet<Result<CompletedPart>>,
+    bytes: u64,
+    sha: Sha256,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub bytes: u64,
+    pub sha256: String,
+    pub parts: u32,
+}
+
+impl Upload {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.sha.update(data);
+        self.bytes += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        while self.buf.len() >= self.store.part_size {
+            let rest = self.buf.split_off(self.store.part_size);
+            let part = std::mem::replace(&mut self.buf, rest);
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, part: Vec<u8>) -> Result<()> {
+        let s = self.store.clone();
+        if self.upload_id.is_none() {
+            let r = s
+                .client
+                .create_multipart_upload()
+                .bucket(&s.bucket)
+                .key(s.key(&self.rel))
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("start the upload of {}: {}", s.url(&self.rel), describe(&e))
+                })?;
+            self.upload_id = Some(
+                r.upload_id()
+                    .context("S3 answered CreateMultipartUpload without an upload id")?
+                    .to_string(),
+            );
+        }
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let (client, bucket, key, url) = (
+            s.client.clone(),
+            s.bucket.clone(),
+            s.key(&self.rel),
+            s.url(&self.rel),
+        );
+        let upload_id = self.upload_id.clone().unwrap_or_default();
+        let n = self.next_part;
+        self.next_part += 1;
+        self.in_flight.spawn(async move {
+            let r = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(n)
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("upload part {n} of {url}: {}", describe(&e)))?;
+            Ok(CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(r.e_tag().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        if let Some(r) = self.in_flight.join_next().await {
+            self.parts.push(r.context("part upload task")??);
+        }
+        Ok(())
+    }
+
+    /// Completes the object. On error the multipart upload is aborted.
+    pub async fn finish(mut self) -> Result<Uploaded> {
+        match self.finish_inner().await {
+            Ok(u) => Ok(u),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_inner(&mut self) -> Result<Uploaded> {
+        let sha = hex::encode(self.sha.clone().finalize());
+        if self.upload_id.is_none() {
+            let body = std::mem::take(&mut self.buf);
+            self.store.put(&self.rel, body).await?;
+            return Ok(Uploaded {
+                bytes: self.bytes,
+                sha256: sha,
+                parts: 1,
+            });
+        }
+        if !self.buf.is_empty() {
+            let last = std::mem::take(&mut self.buf);
+            self.send_part(last).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        self.parts.sort_by_key(|p| p.part_number());
+        let s = &self.store;
+        s.client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(s.key(&self.rel))
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "complete the upload of {}: {}",
+                    s.url(&self.rel),
+                    describe(&e)
+                )
+            })?;
+        Ok(Uploaded {
+            bytes: self.bytes,
+            sha256: sha,
+            parts: self.parts.len() as u32,
+        })
+    }
+
+    /// Best effort: frees the parts stored so far.
+    pub async fn abort(&mut self) {
+        self.in_flight.abort_all();
+        if let Some(id) = self.upload_id.take() {
+            let s = &self.store;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                s.client
+                    .abort_multipart_upload()
+                    .bucket(&s.bucket)
+                    .key(s.key(&self.rel))
+                    .upload_id(id)
+                    .send(),
+            )
+            .await;
+        }
+    }
+}

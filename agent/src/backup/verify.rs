@@ -1,0 +1,234 @@
+//! Verify: re-read every object of a backup, check its size and SHA-256,
+//! decode it and check its rows against the manifest's digests. Every
+//! problem names the object.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use milvus::proto::schema::FieldData;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::columns::{self, Column};
+use super::create::parse_digest;
+use super::manifest::{Manifest, ObjectEntry, Verified, MANIFEST, VERIFIED};
+use super::progress::Progress;
+use super::{BackupError, Digest, Store};
+use crate::milvus::rows;
+
+/// A temporary file removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(format!(
+            "milvus-dr-{tag}-{}.parquet",
+            uuid::Uuid::new_v4().simple()
+        )))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads a Parquet file as batches of Milvus columns, on a blocking thread,
+/// at most two batches ahead of the consumer.
+pub fn read_object(
+    path: &Path,
+    cols: Vec<Column>,
+    batch_rows: usize,
+) -> mpsc::Receiver<Result<Vec<FieldData>>> {
+    let (tx, rx) = mpsc::channel(2);
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let r = (|| -> Result<()> {
+            let f = std::fs::File::open(&path)?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+                .context("not a readable Parquet file")?
+                .with_batch_size(batch_rows.max(1))
+                .build()?;
+            for batch in reader {
+                let batch = batch.context("decode Parquet")?;
+                let fields = columns::from_batch(&cols, &batch)?;
+                if tx.blocking_send(Ok(fields)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Rows per decoded batch: 8192, fewer for wide rows (≤ ~16 MiB a batch).
+pub fn batch_rows(cols: &[Column]) -> usize {
+    (16 * 1024 * 1024 / columns::approx_row_bytes(cols)).clamp(64, 8192)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub id: String,
+    pub ok: bool,
+    pub objects: usize,
+    pub bytes: u64,
+    pub rows: u64,
+    /// One line per problem, each naming the object.
+    pub problems: Vec<String>,
+}
+
+/// Checks one object: download (size, checksum), decode (rows, digest).
+async fn check_object(
+    store: &Store,
+    id: &str,
+    o: &ObjectEntry,
+    cols: &[Column],
+) -> Result<Option<String>> {
+    let rel = format!("{id}/{}", o.key);
+    let tmp = TempFile::new("verify");
+    let Some((size, sha)) = store.download(&rel, &tmp.0).await? else {
+        return Ok(Some(format!("{}: missing", o.key)));
+    };
+    if size != o.bytes {
+        return Ok(Some(format!(
+            "{}: size {size} bytes, manifest says {}",
+            o.key, o.bytes
+        )));
+    }
+    if sha != o.sha256 {
+        return Ok(Some(format!(
+            "{}: corrupt (sha256 {sha}, manifest says {})",
+            o.key, o.sha256
+        )));
+    }
+    let mut d = Digest::default();
+    let mut rx = read_object(&tmp.0, cols.to_vec(), batch_rows(cols));
+    while let Some(b) = rx.recv().await {
+        match b.and_then(|f| Ok(rows::row_hashes(&f)?)) {
+            Ok(h) => d.add_hashes(&h),
+            Err(e) => return Ok(Some(format!("{}: unreadable: {e:#}", o.key))),
+        }
+    }
+    if d.rows != o.rows || Some(d.sum) != parse_digest(&o.digest) {
+        return Ok(Some(format!(
+            "{}: content digest {} over {} rows, manifest says {} over {}",
+            o.key,
+            d.text(),
+            d.rows,
+            o.digest,
+            o.rows
+        )));
+    }
+    Ok(None)
+}
+
+/// Reads and parses a backup's manifest.
+pub async fn manifest(store: &Store, id: &str) -> Result<Manifest> {
+    match store.get(&format!("{id}/{MANIFEST}")).await? {
+        Some(b) => Manifest::from_json(&b).with_context(|| format!("backup {id}")),
+        None => {
+            if store.list(&format!("{id}/")).await?.is_empty() {
+                Err(BackupError::NotFound(id.to_string()).into())
+            } else {
+                Err(BackupError::Incomplete(id.to_string()).into())
+            }
+        }
+    }
+}
+
+/// Verifies a backup; on success records `verified.json` in it.
+pub async fn verify(store: &Store, id: &str, interactive: bool) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let m = match manifest(store, id).await {
+        Ok(m) => m,
+        Err(e) => match e.downcast_ref::<BackupError>() {
+            Some(BackupError::NotFound(_)) => return Err(e),
+            _ => {
+                report.problems.push(format!("{MANIFEST}: {e:#}"));
+                return Ok(report);
+            }
+        },
+    };
+    let mut progress = Progress::new(&format!("verify {id}"), m.total_rows, interactive);
+    for c in &m.collections {
+        let cols = columns::columns(&c.schema().with_context(|| c.qualified())?);
+        let mut total = Digest::default();
+        let mut all_ok = true;
+        for o in &c.objects {
+            report.objects += 1;
+            match check_object(store, id, o, &cols).await? {
+                Some(p) => {
+                    all_ok = false;
+                    report.problems.push(p);
+                }
+                None => {
+                    report.bytes += o.bytes;
+                    report.rows += o.rows;
+                    total.merge(&Digest {
+                        rows: o.rows,
+                        sum: parse_digest(&o.digest).unwrap_or(0),
+                    });
+                    progress.add(o.rows, o.bytes);
+                }
+            }
+        }
+        if all_ok && (total.rows != c.rows || total.text() != c.digest) {
+            report.problems.push(format!(
+                "{}: the objects hold {} rows ({}), manifest says {} ({})",
+                c.qualified(),
+                total.rows,
+                total.text(),
+                c.rows,
+                c.digest
+            ));
+        }
+    }
+    progress.finish();
+    report.ok = report.problems.is_empty();
+    if report.ok {
+        let v = Verified {
+            at: Utc::now().to_rfc3339(),
+            by: super::tool_version(),
+            objects: report.objects,
+            bytes: report.bytes,
+        };
+        store
+            .put(
+                &format!("{id}/{VERIFIED}"),
+                serde_json::to_vec_pretty(&v).unwrap_or_default(),
+            )
+            .await
+            .context("record the verification")?;
+    }
+    Ok(report)
+}
+
+/// Human-readable verify output.
+pub fn text(r: &VerifyReport) -> String {
+    let mut out = format!(
+        "backup {}: {} objects, {} rows, {:.1} MiB checked\n",
+        r.id,
+        r.objects,
+        r.rows,
+        r.bytes as f64 / 1048576.0
+    );
+    for p in &r.problems {
+        out += &format!("  PROBLEM {p}\n");
+    }
+    out += if r.ok {
+        "RESULT: good\n"
+    } else {
+        "RESULT: BAD\n"
+    };
+    out
+}

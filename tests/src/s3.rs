@@ -1,0 +1,98 @@
+//! A real S3 protocol server for tests: `s3s-fs` (a file-system backed S3
+//! implementation) served in-process on a port the OS picks, with
+//! signature checking on. `stop` takes it down mid-test (connections cut,
+//! port closed).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const ACCESS_KEY: &str = "dr-test-access";
+pub const SECRET_KEY: &str = "dr-test-secret-key";
+pub const BUCKET: &str = "backups";
+
+pub struct S3Server {
+    pub addr: SocketAddr,
+    /// The directory holding the buckets (one folder each).
+    pub root: PathBuf,
+    accept: JoinHandle<()>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl S3Server {
+    /// Serves `root` (creating the bucket folder) on 127.0.0.1:0.
+    pub async fn start(root: &Path) -> Result<S3Server> {
+        std::fs::create_dir_all(root.join(BUCKET))?;
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?;
+        let mut b = S3ServiceBuilder::new(fs);
+        b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Default::default();
+        let c2 = conns.clone();
+        let accept = tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            while let Ok((socket, _)) = listener.accept().await {
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                let h = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                c2.lock().unwrap().push(h);
+            }
+        });
+        Ok(S3Server {
+            addr,
+            root: root.to_path_buf(),
+            accept,
+            conns,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Takes the server down: closes the port and cuts every connection.
+    pub fn stop(&self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Where the object `key` of the bucket lives on disk.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.join(BUCKET).join(key)
+    }
+
+    /// Writes the credential files and returns the agent YAML `backup.s3`
+    /// section body (inline map) for `prefix`.
+    pub fn s3_yaml(&self, dir: &Path, prefix: &str) -> Result<String> {
+        let (k, s) = (dir.join("s3-key"), dir.join("s3-secret"));
+        std::fs::write(&k, ACCESS_KEY)?;
+        std::fs::write(&s, SECRET_KEY)?;
+        Ok(format!(
+            "{{ bucket: {BUCKET}, prefix: \"{prefix}\", endpoint: \"{}\", force_path_style: true, access_key_id_file: \"{}\", secret_access_key_file: \"{}\" }}",
+            self.endpoint(),
+            k.display(),
+            s.display()
+        ))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

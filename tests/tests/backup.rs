@@ -1,0 +1,576 @@
+//! Backups to S3 against real Milvus servers and a real S3 protocol server
+//! (s3s-fs, in-process), driven through the `drctl` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use dr_agent::backup::manifest::Manifest;
+use dr_agent::milvus::PkType;
+use dr_tests::data::{self, Shape};
+use dr_tests::s3::S3Server;
+use dr_tests::{bin, servers, wait_until, Agent, AgentSpec, TestEnv};
+use tracing::info;
+
+const PREFIX: &str = "bk/";
+
+/// A test's S3 server plus an agent config (dc-a, the primary Milvus) with
+/// backups pointed at it.
+struct Setup {
+    env: TestEnv,
+    s3: S3Server,
+    config: PathBuf,
+    checkpoints: PathBuf,
+}
+
+impl Setup {
+    async fn new(name: &str, backup_extra: &str) -> Result<Setup> {
+        let env = TestEnv::new(name).await?;
+        let db = env.name.clone();
+        let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
+        let s3_yaml = s3.s3_yaml(env.dir.path(), PREFIX)?;
+        let extra = format!(
+            "backup:\n  part_size_mib: 5\n  page_rows: 4096\n  databases: [{db}]\n{backup_extra}  s3: {s3_yaml}\nalerts:\n  webhooks: [ {{ kind: generic, url_env: DR_TEST_WEBHOOK }} ]\n"
+        );
+        let config = Agent::write_config(
+            &env,
+            &AgentSpec {
+                dc: "dc-a",
+                peer_address: "https://127.0.0.1:1".into(),
+                grpc_port: 0,
+                extra_yaml: &extra,
+            },
+        )?;
+        let checkpoints = env.dir.path().join("checkpoints");
+        Ok(Setup {
+            env,
+            s3,
+            config,
+            checkpoints,
+        })
+    }
+
+    fn drctl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("drctl"));
+        c.arg("backup")
+            .arg("--agent-config")
+            .arg(&self.config)
+            .args(args)
+            .env("DR_RESTORE_CHECKPOINTS", &self.checkpoints)
+            .env("RUST_LOG", "info,h2=warn,hyper=warn,aws=warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `drctl backup ARGS` to completion (off the async runtime).
+    async fn drctl(&self, args: &[&str]) -> Result<Output> {
+        let mut c = self.drctl_cmd(args);
+        let out = tokio::task::spawn_blocking(move || c.output()).await??;
+        info!(
+            "drctl backup {args:?} -> {:?}\nstdout:\n{}\nstderr (tail):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            tail(&String::from_utf8_lossy(&out.stderr), 15)
+        );
+        Ok(out)
+    }
+
+    async fn create(&self, extra: &[&str]) -> Result<Manifest> {
+        let mut args = vec!["create", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.drctl(&args).await?;
+        if !out.status.success() {
+            bail!(
+                "drctl backup create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let id = v["id"].as_str().context("id")?;
+        self.manifest(id)
+    }
+
+    fn manifest(&self, id: &str) -> Result<Manifest> {
+        let p = self.s3.object_path(&format!("{PREFIX}{id}/manifest.json"));
+        Manifest::from_json(&std::fs::read(&p).with_context(|| p.display().to_string())?)
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_of_every_field_type_and_both_key_types_is_exact() -> Result<()> {
+    let t = Setup::new("bk_roundtrip", "").await?;
+    let db = t.env.name.clone();
+    let shapes = [
+        (
+            "all_int",
+            Shape::AllTypes {
+                pk: PkType::Int,
+                binary: false,
+            },
+        ),
+        (
+            "all_str",
+            Shape::AllTypes {
+                pk: PkType::Str,
+                binary: true,
+            },
+        ),
+    ];
+    info!("phase 1: two collections of every field type, > 16,384 rows each, one with a second partition");
+    let ids: Vec<i64> = (0..20_000).collect();
+    for (name, shape) in shapes {
+        data::create(&t.env.primary, &db, name, shape).await?;
+        data::insert(&t.env.primary, &db, name, shape, &ids, 1).await?;
+    }
+    t.env.primary.create_partition(&db, "all_int", "p1").await?;
+    let p1: Vec<i64> = (20_000..21_000).collect();
+    let shape0 = shapes[0].1;
+    t.env
+        .primary
+        .insert(
+            &db,
+            "all_int",
+            Some("p1"),
+            data::rows(shape0, &p1, 1),
+            p1.len() as u32,
+        )
+        .await?;
+    t.env.primary.load(&db, "all_int").await?;
+    let mut before = Vec::new();
+    for (name, _) in shapes {
+        before.push(data::read_all(&t.env.primary, &db, name).await?);
+    }
+    assert_eq!(before[0].len(), 21_000);
+    assert_eq!(before[1].len(), 20_000);
+
+    info!("phase 2: back up with drctl (verified after writing)");
+    let m = t
+        .create(&["--collections", &format!("{db}.all_int,{db}.all_str")])
+        .await?;
+    assert_eq!(m.collections.len(), 2);
+    assert_eq!(m.total_rows, 41_000);
+    let int = m.collections.iter().find(|c| c.name == "all_int").unwrap();
+    assert!(int.partitions.contains(&"p1".to_string()));
+    assert!(
+        int.objects
+            .iter()
+            .any(|o| o.partition.as_deref() == Some("p1")),
+        "{:?}",
+        int.objects
+    );
+    assert!(
+        m.collections
+            .iter()
+            .flat_map(|c| &c.objects)
+            .any(|o| o.parts > 1),
+        "no object needed more than one multipart part"
+    );
+    assert!(t
+        .s3
+        .object_path(&format!("{PREFIX}{}/verified.json", m.id))
+        .exists());
+
+    info!("phase 3: restore into the other Milvus and compare every row");
+    let target = servers().standby.endpoint();
+    let out = t
+        .drctl(&["restore", &m.id, "--target-milvus", &target, "--json"])
+        .await?;
+    assert!(out.status.success(), "restore failed");
+    for (i, (name, _)) in shapes.iter().enumerate() {
+        let after = data::read_all(&t.env.standby, &db, name).await?;
+        let (missing, extra, changed) = data::diff(&before[i], &after);
+        assert!(
+            missing.is_empty() && extra.is_empty() && changed.is_empty(),
+            "{name}: missing {} extra {} changed {}",
+            missing.len(),
+            extra.len(),
+            changed.len()
+        );
+    }
+    let parts = t.env.standby.list_partitions(&db, "all_int").await?;
+    assert!(parts.contains(&"p1".to_string()), "{parts:?}");
+    let idx = t.env.standby.list_indexes(&db, "all_str").await?;
+    assert_eq!(idx.len(), 1, "{idx:?}");
+    assert_eq!(idx[0].index_name, "bv_idx");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_flipped_byte_and_a_missing_object() -> Result<()> {
+    let t = Setup::new("bk_verify", "").await?;
+    let db = t.env.name.clone();
+    let shape = Shape::Simple { dim: 16 };
+    for name in ["a", "b"] {
+        data::create(&t.env.primary, &db, name, shape).await?;
+        data::insert(
+            &t.env.primary,
+            &db,
+            name,
+            shape,
+            &(0..3000).collect::<Vec<_>>(),
+            1,
+        )
+        .await?;
+    }
+    let m = t.create(&[]).await?;
+    let out = t.drctl(&["verify", &m.id]).await?;
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("RESULT: good"));
+
+    info!("phase 2: flip one byte in the middle of one object");
+    let a = &m
+        .collections
+        .iter()
+        .find(|c| c.name == "a")
+        .unwrap()
+        .objects[0];
+    let path = t.s3.object_path(&format!("{PREFIX}{}/{}", m.id, a.key));
+    let mut bytes = std::fs::read(&path)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, &bytes)?;
+    let out = t.drctl(&["verify", &m.id]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains(&a.key) && text.contains("corrupt"), "{text}");
+    assert!(text.contains("RESULT: BAD"));
+
+    info!("phase 3: delete another object");
+    let b = &m
+        .collections
+        .iter()
+        .find(|c| c.name == "b")
+        .unwrap()
+        .objects[0];
+    std::fs::remove_file(t.s3.object_path(&format!("{PREFIX}{}/{}", m.id, b.key)))?;
+    let out = t.drctl(&["verify", &m.id, "--json"]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let problems: Vec<String> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems
+        .iter()
+        .any(|p| p.contains(&b.key) && p.contains("missing")));
+
+    info!("phase 4: restore refuses the corrupt object");
+    let out = t
+        .drctl(&[
+            "restore",
+            &m.id,
+            "--rename-suffix",
+            "_r",
+            "--collections",
+            &format!("{db}.a"),
+        ])
+        .await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_the_newest_good_backup() -> Result<()> {
+    let t = Setup::new("bk_retention", "  retention_days: 0\n  keep_last: 1\n").await?;
+    let db = t.env.name.clone();
+    let shape = Shape::Simple { dim: 8 };
+    data::create(&t.env.primary, &db, "c", shape).await?;
+    data::insert(&t.env.primary, &db, "c", shape, &[1, 2, 3], 1).await?;
+    info!("phase 1: one verified backup, then two that were never verified");
+    let good = t.create(&[]).await?;
+    let b2 = t.create(&["--no-verify"]).await?;
+    let b3 = t.create(&["--no-verify"]).await?;
+
+    info!("phase 2: dry run says what would go, deletes nothing");
+    let out = t.drctl(&["prune", "--dry-run", "--json"]).await?;
+    assert!(out.status.success());
+    let d: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let would: Vec<&str> = d
+        .iter()
+        .filter(|d| d["delete"].as_bool() == Some(true))
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(would, vec![b2.id.as_str()]);
+    assert!(t.manifest(&b2.id).is_ok());
+
+    info!("phase 3: prune keeps the newest and the newest good backup");
+    let out = t.drctl(&["prune"]).await?;
+    assert!(out.status.success());
+    let out = t.drctl(&["list", "--json"]).await?;
+    let l: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let left: Vec<&str> = l.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(left, vec![good.id.as_str(), b3.id.as_str()]);
+    assert!(!t
+        .s3
+        .object_path(&format!("{PREFIX}{}", b2.id))
+        .join("manifest.json")
+        .exists());
+    Ok(())
+}
+
+/// Checkpoints of running restores: (rows acknowledged in the current
+/// object, data done) per collection.
+fn checkpoint_progress(dir: &Path) -> Vec<(u64, bool)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(
+                &std::fs::read(e.path()).unwrap_or_default(),
+            ) {
+                for (_, c) in v["collections"].as_object().into_iter().flatten() {
+                    out.push((
+                        c["current"][1].as_u64().unwrap_or(0),
+                        c["data_done"].as_bool().unwrap_or(false),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_killed_midway_and_rerun_completes_exactly_once() -> Result<()> {
+    let t = Setup::new("bk_resume", "").await?;
+    let db = t.env.name.clone();
+    let shape = Shape::Simple { dim: 64 };
+    let n = 120_000i64;
+    data::create(&t.env.primary, &db, "c", shape).await?;
+    data::insert(
+        &t.env.primary,
+        &db,
+        "c",
+        shape,
+        &(0..n).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let before = data::read_all(&t.env.primary, &db, "c").await?;
+    let m = t.create(&["--no-verify"]).await?;
+
+    info!("phase 1: start a restore and kill -9 it once some rows are acknowledged");
+    let target = servers().standby.endpoint();
+    let mut child = t
+        .drctl_cmd(&["restore", &m.id, "--target-milvus", &target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let dir = t.checkpoints.clone();
+    let caught = wait_until(Duration::from_secs(120), "restore to be midway", || {
+        let p = checkpoint_progress(&dir);
+        let exited = child.try_wait().ok().flatten().is_some();
+        async move {
+            if exited {
+                return Some(false);
+            }
+            p.iter()
+                .any(|(rows, done)| *rows > 0 && !done)
+                .then_some(true)
+        }
+    })
+    .await?;
+    assert!(
+        caught,
+        "the restore finished before it could be interrupted"
+    );
+    child.kill()?;
+    child.wait()?;
+    let (acked, _) = checkpoint_progress(&dir)[0];
+    assert!(acked < n as u64, "{acked}");
+
+    info!("phase 2: rerun the same command: it resumes and completes");
+    let out = t
+        .drctl(&["restore", &m.id, "--target-milvus", &target, "--json"])
+        .await?;
+    assert!(out.status.success(), "rerun failed");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["collections"][0]["resumed"], true);
+    assert_eq!(r["collections"][0]["digest_ok"], true);
+
+    info!("phase 3: count(*) == distinct keys == expected, content equal");
+    let after = data::read_all(&t.env.standby, &db, "c").await?; // fails on duplicates
+    assert_eq!(after.len(), n as usize);
+    assert_eq!(before, after);
+    assert!(
+        checkpoint_progress(&dir).is_empty(),
+        "checkpoint left behind"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_into_a_renamed_collection_leaves_the_original_untouched() -> Result<()> {
+    let t = Setup::new("bk_rename", "").await?;
+    let db = t.env.name.clone();
+    let shape = Shape::AllTypes {
+        pk: PkType::Str,
+        binary: false,
+    };
+    data::create(&t.env.primary, &db, "orig", shape).await?;
+    data::insert(
+        &t.env.primary,
+        &db,
+        "orig",
+        shape,
+        &(0..5000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let at_backup = data::read_all(&t.env.primary, &db, "orig").await?;
+    let m = t.create(&[]).await?;
+
+    info!("phase 1: the original changes after the backup");
+    data::upsert(&t.env.primary, &db, "orig", shape, &[1, 2, 3], 2).await?;
+    data::delete(&t.env.primary, &db, "orig", shape, &[10, 11]).await?;
+    let current = data::read_all(&t.env.primary, &db, "orig").await?;
+
+    info!("phase 2: restoring over the original is refused");
+    let out = t.drctl(&["restore", &m.id]).await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    info!("phase 3: restore with a suffix and with a map, same Milvus");
+    let out = t
+        .drctl(&["restore", &m.id, "--rename-suffix", "_r"])
+        .await?;
+    assert!(out.status.success());
+    let out = t
+        .drctl(&["restore", &m.id, "--map", &format!("{db}.orig=copy2")])
+        .await?;
+    assert!(out.status.success());
+    assert_eq!(
+        data::read_all(&t.env.primary, &db, "orig_r").await?,
+        at_backup
+    );
+    assert_eq!(
+        data::read_all(&t.env.primary, &db, "copy2").await?,
+        at_backup
+    );
+    assert_eq!(data::read_all(&t.env.primary, &db, "orig").await?, current);
+    Ok(())
+}
+
+/// A one-shot webhook receiver: the first request's body.
+async fn webhook() -> Result<(String, tokio::sync::oneshot::Receiver<String>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", l.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Ok(n) = s.read(&mut chunk).await else {
+                return;
+            };
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    let _ = tx.send(body.to_string());
+                    return;
+                }
+            }
+        }
+    });
+    Ok((url, rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_during_a_backup_fails_the_run_alerts_and_claims_nothing() -> Result<()> {
+    let t = Setup::new("bk_s3down", "").await?;
+    let db = t.env.name.clone();
+    let shape = Shape::Simple { dim: 128 };
+    data::create(&t.env.primary, &db, "c", shape).await?;
+    data::insert(
+        &t.env.primary,
+        &db,
+        "c",
+        shape,
+        &(0..40_000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let (url, alert) = webhook().await?;
+
+    info!("phase 1: start a backup, take S3 down once the run holds its lock");
+    let child = t
+        .drctl_cmd(&["create"])
+        .env("DR_TEST_WEBHOOK", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let lock = t.s3.object_path(&format!("{PREFIX}lock.json"));
+    wait_until(
+        Duration::from_secs(60),
+        "the backup to take its lock",
+        || {
+            let l = lock.clone();
+            async move { l.exists().then_some(()) }
+        },
+    )
+    .await?;
+    t.s3.stop();
+
+    info!("phase 2: the run fails and alerts");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    let body = tokio::time::timeout(Duration::from_secs(30), alert).await??;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(v["event"], "backup_failed");
+    assert!(v["summary"].as_str().unwrap().contains("backup failed"));
+
+    info!("phase 3: no manifest claims success");
+    let manifests: Vec<PathBuf> = walk(&t.s3.object_path(PREFIX))
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
