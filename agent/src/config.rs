@@ -164,6 +164,12 @@ pub struct Backup {
     /// Run scheduled backups from this agent (`drctl backup` works either way).
     #[serde(default)]
     pub enabled: bool,
+    /// Which agent's scheduled runs go ahead: `primary` (default: only while
+    /// this datacenter is the acting primary, so two agents sharing a bucket
+    /// back up the primary's data once, and the duty follows a failover) or
+    /// `any` (every scheduled run, e.g. a separate bucket per datacenter).
+    #[serde(default)]
+    pub run_on: RunOn,
     /// Cron expression (with seconds omitted), e.g. `0 2 * * *`.
     #[serde(default = "d_schedule")]
     pub schedule: String,
@@ -199,10 +205,19 @@ pub struct Backup {
     pub s3: Option<S3>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOn {
+    #[default]
+    Primary,
+    Any,
+}
+
 impl Default for Backup {
     fn default() -> Self {
         Self {
             enabled: false,
+            run_on: RunOn::Primary,
             schedule: d_schedule(),
             timezone: d_tz(),
             retention_days: d_retention_days(),

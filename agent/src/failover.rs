@@ -103,6 +103,12 @@ fn view_path(dir: &std::path::Path) -> PathBuf {
     dir.join("witness-view.json")
 }
 
+/// The witness view this agent last persisted in `state_dir` (epoch,
+/// primary), if it ever had one: readable by other tools on the host.
+pub fn persisted_view(dir: &std::path::Path) -> Option<Cluster> {
+    load_view(dir)
+}
+
 fn load_view(dir: &std::path::Path) -> Option<Cluster> {
     let b = std::fs::read(view_path(dir)).ok()?;
     serde_json::from_slice(&b).ok()

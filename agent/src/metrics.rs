@@ -174,6 +174,12 @@ fn backup_metrics(reg: &mut Registry, b: &crate::backup::BackupStats) {
         "Scheduled backup runs that failed",
         b.failures,
     );
+    counter(
+        reg,
+        "backup_skipped",
+        "Scheduled backup times passed while this datacenter was not the primary",
+        b.skipped,
+    );
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`.

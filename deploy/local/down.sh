@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stops the local demo: agents first (SIGTERM), then the witnesses and the
-# Milvus servers;
+# Stops the local demo: agents first (SIGTERM), then the S3 store, the
+# witnesses and the Milvus servers;
 # SIGKILL for anything still running after 20 s. Keeps the data unless
 # --purge is given.
 set -euo pipefail
@@ -21,6 +21,7 @@ stop() {
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
 }
 stop $(pids agents)
+stop $(pids s3)
 stop $(pids witnesses)
 stop $(pids milvus)
 rm -f "$demo/state.json"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local demo and the tests need, idempotently:
 # - a Python venv ($MILVUS_DR_VENV, default <repo>/.venv) with the PyPI
-#   `milvus` 2.3.5 server package (a real Milvus standalone server),
+#   `milvus` 2.3.5 server package (a real Milvus standalone server) and
+#   pyarrow (the tests read backups with it),
 # - the server's binaries extracted once into the venv.
 # A second run does nothing and takes well under 2 s.
 set -euo pipefail
@@ -28,6 +29,15 @@ if [ "$have" != "$MILVUS_VERSION" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check "milvus==$MILVUS_VERSION"
 else
   echo "setup: milvus $MILVUS_VERSION already installed in $venv"
+fi
+
+# pyarrow: the tests read backups' Parquet with an independent reader, as
+# pandas, DuckDB or Spark users would.
+PYARROW_VERSION=26.0.1
+have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyarrow"))' 2>/dev/null || true)
+if [ "$have" != "$PYARROW_VERSION" ]; then
+  echo "setup: installing pyarrow==$PYARROW_VERSION into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
 fi
 
 # Extract the server binaries now (not in the middle of a test run).

@@ -2,7 +2,8 @@
 # Local demo: two real Milvus servers (dc-a primary, dc-b standby), three
 # dr-witnesses (the Raft quorum, fast failover profile) and two dr-agents,
 # all on free loopback ports with mutual TLS; sample data and a mixed
-# workload, then `drctl status` and `drctl verify`. Everything stays
+# workload, then `drctl status`, `drctl verify` and a backup to a local S3
+# store (s3s-fs). Everything stays
 # running; state and logs live in .local/demo (or $DEMO_DIR). Stop it with
 # deploy/local/down.sh.
 set -euo pipefail
@@ -86,6 +87,15 @@ done
 for id in 1 2 3; do wait_file "$demo/witness-$id/bound.json"; done
 echo "up: witnesses running on ports $w1 $w2 $w3"
 
+# The backup store: a real S3 protocol server (s3s-fs) over a local folder.
+rm -f "$demo/s3/bound.json"
+setsid nohup "$bin/s3-server" --root "$demo/s3/data" --bound "$demo/s3/bound.json" > "$demo/s3.log" 2>&1 < /dev/null &
+started+=($!)
+wait_file "$demo/s3/bound.json"
+s3_endpoint=$(json "$demo/s3/bound.json" endpoint)
+s3="{ bucket: $(json "$demo/s3/bound.json" bucket), prefix: demo/, endpoint: \"$s3_endpoint\", force_path_style: true, access_key_id_file: \"$(json "$demo/s3/bound.json" access_key_file)\", secret_access_key_file: \"$(json "$demo/s3/bound.json" secret_key_file)\" }"
+echo "up: S3 store on $s3_endpoint"
+
 write_config() { # dc, listen port
   cat > "$demo/agent-$1.yaml" <<YAML
 datacenter: $1
@@ -103,6 +113,7 @@ tls: { ca: certs/ca.pem, cert: certs/agent.$1.pem, key: certs/agent.$1.key }
 replication: { poll_interval: 500ms }
 witnesses: $witnesses
 failover: $failover
+backup: { enabled: true, schedule: "0 2 * * *", timezone: UTC, retention_days: 30, s3: $s3 }
 YAML
 }
 start_agent() { # dc
@@ -129,7 +140,9 @@ python3 - "$demo" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 def j(p): return json.load(open(os.path.join(d, p)))
-state = {"milvus": {}, "witnesses": {}, "agents": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+state = {"milvus": {}, "witnesses": {}, "agents": {}, "s3": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+s3 = j("s3/bound.json")
+state["s3"]["store"] = {"pid": s3["pid"], "endpoint": s3["endpoint"], "bucket": s3["bucket"], "log": os.path.join(d, "s3.log")}
 for i in (1, 2, 3):
     b = j(f"witness-{i}/bound.json")
     state["witnesses"][str(i)] = {"pid": b["pid"], "grpc": b["grpc"], "metrics": f"http://{b['metrics']}/metrics", "log": os.path.join(d, f"witness-{i}.log")}
@@ -151,10 +164,16 @@ echo
 echo
 "$bin/drctl" --config "$demo/drctl.yaml" verify --settle 120s
 echo
+echo "up: a backup of the primary to S3 (Parquet + manifest), verified after writing"
+"$bin/drctl" backup --agent-config "$demo/agent-dc-a.yaml" create
+"$bin/drctl" backup --agent-config "$demo/agent-dc-a.yaml" list
+echo
 echo "up: demo running. Try:"
 echo "  $bin/drctl --config $demo/drctl.yaml status"
 echo "  curl -s \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['agents']['dc-b']['metrics'])\") | grep lag"
 echo "  $bin/drctl --config $demo/drctl.yaml witness status"
 echo "  $bin/drctl --config $demo/drctl.yaml witness switchover --to dc-b     # planned, loses nothing"
 echo "  kill \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['milvus']['dc-a']['pid'])\")   # primary Milvus dies: failover in ~6 s"
+echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml list              # backups: verify ID, restore ID --rename-suffix _r, drill, prune --dry-run"
+echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml drill             # restore the newest backup under scratch names, check, drop"
 echo "  bash deploy/local/down.sh"

@@ -65,7 +65,8 @@ where
     }
 }
 
-fn venv_python() -> Result<PathBuf> {
+/// The Python of the project's venv (`MILVUS_DR_VENV`, made by setup.sh).
+pub fn venv_python() -> Result<PathBuf> {
     let venv = std::env::var_os("MILVUS_DR_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv"));

@@ -10,7 +10,7 @@ use dr_agent::backup::manifest::Manifest;
 use dr_agent::milvus::PkType;
 use dr_tests::data::{self, Shape};
 use dr_tests::s3::S3Server;
-use dr_tests::{bin, servers, wait_until, Agent, AgentSpec, TestEnv};
+use dr_tests::{bin, servers, start_pair, wait_until, Agent, AgentSpec, TestEnv};
 use tracing::info;
 
 const PREFIX: &str = "bk/";
@@ -27,12 +27,8 @@ struct Setup {
 impl Setup {
     async fn new(name: &str, backup_extra: &str) -> Result<Setup> {
         let env = TestEnv::new(name).await?;
-        let db = env.name.clone();
         let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
-        let s3_yaml = s3.s3_yaml(env.dir.path(), PREFIX)?;
-        let extra = format!(
-            "backup:\n  part_size_mib: 5\n  page_rows: 4096\n  databases: [{db}]\n{backup_extra}  s3: {s3_yaml}\nalerts:\n  webhooks: [ {{ kind: generic, url_env: DR_TEST_WEBHOOK }} ]\n"
-        );
+        let extra = agent_yaml(&env, &s3, backup_extra)?;
         let config = Agent::write_config(
             &env,
             &AgentSpec {
@@ -95,6 +91,16 @@ impl Setup {
         let p = self.s3.object_path(&format!("{PREFIX}{id}/manifest.json"));
         Manifest::from_json(&std::fs::read(&p).with_context(|| p.display().to_string())?)
     }
+}
+
+/// The agent config sections for backups into `s3`, of this test's
+/// database only, with `backup_extra` (indented lines) added.
+fn agent_yaml(env: &TestEnv, s3: &S3Server, backup_extra: &str) -> Result<String> {
+    let db = &env.name;
+    let s3_yaml = s3.s3_yaml(env.dir.path(), PREFIX)?;
+    Ok(format!(
+        "backup:\n  part_size_mib: 5\n  page_rows: 4096\n  databases: [{db}]\n{backup_extra}  s3: {s3_yaml}\nalerts:\n  webhooks: [ {{ kind: generic, url_env: DR_TEST_WEBHOOK }} ]\n"
+    ))
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -179,6 +185,37 @@ async fn round_trip_of_every_field_type_and_both_key_types_is_exact() -> Result<
         .s3
         .object_path(&format!("{PREFIX}{}/verified.json", m.id))
         .exists());
+
+    info!("phase 2b: an independent Parquet reader (pyarrow) reads the backup");
+    let folder =
+        t.s3.object_path(&format!("{PREFIX}{}/data/{db}/all_int", m.id));
+    let script = r#"
+import sys, pathlib, pyarrow.parquet as pq
+t = pq.ParquetDataset(sorted(str(p) for p in pathlib.Path(sys.argv[1]).rglob("*.parquet"))).read()
+fv = t.schema.field("fv").type
+pk = t.column("pk").to_pylist()
+print(t.num_rows, sum(pk), len(set(pk)), fv.list_size, str(fv.value_type), str(t.schema.field("j").type), str(t.schema.field("arr").type))
+"#;
+    let py = dr_tests::venv_python()?;
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(&folder)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want_sum: i64 = (0..21_000).sum();
+    assert_eq!(
+        got,
+        format!(
+            "21000 {want_sum} 21000 {} float string list<item: int64>",
+            data::ALL_DIM
+        )
+    );
 
     info!("phase 3: restore into the other Milvus and compare every row");
     let target = servers().standby.endpoint();
@@ -295,7 +332,31 @@ async fn retention_never_deletes_the_newest_good_backup() -> Result<()> {
     let b2 = t.create(&["--no-verify"]).await?;
     let b3 = t.create(&["--no-verify"]).await?;
 
-    info!("phase 2: dry run says what would go, deletes nothing");
+    info!("phase 2: while another run holds the lock, create and prune are refused");
+    let lock = t.s3.object_path(&format!("{PREFIX}lock.json"));
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
+    std::fs::write(
+        &lock,
+        serde_json::to_vec(&serde_json::json!({
+            "token": "other",
+            "holder": "agent dc-b (pid 4242)",
+            "started": chrono::Utc::now(),
+            "expires": expires,
+        }))?,
+    )?;
+    for args in [&["create"][..], &["prune"][..]] {
+        let out = t.drctl(args).await?;
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("another backup run is in progress") && err.contains("agent dc-b"),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&lock)?;
+    assert_eq!(t.drctl(&["list", "--json"]).await?.status.code(), Some(0));
+
+    info!("phase 3: dry run says what would go, deletes nothing");
     let out = t.drctl(&["prune", "--dry-run", "--json"]).await?;
     assert!(out.status.success());
     let d: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
@@ -307,7 +368,7 @@ async fn retention_never_deletes_the_newest_good_backup() -> Result<()> {
     assert_eq!(would, vec![b2.id.as_str()]);
     assert!(t.manifest(&b2.id).is_ok());
 
-    info!("phase 3: prune keeps the newest and the newest good backup");
+    info!("phase 4: prune keeps the newest and the newest good backup");
     let out = t.drctl(&["prune"]).await?;
     assert!(out.status.success());
     let out = t.drctl(&["list", "--json"]).await?;
@@ -573,4 +634,163 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_restores_the_newest_backup_checks_it_and_cleans_up() -> Result<()> {
+    let t = Setup::new("bk_drill", "").await?;
+    let db = t.env.name.clone();
+    let shape = Shape::Simple { dim: 16 };
+    data::create(&t.env.primary, &db, "c", shape).await?;
+    data::insert(
+        &t.env.primary,
+        &db,
+        "c",
+        shape,
+        &(0..3000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let older = t.create(&["--no-verify"]).await?;
+    data::insert(
+        &t.env.primary,
+        &db,
+        "c",
+        shape,
+        &(3000..3500).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let newest = t.create(&["--no-verify"]).await?;
+    assert_eq!((older.total_rows, newest.total_rows), (3000, 3500));
+    let verified = |id: &str| {
+        t.s3.object_path(&format!("{PREFIX}{id}/verified.json"))
+            .exists()
+    };
+    assert!(!verified(&newest.id));
+
+    info!("phase 1: drill into the other Milvus");
+    let target = servers().standby.endpoint();
+    let out = t
+        .drctl(&["drill", "--target-milvus", &target, "--json"])
+        .await?;
+    assert!(out.status.success(), "drill failed");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["backup"], newest.id.as_str());
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["cleaned_up"], true);
+    assert_eq!(r["restore"]["rows"], 3500);
+    let c = &r["restore"]["collections"][0];
+    assert_eq!(c["digest_ok"], true, "{c}");
+    let scratch = c["target"].as_str().context("target")?.to_string();
+    assert!(scratch.starts_with(&format!("{db}.c_drill_")), "{scratch}");
+
+    info!("phase 2: nothing of the drill is left in the target; the backup counts as verified");
+    let left = t
+        .env
+        .standby
+        .list_collections(&db)
+        .await
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(verified(&newest.id));
+    assert!(!verified(&older.id));
+    let out = t.drctl(&["list", "--json"]).await?;
+    let l: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let v: Vec<(&str, bool)> = l
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap(), b["verified_at"].is_string()))
+        .collect();
+    assert_eq!(
+        v,
+        vec![(older.id.as_str(), false), (newest.id.as_str(), true)]
+    );
+    Ok(())
+}
+
+/// `/metrics` of an agent as (name → value) for the `milvus_dr_backup_*`
+/// series.
+async fn backup_metrics(a: &Agent) -> Result<std::collections::BTreeMap<String, f64>> {
+    let text = reqwest::get(format!("http://{}/metrics", a.metrics))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("milvus_dr_backup_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let name = k.split('{').next()?.to_string();
+            Some((name, v.parse().ok()?))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_runs_on_the_primary_only_and_reports_in_metrics() -> Result<()> {
+    let env = TestEnv::new("bk_schedule").await?;
+    let db = env.name.clone();
+    let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
+    let shape = Shape::Simple { dim: 8 };
+    data::create(&env.primary, &db, "c", shape).await?;
+    data::insert(&env.primary, &db, "c", shape, &[1, 2, 3], 1).await?;
+    let extra = agent_yaml(
+        &env,
+        &s3,
+        "  enabled: true\n  schedule: \"* * * * *\"\n  timezone: Europe/Berlin\n",
+    )?;
+    info!("phase 1: both agents share the bucket; a run is due every minute");
+    let (a, b) = start_pair(&env, &extra, None).await?;
+    let m = wait_until(
+        Duration::from_secs(150),
+        "dc-a's first scheduled backup",
+        || async {
+            let m = backup_metrics(&a).await.ok()?;
+            (m.get("milvus_dr_backup_runs_total").copied().unwrap_or(0.0) >= 1.0).then_some(m)
+        },
+    )
+    .await?;
+    info!("dc-a metrics: {m:?}");
+    assert_eq!(m.get("milvus_dr_backup_failures_total"), Some(&0.0));
+    let last = m
+        .get("milvus_dr_backup_last_success_timestamp_seconds")
+        .copied()
+        .context("no last-success time")?;
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - 300.0..=now + 1.0).contains(&last), "{last} vs {now}");
+    assert!(m["milvus_dr_backup_last_bytes"] > 0.0);
+
+    info!("phase 2: the standby passed the same minute without backing up");
+    let mb = wait_until(Duration::from_secs(30), "dc-b to skip a run", || async {
+        let m = backup_metrics(&b).await.ok()?;
+        (m.get("milvus_dr_backup_skipped_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(m)
+    })
+    .await?;
+    assert_eq!(mb.get("milvus_dr_backup_runs_total"), Some(&0.0));
+
+    info!("phase 3: the backup is complete, verified and from dc-a");
+    let ids: Vec<String> = std::fs::read_dir(s3.object_path(PREFIX))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| {
+            s3.object_path(&format!("{PREFIX}{n}/manifest.json"))
+                .exists()
+        })
+        .collect();
+    assert!(!ids.is_empty());
+    for id in &ids {
+        let m = Manifest::from_json(&std::fs::read(
+            s3.object_path(&format!("{PREFIX}{id}/manifest.json")),
+        )?)?;
+        assert_eq!(m.source.datacenter, "dc-a");
+        assert_eq!(m.total_rows, 3);
+        assert!(s3
+            .object_path(&format!("{PREFIX}{id}/verified.json"))
+            .exists());
+    }
+    Ok(())
 }

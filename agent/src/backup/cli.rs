@@ -165,7 +165,8 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
             let milvus = crate::agent::milvus_for(&cfg.local().milvus)?;
             let opts = CreateOptions {
                 only: collections,
-                epoch: None,
+                // The epoch the local agent last saw (none without witnesses).
+                epoch: crate::failover::persisted_view(&cfg.state_dir).map(|v| v.epoch),
                 holder: format!(
                     "drctl on {} (pid {})",
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into()),

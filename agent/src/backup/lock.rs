@@ -104,6 +104,19 @@ impl Lock {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(RENEW) => {}
                     }
+                    // Never overwrite a lock someone else took after ours
+                    // lapsed (a renewal that kept failing, a paused process).
+                    match read(&store).await {
+                        Ok(Some(cur)) if cur.token != token => {
+                            tracing::error!(holder = %cur.holder, "the backup lock lapsed and was taken by another run; no longer renewing it");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "could not read the backup lock to renew it");
+                            continue;
+                        }
+                        _ => {}
+                    }
                     let b = body(&token, &holder, started);
                     if let Err(e) = store
                         .put(LOCK, serde_json::to_vec(&b).unwrap_or_default())

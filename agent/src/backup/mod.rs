@@ -94,6 +94,8 @@ impl Digest {
 pub struct BackupStats {
     pub runs: u64,
     pub failures: u64,
+    /// Scheduled times passed while this datacenter was not the primary.
+    pub skipped: u64,
     pub last_success_ms: i64,
     pub last_duration_ms: i64,
     pub last_bytes: u64,

@@ -22,15 +22,25 @@ impl Progress {
     /// `total_rows` = 0 when unknown.
     pub fn new(what: &str, total_rows: u64, interactive: bool) -> Progress {
         let bar = (interactive && std::io::stderr().is_terminal()).then(|| {
-            let b = ProgressBar::new(total_rows);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+            // Rows are the unit; the message carries the bytes.
+            let (b, template) = if total_rows > 0 {
+                (
+                    ProgressBar::new(total_rows),
+                    "{prefix} [{bar:30}] {pos}/{len} rows {msg} {per_sec} eta {eta}",
                 )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            } else {
+                (
+                    ProgressBar::new_spinner(),
+                    "{prefix} {spinner} {pos} rows {msg} {per_sec} {elapsed}",
+                )
+            };
+            b.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
-            b.set_message(what.to_string());
+            b.set_prefix(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(200));
             b
         });
         Progress {
@@ -49,6 +59,7 @@ impl Progress {
         self.bytes += bytes;
         if let Some(b) = &self.bar {
             b.set_position(self.rows);
+            b.set_message(format!("{:.1} MiB", self.bytes as f64 / 1048576.0));
         } else if self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
             self.log("progress");

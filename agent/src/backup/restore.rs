@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures::stream::{FuturesOrdered, StreamExt};
 use milvus::proto::schema::FieldData;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::columns;
 use super::create::parse_digest;
-use super::manifest::{CollectionBackup, Manifest};
+use super::manifest::{CollectionBackup, Manifest, ObjectEntry};
 use super::progress::Progress;
 use super::verify::{self, TempFile};
 use super::{qualified, Digest, Store};
@@ -96,6 +97,8 @@ pub struct RestoredCollection {
     pub resumed: bool,
     /// Seconds spent writing rows (the rest: indexes, load, checking).
     pub data_seconds: f64,
+    /// Of those, seconds spent waiting for an object's download.
+    pub download_wait_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -305,11 +308,20 @@ async fn restore_collection(
     let batch_rows = verify::batch_rows(&cols);
     let data_start = Instant::now();
     if !st.data_done {
-        for o in &c.objects {
-            if st.done_objects.contains(&o.key) {
-                progress.add(o.rows, o.bytes);
-                continue;
-            }
+        let todo: Vec<&ObjectEntry> = c
+            .objects
+            .iter()
+            .filter(|o| {
+                let done = st.done_objects.contains(&o.key);
+                if done {
+                    progress.add(o.rows, o.bytes);
+                }
+                !done
+            })
+            .collect();
+        // Downloads run one object ahead of the inserts.
+        let mut downloads = prefetch(store, &opts.id, todo.iter().map(|o| (*o).clone()).collect());
+        for o in todo {
             let (skip, in_doubt) = match &st.current {
                 Some((k, n)) if *k == o.key => (*n, true),
                 _ => (0, false),
@@ -317,23 +329,42 @@ async fn restore_collection(
             st.current = Some((o.key.clone(), skip));
             ckpt.state.collections.insert(key.clone(), st.clone());
             ckpt.save()?;
-            let tmp = TempFile::new("restore");
-            let rel = format!("{}/{}", opts.id, o.key);
-            match store.download(&rel, &tmp.0).await? {
-                None => bail!("object {} is missing", o.key),
-                Some((size, sha)) if size != o.bytes || sha != o.sha256 => {
-                    bail!("object {} is corrupt (size or sha256 differs from the manifest): run drctl backup verify {}", o.key, opts.id)
-                }
-                Some(_) => {}
-            }
+            let wait = Instant::now();
+            let tmp = match downloads.recv().await {
+                Some(r) => r?,
+                None => bail!("the download of {} stopped", o.key),
+            };
+            out.download_wait_seconds += wait.elapsed().as_secs_f64();
             let mut rx = verify::read_object(&tmp.0, cols.clone(), batch_rows);
-            let mut seen = 0u64;
             let partition = if info.has_partition_key() {
                 None
             } else {
                 o.partition.as_deref()
             };
-            while let Some(batch) = rx.recv().await {
+            // Inserts in flight, acknowledged in order: the checkpoint only
+            // ever records a prefix of the object that Milvus acknowledged;
+            // rows past it are in doubt after a crash and upserted on rerun.
+            let mut inflight = FuturesOrdered::new();
+            let mut seen = 0u64;
+            loop {
+                let next = if inflight.len() >= INSERTS_IN_FLIGHT {
+                    None
+                } else {
+                    rx.recv().await
+                };
+                let Some(batch) = next else {
+                    match inflight.next().await {
+                        Some(r) => {
+                            let (end, k): (u64, u64) = r?;
+                            st.current = Some((o.key.clone(), end));
+                            ckpt.state.collections.insert(key.clone(), st.clone());
+                            ckpt.save()?;
+                            progress.add(k, 0);
+                            continue;
+                        }
+                        None => break,
+                    }
+                };
                 let mut fields = batch?;
                 let n = rows::num_rows(&fields)? as u64;
                 let batch_start = seen;
@@ -349,11 +380,11 @@ async fn restore_collection(
                     fields = rows::take(&fields, &idx);
                 }
                 let k = rows::num_rows(&fields)? as u64;
-                write_batch(target, &info, partition, fields, k, in_doubt).await?;
-                st.current = Some((o.key.clone(), seen));
-                ckpt.state.collections.insert(key.clone(), st.clone());
-                ckpt.save()?;
-                progress.add(k, 0);
+                let (info, end) = (&info, seen);
+                inflight.push_back(async move {
+                    write_batch(target, info, partition, fields, k, in_doubt).await?;
+                    anyhow::Ok((end, k))
+                });
             }
             if seen != o.rows {
                 bail!(
@@ -421,6 +452,39 @@ async fn restore_collection(
     ckpt.save()?;
     info!(collection = %key, rows = c.rows, digest_ok = out.digest_ok, "restored");
     Ok(out)
+}
+
+/// Insert requests a restore keeps in flight per collection.
+const INSERTS_IN_FLIGHT: usize = 2;
+
+/// Downloads `objects` in order into temporary files, each checked against
+/// its size and SHA-256, at most one ahead of the consumer.
+fn prefetch(
+    store: &Store,
+    id: &str,
+    objects: Vec<ObjectEntry>,
+) -> tokio::sync::mpsc::Receiver<Result<TempFile>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (store, id) = (store.clone(), id.to_string());
+    tokio::spawn(async move {
+        for o in objects {
+            let tmp = TempFile::new("restore");
+            let r = match store.download(&format!("{id}/{}", o.key), &tmp.0).await {
+                Err(e) => Err(e),
+                Ok(None) => Err(anyhow::anyhow!("object {} is missing", o.key)),
+                Ok(Some((size, sha))) if size != o.bytes || sha != o.sha256 => Err(anyhow::anyhow!(
+                    "object {} is corrupt (size or sha256 differs from the manifest): run drctl backup verify {id}",
+                    o.key
+                )),
+                Ok(Some(_)) => Ok(tmp),
+            };
+            let failed = r.is_err();
+            if tx.send(r).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Inserts a batch; rows whose earlier write is in doubt are upserted. A

@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use super::create::{self, CreateOptions};
 use super::{notify, Settings, SharedStats, Store};
-use crate::config::Config;
+use crate::config::{Config, RunOn};
 use crate::milvus::Milvus;
 use crate::replication::{now_ms, SharedState};
 
@@ -120,10 +120,15 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let epoch = {
+        let (epoch, role) = {
             let st = state.lock().unwrap();
-            (st.epoch > 0).then_some(st.epoch)
+            ((st.epoch > 0).then_some(st.epoch), st.role.clone())
         };
+        if cfg.backup.run_on == RunOn::Primary && role != "source" {
+            info!(role = %role, "scheduled backup skipped: this datacenter is not the acting primary (backup.run_on: primary)");
+            stats.lock().unwrap().skipped += 1;
+            continue;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 info!("shutdown during a scheduled backup: the run is abandoned (no manifest is written)");
