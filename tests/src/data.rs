@@ -428,6 +428,18 @@ pub async fn insert(
     write(m, db, coll, shape, ids, version, false).await
 }
 
+/// Creates a collection (indexed and loaded) holding `ids` as version 1.
+pub async fn create_filled(
+    m: &Milvus,
+    db: &str,
+    name: &str,
+    shape: Shape,
+    ids: std::ops::Range<i64>,
+) -> Result<()> {
+    create(m, db, name, shape).await?;
+    insert(m, db, name, shape, &ids.collect::<Vec<_>>(), 1).await
+}
+
 /// Upserts `ids` (as `version`) in chunks.
 pub async fn upsert(
     m: &Milvus,

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::result_large_err)]
 
+pub mod bench;
 pub mod data;
 pub mod proxy;
 pub mod s3;

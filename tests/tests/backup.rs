@@ -133,10 +133,8 @@ async fn round_trip_of_every_field_type_and_both_key_types_is_exact() -> Result<
         ),
     ];
     info!("phase 1: two collections of every field type, > 16,384 rows each, one with a second partition");
-    let ids: Vec<i64> = (0..20_000).collect();
     for (name, shape) in shapes {
-        data::create(&t.env.primary, &db, name, shape).await?;
-        data::insert(&t.env.primary, &db, name, shape, &ids, 1).await?;
+        data::create_filled(&t.env.primary, &db, name, shape, 0..20_000).await?;
     }
     t.env.primary.create_partition(&db, "all_int", "p1").await?;
     let p1: Vec<i64> = (20_000..21_000).collect();
@@ -248,16 +246,7 @@ async fn verify_names_a_flipped_byte_and_a_missing_object() -> Result<()> {
     let db = t.env.name.clone();
     let shape = Shape::Simple { dim: 16 };
     for name in ["a", "b"] {
-        data::create(&t.env.primary, &db, name, shape).await?;
-        data::insert(
-            &t.env.primary,
-            &db,
-            name,
-            shape,
-            &(0..3000).collect::<Vec<_>>(),
-            1,
-        )
-        .await?;
+        data::create_filled(&t.env.primary, &db, name, shape, 0..3000).await?;
     }
     let m = t.create(&[]).await?;
     let out = t.drctl(&["verify", &m.id]).await?;
@@ -325,8 +314,7 @@ async fn retention_never_deletes_the_newest_good_backup() -> Result<()> {
     let t = Setup::new("bk_retention", "  retention_days: 0\n  keep_last: 1\n").await?;
     let db = t.env.name.clone();
     let shape = Shape::Simple { dim: 8 };
-    data::create(&t.env.primary, &db, "c", shape).await?;
-    data::insert(&t.env.primary, &db, "c", shape, &[1, 2, 3], 1).await?;
+    data::create_filled(&t.env.primary, &db, "c", shape, 1..4).await?;
     info!("phase 1: one verified backup, then two that were never verified");
     let good = t.create(&[]).await?;
     let b2 = t.create(&["--no-verify"]).await?;
@@ -410,16 +398,7 @@ async fn restore_killed_midway_and_rerun_completes_exactly_once() -> Result<()> 
     let db = t.env.name.clone();
     let shape = Shape::Simple { dim: 64 };
     let n = 120_000i64;
-    data::create(&t.env.primary, &db, "c", shape).await?;
-    data::insert(
-        &t.env.primary,
-        &db,
-        "c",
-        shape,
-        &(0..n).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
+    data::create_filled(&t.env.primary, &db, "c", shape, 0..n).await?;
     let before = data::read_all(&t.env.primary, &db, "c").await?;
     let m = t.create(&["--no-verify"]).await?;
 
@@ -481,16 +460,7 @@ async fn restore_into_a_renamed_collection_leaves_the_original_untouched() -> Re
         pk: PkType::Str,
         binary: false,
     };
-    data::create(&t.env.primary, &db, "orig", shape).await?;
-    data::insert(
-        &t.env.primary,
-        &db,
-        "orig",
-        shape,
-        &(0..5000).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
+    data::create_filled(&t.env.primary, &db, "orig", shape, 0..5000).await?;
     let at_backup = data::read_all(&t.env.primary, &db, "orig").await?;
     let m = t.create(&[]).await?;
 
@@ -573,16 +543,7 @@ async fn s3_down_during_a_backup_fails_the_run_alerts_and_claims_nothing() -> Re
     let t = Setup::new("bk_s3down", "").await?;
     let db = t.env.name.clone();
     let shape = Shape::Simple { dim: 128 };
-    data::create(&t.env.primary, &db, "c", shape).await?;
-    data::insert(
-        &t.env.primary,
-        &db,
-        "c",
-        shape,
-        &(0..40_000).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
+    data::create_filled(&t.env.primary, &db, "c", shape, 0..40_000).await?;
     let (url, alert) = webhook().await?;
 
     info!("phase 1: start a backup, take S3 down once the run holds its lock");
@@ -641,16 +602,7 @@ async fn drill_restores_the_newest_backup_checks_it_and_cleans_up() -> Result<()
     let t = Setup::new("bk_drill", "").await?;
     let db = t.env.name.clone();
     let shape = Shape::Simple { dim: 16 };
-    data::create(&t.env.primary, &db, "c", shape).await?;
-    data::insert(
-        &t.env.primary,
-        &db,
-        "c",
-        shape,
-        &(0..3000).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
+    data::create_filled(&t.env.primary, &db, "c", shape, 0..3000).await?;
     let older = t.create(&["--no-verify"]).await?;
     data::insert(
         &t.env.primary,
@@ -732,8 +684,7 @@ async fn the_schedule_runs_on_the_primary_only_and_reports_in_metrics() -> Resul
     let db = env.name.clone();
     let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
     let shape = Shape::Simple { dim: 8 };
-    data::create(&env.primary, &db, "c", shape).await?;
-    data::insert(&env.primary, &db, "c", shape, &[1, 2, 3], 1).await?;
+    data::create_filled(&env.primary, &db, "c", shape, 1..4).await?;
     let extra = agent_yaml(
         &env,
         &s3,

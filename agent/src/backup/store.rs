@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -176,9 +177,9 @@ impl Store {
         Ok(())
     }
 
-    /// The whole object, or `None` if it does not exist.
-    pub async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        let r = match self
+    /// Starts reading an object; `None` if it does not exist.
+    async fn open(&self, rel: &str) -> Result<Option<GetObjectOutput>> {
+        match self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -186,9 +187,16 @@ impl Store {
             .send()
             .await
         {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(None),
+            Ok(r) => Ok(Some(r)),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => anyhow::bail!("get {}: {}", self.url(rel), describe(&e)),
+        }
+    }
+
+    /// The whole object, or `None` if it does not exist.
+    pub async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let Some(r) = self.open(rel).await? else {
+            return Ok(None);
         };
         let bytes = r
             .body
@@ -201,17 +209,8 @@ impl Store {
     /// Streams an object into `file`, returning its size and SHA-256 (hex),
     /// or `None` if it does not exist. Memory stays at one network chunk.
     pub async fn download(&self, rel: &str, file: &Path) -> Result<Option<(u64, String)>> {
-        let r = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(rel))
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => anyhow::bail!("get {}: {}", self.url(rel), describe(&e)),
+        let Some(r) = self.open(rel).await? else {
+            return Ok(None);
         };
         let mut out = tokio::io::BufWriter::new(
             tokio::fs::File::create(file)

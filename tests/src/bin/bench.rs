@@ -13,17 +13,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use dr_agent::milvus::{self as mv};
 use dr_agent::replication::now_ms;
+use dr_tests::bench::{self, env_num};
 use dr_tests::data::{self, Shape};
 use dr_tests::{peak_rss_mib, start_pair, wait_until, TestEnv};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
@@ -48,30 +41,14 @@ async fn main() -> Result<()> {
     // Baseline 1: scanning the collection on the primary, as the agent does.
     data::create(&env.primary, &db, "c", shape).await?;
     data::insert(&env.primary, &db, "c", shape, &ids, 1).await?;
-    let info = env.primary.describe(&db, "c").await?;
-    let t = Instant::now();
-    let ts = env.primary.alloc_timestamp().await?;
-    let mut pages = mv::scan_pages(&env.primary, &info, None, ts, 8192);
-    let mut scanned = 0usize;
-    while let Some(p) = pages.recv().await {
-        scanned += p?.keys.len();
-    }
-    let scan_rps = scanned as f64 / t.elapsed().as_secs_f64();
+    let scan = bench::scan(&env.primary, &db, "c").await?;
+    let scan_rps = scan.rows as f64 / scan.seconds;
 
     // Baseline 2: inserting the same rows directly into the standby.
     let scratch = "bench_insert_baseline";
     data::drop_database(&env.standby, scratch).await?;
     env.standby.create_database(scratch).await?;
-    data::create(&env.standby, scratch, "c", shape).await?;
-    let batches: Vec<_> = ids
-        .chunks(5000)
-        .map(|c| (data::rows(shape, c, 1), c.len() as u32))
-        .collect();
-    let t = Instant::now();
-    for (cols, n) in batches {
-        env.standby.insert(scratch, "c", None, cols, n).await?;
-    }
-    let insert_rps = rows as f64 / t.elapsed().as_secs_f64();
+    let insert_rps = rows as f64 / bench::insert(&env.standby, scratch, "c", shape, &ids).await?;
     data::drop_database(&env.standby, scratch).await?;
     let limit = scan_rps.min(insert_rps);
     // Both Milvus servers and both agents share this machine's cores: the

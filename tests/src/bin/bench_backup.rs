@@ -12,17 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use dr_agent::milvus::{self as mv, rows};
+use dr_tests::bench::{self, env_num};
 use dr_tests::data::{self, Shape};
 use dr_tests::s3::S3Server;
 use dr_tests::{bin, peak_rss_mib, servers, Agent, AgentSpec, TestEnv};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs a command, sampling its peak RSS until it exits.
 async fn run_measured(mut cmd: Command) -> Result<(std::process::Output, f64, f64)> {
@@ -54,20 +47,13 @@ async fn main() -> Result<()> {
     data::insert(&env.primary, &db, "c", shape, &ids, 1).await?;
 
     // Baseline (a): scanning the collection, the way a backup reads it.
-    let info = env.primary.describe(&db, "c").await?;
-    let t = Instant::now();
-    let ts = env.primary.alloc_timestamp().await?;
-    let mut pages = mv::scan_pages(&env.primary, &info, None, ts, 8192);
-    let (mut scanned, mut raw_bytes) = (0usize, 0usize);
-    while let Some(p) = pages.recv().await {
-        let p = p?;
-        scanned += p.keys.len();
-        raw_bytes += rows::approx_bytes(&p.fields);
-    }
-    let scan_s = t.elapsed().as_secs_f64();
-    let mb = raw_bytes as f64 / 1e6;
-    let scan_mbps = mb / scan_s;
-    println!("scan baseline: {scanned} rows, {mb:.1} MB in {scan_s:.2}s = {scan_mbps:.1} MB/s");
+    let scan = bench::scan(&env.primary, &db, "c").await?;
+    let mb = scan.bytes as f64 / 1e6;
+    let scan_mbps = mb / scan.seconds;
+    println!(
+        "scan baseline: {} rows, {mb:.1} MB in {:.2}s = {scan_mbps:.1} MB/s",
+        scan.rows, scan.seconds
+    );
 
     // S3 and an agent config pointing at it (default part and page sizes).
     let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
@@ -108,12 +94,8 @@ async fn main() -> Result<()> {
     );
 
     // Baseline (b): inserting the same rows directly into the other Milvus.
-    let standby = &env.standby;
-    standby.create_database(&db).await?;
-    data::create(standby, &db, "direct", shape).await?;
-    let t = Instant::now();
-    data::insert(standby, &db, "direct", shape, &ids, 1).await?;
-    let insert_s = t.elapsed().as_secs_f64();
+    env.standby.create_database(&db).await?;
+    let insert_s = bench::insert(&env.standby, &db, "direct", shape, &ids).await?;
     let insert_rps = n as f64 / insert_s;
     println!("direct insert baseline: {n} rows in {insert_s:.2}s = {insert_rps:.0} rows/s");
 
@@ -134,9 +116,12 @@ async fn main() -> Result<()> {
     let data_s = r["collections"][0]["data_seconds"]
         .as_f64()
         .unwrap_or(f64::NAN);
+    let download_wait_s = r["collections"][0]["download_wait_seconds"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     let ok = r["ok"].as_bool() == Some(true);
     println!(
-        "restore: rows written in {data_s:.2}s = {:.0} rows/s, ratio to direct insert {:.2}; end to end (drctl start to exit, incl. index build, load, content check) {restore_s:.2}s = {:.0} rows/s, ratio {:.2}; peak RSS {restore_rss:.0} MiB; content check {}",
+        "restore: rows written in {data_s:.2}s (of which {download_wait_s:.2}s waiting for the download) = {:.0} rows/s, ratio to direct insert {:.2}; end to end (drctl start to exit, incl. index build, load, content check) {restore_s:.2}s = {:.0} rows/s, ratio {:.2}; peak RSS {restore_rss:.0} MiB; content check {}",
         n as f64 / data_s,
         n as f64 / data_s / insert_rps,
         n as f64 / restore_s,
