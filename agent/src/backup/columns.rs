@@ -57,6 +57,15 @@ fn dim_of(f: &FieldSchema) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether a column is a single top-level Parquet column (not a vector,
+/// not an array), so its Parquet column path is just its name.
+pub fn is_flat_scalar(c: &Column) -> bool {
+    !matches!(
+        c.data_type,
+        M::FloatVector | M::BinaryVector | M::Float16Vector | M::BFloat16Vector | M::Array
+    )
+}
+
 /// The columns a backup stores, in the order Milvus is queried for them.
 pub fn columns(schema: &CollectionSchema) -> Vec<Column> {
     let mut out: Vec<Column> = schema

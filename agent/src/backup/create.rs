@@ -9,6 +9,7 @@ use chrono::Utc;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use tracing::{info, warn};
 
 use super::columns::{self, Column};
@@ -168,13 +169,19 @@ impl ObjectWriter {
     }
 }
 
-fn writer_props(page_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+/// One row group per scan page. Scalar columns are Snappy-compressed;
+/// vectors (and arrays) are stored plain: embeddings do not compress, and
+/// decompressing them would only cost a restore CPU time.
+fn writer_props(page_rows: usize, cols: &[Column]) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::UNCOMPRESSED)
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(page_rows.max(1)))
-        .set_created_by(super::tool_version())
-        .build()
+        .set_created_by(super::tool_version());
+    for c in cols.iter().filter(|c| columns::is_flat_scalar(c)) {
+        b = b.set_column_compression(ColumnPath::from(c.name.as_str()), Compression::SNAPPY);
+    }
+    b.build()
 }
 
 /// Writes one backup (no lock: see [`run`]). Nothing claims success until
@@ -316,7 +323,7 @@ async fn write_rows(
                         writer: ArrowWriter::try_new(
                             buf.clone(),
                             schema.clone(),
-                            Some(writer_props(settings.page_rows)),
+                            Some(writer_props(settings.page_rows, &cols)),
                         )?,
                         buf,
                         digest: Digest::default(),
