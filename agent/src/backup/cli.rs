@@ -92,6 +92,9 @@ pub enum BackupCmd {
     },
 }
 
+/// Times in `list`: UTC to the second.
+const LIST_TIME: &str = "%Y-%m-%d %H:%M:%SZ";
+
 fn print(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().write_all(text.as_bytes());
@@ -224,20 +227,28 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
             if as_json {
                 json(&all);
             } else {
+                let when = |t: &str| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| t.with_timezone(&chrono::Utc).format(LIST_TIME).to_string())
+                        .unwrap_or_else(|_| t.to_string())
+                };
                 print(&format!(
-                    "{:<32} {:<26} {:<10} {:>5} {:>12} {:>10}  {}\n",
+                    "{:<32} {:<20} {:<10} {:>5} {:>12} {:>10}  {}\n",
                     "ID", "CREATED", "STATE", "COLLS", "ROWS", "MIB", "VERIFIED"
                 ));
                 for b in &all {
                     print(&format!(
-                        "{:<32} {:<26} {:<10} {:>5} {:>12} {:>10.1}  {}\n",
+                        "{:<32} {:<20} {:<10} {:>5} {:>12} {:>10.1}  {}\n",
                         b.id,
-                        b.created.to_rfc3339(),
+                        b.created.format(LIST_TIME).to_string(),
                         if b.complete { "complete" } else { "INCOMPLETE" },
                         b.collections,
                         b.rows,
                         b.bytes as f64 / 1048576.0,
-                        b.verified_at.clone().unwrap_or_else(|| "-".into())
+                        b.verified_at
+                            .as_deref()
+                            .map(when)
+                            .unwrap_or_else(|| "-".into())
                     ));
                 }
                 if let Some(h) = super::lock::holder(&store).await? {

@@ -393,6 +393,7 @@ async fn restore_collection(
                     o.rows
                 );
             }
+            progress.add(0, o.bytes);
             st.done_objects.insert(o.key.clone());
             st.current = None;
             ckpt.state.collections.insert(key.clone(), st.clone());
