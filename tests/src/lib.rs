@@ -518,6 +518,20 @@ replication:
         Ok(path)
     }
 
+    /// A dc-a agent config with no reachable peer, for commands that only
+    /// read it (`drctl backup --agent-config`).
+    pub fn write_lone_config(env: &TestEnv, extra_yaml: &str) -> Result<PathBuf> {
+        Self::write_config(
+            env,
+            &AgentSpec {
+                dc: "dc-a",
+                peer_address: "https://127.0.0.1:1".into(),
+                grpc_port: 0,
+                extra_yaml,
+            },
+        )
+    }
+
     /// Starts `dr-agent` with a config and waits until it reports its ports.
     pub async fn start(env: &TestEnv, spec: &AgentSpec<'_>) -> Result<Agent> {
         let config = Self::write_config(env, spec)?;

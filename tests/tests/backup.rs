@@ -10,7 +10,7 @@ use dr_agent::backup::manifest::Manifest;
 use dr_agent::milvus::PkType;
 use dr_tests::data::{self, Shape};
 use dr_tests::s3::S3Server;
-use dr_tests::{bin, servers, start_pair, wait_until, Agent, AgentSpec, TestEnv};
+use dr_tests::{bin, servers, start_pair, wait_until, Agent, TestEnv};
 use tracing::info;
 
 const PREFIX: &str = "bk/";
@@ -29,15 +29,7 @@ impl Setup {
         let env = TestEnv::new(name).await?;
         let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
         let extra = agent_yaml(&env, &s3, backup_extra)?;
-        let config = Agent::write_config(
-            &env,
-            &AgentSpec {
-                dc: "dc-a",
-                peer_address: "https://127.0.0.1:1".into(),
-                grpc_port: 0,
-                extra_yaml: &extra,
-            },
-        )?;
+        let config = Agent::write_lone_config(&env, &extra)?;
         let checkpoints = env.dir.path().join("checkpoints");
         Ok(Setup {
             env,

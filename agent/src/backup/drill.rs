@@ -98,7 +98,12 @@ pub async fn drill(
 }
 
 pub fn text(r: &DrillReport) -> String {
-    let mut out = restore::text(&r.restore);
+    // The restore's lines without its own verdict: the drill's is below.
+    let mut out: String = restore::text(&r.restore)
+        .lines()
+        .filter(|l| !l.starts_with("RESULT:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     out += &format!(
         "drill of {}: {:.0} rows/s, scratch collections {}\nRESULT: {}\n",
         r.backup,

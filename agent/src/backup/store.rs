@@ -233,9 +233,15 @@ impl Store {
         Ok(Some((n, hex::encode(sha.finalize()))))
     }
 
-    /// Keys (relative to the prefix) and sizes under `rel_prefix`.
-    pub async fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
+    /// One listing under `rel_prefix`, every page: the objects (keys relative
+    /// to the prefix, sizes) and, with a `delimiter`, the common prefixes.
+    async fn list_all(
+        &self,
+        rel_prefix: &str,
+        delimiter: Option<&str>,
+    ) -> Result<(Vec<(String, u64)>, Vec<String>)> {
+        let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
+        let rel = |k: &str| k.strip_prefix(&self.prefix).unwrap_or(k).to_string();
         let mut token = None;
         loop {
             let r = self
@@ -243,14 +249,19 @@ impl Store {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(self.key(rel_prefix))
+                .set_delimiter(delimiter.map(str::to_string))
                 .set_continuation_token(token.take())
                 .send()
                 .await
                 .map_err(|e| anyhow::anyhow!("list {}: {}", self.url(rel_prefix), describe(&e)))?;
             for o in r.contents() {
                 if let Some(k) = o.key() {
-                    let rel = k.strip_prefix(&self.prefix).unwrap_or(k).to_string();
-                    out.push((rel, o.size().unwrap_or(0).max(0) as u64));
+                    objects.push((rel(k), o.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+            for p in r.common_prefixes() {
+                if let Some(p) = p.prefix() {
+                    prefixes.push(rel(p));
                 }
             }
             match r.next_continuation_token() {
@@ -258,35 +269,23 @@ impl Store {
                 _ => break,
             }
         }
-        Ok(out)
+        Ok((objects, prefixes))
+    }
+
+    /// Keys (relative to the prefix) and sizes under `rel_prefix`.
+    pub async fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self.list_all(rel_prefix, None).await?.0)
     }
 
     /// The first-level folders under the prefix (backup ids), sorted.
     pub async fn folders(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let r = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&self.prefix)
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("list {}: {}", self.url(""), describe(&e)))?;
-            for p in r.common_prefixes() {
-                if let Some(p) = p.prefix() {
-                    let rel = p.strip_prefix(&self.prefix).unwrap_or(p);
-                    out.push(rel.trim_end_matches('/').to_string());
-                }
-            }
-            match r.next_continuation_token() {
-                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        let mut out: Vec<String> = self
+            .list_all("", Some("/"))
+            .await?
+            .1
+            .into_iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect();
         out.sort();
         Ok(out)
     }

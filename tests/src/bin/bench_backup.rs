@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use dr_tests::bench::{self, env_num};
 use dr_tests::data::{self, Shape};
 use dr_tests::s3::S3Server;
-use dr_tests::{bin, peak_rss_mib, servers, Agent, AgentSpec, TestEnv};
+use dr_tests::{bin, peak_rss_mib, servers, Agent, TestEnv};
 
 /// Runs a command, sampling its peak RSS until it exits.
 async fn run_measured(mut cmd: Command) -> Result<(std::process::Output, f64, f64)> {
@@ -58,15 +58,7 @@ async fn main() -> Result<()> {
     // S3 and an agent config pointing at it (default part and page sizes).
     let s3 = S3Server::start(&env.dir.path().join("s3")).await?;
     let extra = format!("backup:\n  s3: {}\n", s3.s3_yaml(env.dir.path(), "bench/")?);
-    let config = Agent::write_config(
-        &env,
-        &AgentSpec {
-            dc: "dc-a",
-            peer_address: "https://127.0.0.1:1".into(),
-            grpc_port: 0,
-            extra_yaml: &extra,
-        },
-    )?;
+    let config = Agent::write_lone_config(&env, &extra)?;
     let drctl = |args: &[&str]| {
         let mut c = Command::new(bin("drctl"));
         c.arg("backup")
