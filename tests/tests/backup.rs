@@ -737,3 +737,78 @@ async fn the_schedule_runs_on_the_primary_only_and_reports_in_metrics() -> Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_runs_racing_for_the_lock_exactly_one_wins() -> Result<()> {
+    use dr_agent::backup::{lock::Lock, BackupError, Store};
+    let t = Setup::new("bk_lock", "").await?;
+    let cfg = dr_agent::config::Config::load(&t.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::connect(cfg.backup.s3.as_ref().context("s3")?, 5 << 20).await?;
+    let is_busy = |r: &Result<Lock>| {
+        matches!(
+            r.as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<BackupError>()),
+            Some(BackupError::Busy { .. })
+        )
+    };
+
+    info!("phase 1: 20 rounds of two runs starting at once");
+    for round in 0..20 {
+        let (a, b) = tokio::join!(
+            Lock::acquire(&store, "run a"),
+            Lock::acquire(&store, "run b")
+        );
+        let winners = usize::from(a.is_ok()) + usize::from(b.is_ok());
+        assert_eq!(
+            winners,
+            1,
+            "round {round}: {a:?} / {b:?}",
+            a = a.as_ref().err(),
+            b = b.as_ref().err()
+        );
+        assert!(
+            is_busy(&a) || is_busy(&b),
+            "round {round}: the loser is not told it is busy"
+        );
+        for l in [a, b].into_iter().flatten() {
+            l.release().await;
+        }
+        assert!(!t.s3.object_path(&format!("{PREFIX}lock.json")).exists());
+    }
+
+    info!("phase 2: a lock whose holder died (lease expired) is taken over");
+    let lock = t.s3.object_path(&format!("{PREFIX}lock.json"));
+    std::fs::write(
+        &lock,
+        serde_json::to_vec(&serde_json::json!({
+            "token": "dead",
+            "holder": "a run that died",
+            "started": chrono::Utc::now() - chrono::Duration::minutes(20),
+            "expires": chrono::Utc::now() - chrono::Duration::minutes(10),
+        }))?,
+    )?;
+    let l = Lock::acquire(&store, "run c").await?;
+    let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock)?)?;
+    assert_eq!(body["holder"], "run c");
+    assert!(is_busy(&Lock::acquire(&store, "run d").await));
+
+    info!("phase 3: the store refuses writes whose condition fails (what makes the race safe)");
+    use dr_agent::backup::store::Cond;
+    let before = std::fs::read(&lock)?;
+    assert_eq!(
+        store
+            .put_if("lock.json", b"{}".to_vec(), Cond::Absent)
+            .await?,
+        None
+    );
+    assert_eq!(
+        store
+            .put_if("lock.json", b"{}".to_vec(), Cond::ETag("\"0123\"".into()))
+            .await?,
+        None
+    );
+    assert_eq!(std::fs::read(&lock)?, before);
+    l.release().await;
+    Ok(())
+}

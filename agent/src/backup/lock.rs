@@ -2,10 +2,12 @@
 //!
 //! `lock.json` names its holder and expires unless renewed (every
 //! [`RENEW`], lease [`LEASE`]), so a run killed with the lock held blocks
-//! others for at most one lease. Taking it is "read, write ours, read back":
-//! two runs starting within the same instant could both win on a store
-//! without conditional writes; the read-back makes the window milliseconds,
-//! not the length of a run.
+//! others for at most one lease. Every write is conditional: taking a free
+//! lock is `If-None-Match: *`, taking over an expired one and renewing are
+//! `If-Match` on the ETag read, so of two runs racing exactly one wins on
+//! S3 (AWS, MinIO and others). A store that ignores conditions is still
+//! covered by reading the lock back after writing it, which narrows the
+//! window to milliseconds.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::store::Cond;
 use super::{BackupError, Store};
 
 pub const LOCK: &str = "lock.json";
@@ -51,45 +54,59 @@ fn body(token: &str, holder: &str, started: DateTime<Utc>) -> LockBody {
     }
 }
 
-async fn read(store: &Store) -> Result<Option<LockBody>> {
-    Ok(match store.get(LOCK).await? {
-        Some(b) => serde_json::from_slice(&b).ok(),
-        None => None,
-    })
+async fn read(store: &Store) -> Result<Option<(LockBody, String)>> {
+    // An unreadable lock body counts as expired (it can be taken over).
+    Ok(store.get_tagged(LOCK).await?.map(|(b, etag)| {
+        let body = serde_json::from_slice(&b).unwrap_or(LockBody {
+            token: String::new(),
+            holder: "an unreadable lock".into(),
+            started: Utc::now(),
+            expires: DateTime::<Utc>::MIN_UTC,
+        });
+        (body, etag)
+    }))
+}
+
+fn busy(cur: LockBody) -> anyhow::Error {
+    BackupError::Busy {
+        holder: cur.holder,
+        started: cur.started.to_rfc3339(),
+        expires: cur.expires.to_rfc3339(),
+    }
+    .into()
+}
+
+/// Why a conditional write lost, for the Busy message.
+async fn winner(store: &Store) -> anyhow::Error {
+    match read(store).await {
+        Ok(Some((cur, _))) => busy(cur),
+        _ => anyhow::anyhow!("another backup run took the lock at the same moment"),
+    }
 }
 
 impl Lock {
     /// Takes the lock or fails with [`BackupError::Busy`].
     pub async fn acquire(store: &Store, holder: &str) -> Result<Lock> {
-        if let Some(cur) = read(store).await? {
-            if cur.expires > Utc::now() {
-                return Err(BackupError::Busy {
-                    holder: cur.holder,
-                    started: cur.started.to_rfc3339(),
-                    expires: cur.expires.to_rfc3339(),
-                }
-                .into());
-            }
-        }
+        let cond = match read(store).await? {
+            Some((cur, _)) if cur.expires > Utc::now() => return Err(busy(cur)),
+            Some((_, etag)) => Cond::ETag(etag),
+            None => Cond::Absent,
+        };
         let token = uuid::Uuid::new_v4().to_string();
         let started = Utc::now();
         let b = body(&token, holder, started);
-        store
-            .put(LOCK, serde_json::to_vec(&b)?)
+        let written = store
+            .put_if(LOCK, serde_json::to_vec(&b)?, cond)
             .await
             .context("write the backup lock")?;
-        match read(store).await? {
-            Some(cur) if cur.token == token => {}
-            Some(cur) => {
-                return Err(BackupError::Busy {
-                    holder: cur.holder,
-                    started: cur.started.to_rfc3339(),
-                    expires: cur.expires.to_rfc3339(),
-                }
-                .into())
-            }
-            None => anyhow::bail!("the backup lock vanished right after it was written"),
+        if written.is_none() {
+            return Err(winner(store).await);
         }
+        let mut etag = match read(store).await? {
+            Some((cur, e)) if cur.token == token => e,
+            Some((cur, _)) => return Err(busy(cur)),
+            None => anyhow::bail!("the backup lock vanished right after it was written"),
+        };
         let stop = CancellationToken::new();
         {
             let (store, token, holder, stop) = (
@@ -104,25 +121,25 @@ impl Lock {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(RENEW) => {}
                     }
-                    // Never overwrite a lock someone else took after ours
-                    // lapsed (a renewal that kept failing, a paused process).
-                    match read(&store).await {
-                        Ok(Some(cur)) if cur.token != token => {
-                            tracing::error!(holder = %cur.holder, "the backup lock lapsed and was taken by another run; no longer renewing it");
+                    // Conditional on our last write: never overwrites a lock
+                    // someone else took after ours lapsed.
+                    let b = body(&token, &holder, started);
+                    match store
+                        .put_if(
+                            LOCK,
+                            serde_json::to_vec(&b).unwrap_or_default(),
+                            Cond::ETag(etag.clone()),
+                        )
+                        .await
+                    {
+                        Ok(Some(e)) => etag = e,
+                        Ok(None) => {
+                            tracing::error!("the backup lock lapsed and was taken by another run; no longer renewing it");
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "could not read the backup lock to renew it");
-                            continue;
+                            tracing::warn!(error = %format!("{e:#}"), "could not renew the backup lock");
                         }
-                        _ => {}
-                    }
-                    let b = body(&token, &holder, started);
-                    if let Err(e) = store
-                        .put(LOCK, serde_json::to_vec(&b).unwrap_or_default())
-                        .await
-                    {
-                        tracing::warn!(error = %format!("{e:#}"), "could not renew the backup lock");
                     }
                 }
             });
@@ -138,7 +155,7 @@ impl Lock {
     pub async fn release(self) {
         self.stop.cancel();
         match read(&self.store).await {
-            Ok(Some(cur)) if cur.token == self.token => {
+            Ok(Some((cur, _))) if cur.token == self.token => {
                 if let Err(e) = self.store.delete(LOCK).await {
                     tracing::warn!(error = %format!("{e:#}"), "could not delete the backup lock; it expires by itself");
                 }
@@ -152,6 +169,7 @@ impl Lock {
 pub async fn holder(store: &Store) -> Result<Option<String>> {
     Ok(read(store)
         .await?
+        .map(|(l, _)| l)
         .filter(|l| l.expires > Utc::now())
         .map(|l| format!("{} since {}", l.holder, l.started.to_rfc3339())))
 }

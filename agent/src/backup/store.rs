@@ -65,6 +65,22 @@ pub fn describe<E: ProvideErrorMetadata + std::error::Error>(
     }
 }
 
+/// The condition of a conditional write.
+#[derive(Debug, Clone)]
+pub enum Cond {
+    /// The object must not exist.
+    Absent,
+    /// The object must still have this ETag.
+    ETag(String),
+}
+
+fn status_of<E>(e: &aws_sdk_s3::error::SdkError<E>) -> Option<u16> {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+        _ => None,
+    }
+}
+
 fn is_not_found<E: ProvideErrorMetadata>(e: &aws_sdk_s3::error::SdkError<E>) -> bool {
     match e {
         aws_sdk_s3::error::SdkError::ServiceError(s) => {
@@ -177,6 +193,42 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a small object only if `cond` holds (S3 conditional writes:
+    /// `If-None-Match: *`, `If-Match: <etag>`). Returns the new ETag, or
+    /// `None` when S3 answered 412 Precondition Failed. Stores without
+    /// conditional writes ignore the condition: callers read back.
+    pub async fn put_if(&self, rel: &str, body: Vec<u8>, cond: Cond) -> Result<Option<String>> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(rel))
+            .body(ByteStream::from(body));
+        req = match cond {
+            Cond::Absent => req.if_none_match("*"),
+            Cond::ETag(e) => req.if_match(e),
+        };
+        match req.send().await {
+            Ok(r) => Ok(Some(r.e_tag().unwrap_or_default().to_string())),
+            Err(e) if status_of(&e) == Some(412) => Ok(None),
+            Err(e) => anyhow::bail!("put {}: {}", self.url(rel), describe(&e)),
+        }
+    }
+
+    /// A small object with its ETag, or `None` if it does not exist.
+    pub async fn get_tagged(&self, rel: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let Some(r) = self.open(rel).await? else {
+            return Ok(None);
+        };
+        let etag = r.e_tag().unwrap_or_default().to_string();
+        let bytes = r
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("read {}", self.url(rel)))?;
+        Ok(Some((bytes.into_bytes().to_vec(), etag)))
+    }
+
     /// Starts reading an object; `None` if it does not exist.
     async fn open(&self, rel: &str) -> Result<Option<GetObjectOutput>> {
         match self
@@ -195,15 +247,7 @@ impl Store {
 
     /// The whole object, or `None` if it does not exist.
     pub async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        let Some(r) = self.open(rel).await? else {
-            return Ok(None);
-        };
-        let bytes = r
-            .body
-            .collect()
-            .await
-            .with_context(|| format!("read {}", self.url(rel)))?;
-        Ok(Some(bytes.into_bytes().to_vec()))
+        Ok(self.get_tagged(rel).await?.map(|(b, _)| b))
     }
 
     /// Streams an object into `file`, returning its size and SHA-256 (hex),
