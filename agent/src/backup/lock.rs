@@ -80,7 +80,12 @@ fn busy(cur: LockBody) -> anyhow::Error {
 async fn winner(store: &Store) -> anyhow::Error {
     match read(store).await {
         Ok(Some((cur, _))) => busy(cur),
-        _ => anyhow::anyhow!("another backup run took the lock at the same moment"),
+        _ => BackupError::Busy {
+            holder: "another run, which took the lock at the same moment".into(),
+            started: Utc::now().to_rfc3339(),
+            expires: "-".into(),
+        }
+        .into(),
     }
 }
 
