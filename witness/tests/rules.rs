@@ -737,15 +737,7 @@ fn over_the_data_loss_budget_the_failover_is_held_until_an_operator_forces_it() 
     let now = 50_000;
     let mut d = leader(&init(), 0);
     confirmed_down(&mut d, now, "a", now - 1_000);
-    assert_eq!(
-        lease(&mut d, now, standby("b", 1, now - 20_000)),
-        LeaseAnswer::Denied
-    );
-    let held = tick(&mut d, now);
-    assert!(
-        matches!(held.as_slice(), [Action::Alert { reason }] if reason.contains("over the 10000 ms budget")),
-        "{held:?}"
-    );
+    assert_held_over_budget(&mut d, now, now - 20_000);
     assert!(matches!(d.verdict(), Verdict::Held(_)));
     // The operator's acknowledgement is audited, then the failover goes.
     let note = proposed_note(&op(&mut d, now, force("operator")));
@@ -766,14 +758,7 @@ fn a_force_ends_when_the_primary_recovers() {
     let now = 50_000;
     let mut d = leader(&init(), 0);
     confirmed_down(&mut d, now, "a", now - 1_000);
-    assert_eq!(
-        lease(&mut d, now, standby("b", 1, now - 20_000)),
-        LeaseAnswer::Denied
-    );
-    assert!(matches!(
-        tick(&mut d, now).as_slice(),
-        [Action::Alert { .. }]
-    ));
+    assert_held_over_budget(&mut d, now, now - 20_000);
     let note = proposed_note(&op(&mut d, now + 100, force("operator")));
     assert_eq!(
         d.step(now + 200, Input::Applied(then(&init(), &note))),
@@ -789,14 +774,21 @@ fn a_force_ends_when_the_primary_recovers() {
     // again over the budget: held, not a forced failover.
     let later = now + 100_000;
     confirmed_down(&mut d, later, "a", later - 30_000);
+    assert_held_over_budget(&mut d, later, now - 20_000);
+}
+
+/// The standby "b", which applied the primary's writes only up to
+/// `applied_ms`, asks for a lease at `now`: denied, and the leader's next
+/// tick holds the failover with an alert naming the data-loss budget.
+fn assert_held_over_budget(d: &mut Decider, now: Millis, applied_ms: u64) {
     assert_eq!(
-        lease(&mut d, later, standby("b", 1, now - 20_000)),
+        lease(d, now, standby("b", 1, applied_ms)),
         LeaseAnswer::Denied
     );
-    let acts = tick(&mut d, later);
+    let held = tick(d, now);
     assert!(
-        matches!(acts.as_slice(), [Action::Alert { reason }] if reason.contains("over the 10000 ms budget")),
-        "{acts:?}"
+        matches!(held.as_slice(), [Action::Alert { reason }] if reason.contains("over the 10000 ms budget")),
+        "{held:?}"
     );
 }
 

@@ -169,10 +169,6 @@ impl CheckpointFile {
     }
 }
 
-fn creation_param(k: &str) -> bool {
-    matches!(k, "index_type" | "metric_type" | "params") || !k.contains('.') && k != "indexed_rows"
-}
-
 /// Restores a backup into `target`.
 pub async fn restore(
     store: &Store,
@@ -416,13 +412,9 @@ async fn restore_collection(
         let idx = IndexInfo {
             field: i.field.clone(),
             index_name: i.index_name.clone(),
-            params: i
-                .params
-                .iter()
-                .filter(|(k, _)| creation_param(k))
-                .cloned()
-                .collect(),
-        };
+            params: i.params.clone(),
+        }
+        .creatable();
         target
             .create_index(db, name, &idx)
             .await

@@ -209,6 +209,27 @@ pub struct IndexInfo {
     pub params: Vec<(String, String)>,
 }
 
+impl IndexInfo {
+    /// The same index with only the parameters CreateIndex takes
+    /// (DescribeIndex also reports state, such as `indexed_rows`).
+    pub fn creatable(&self) -> IndexInfo {
+        let creation_param = |k: &str| {
+            matches!(k, "index_type" | "metric_type" | "params")
+                || !k.contains('.') && k != "indexed_rows"
+        };
+        IndexInfo {
+            field: self.field.clone(),
+            index_name: self.index_name.clone(),
+            params: self
+                .params
+                .iter()
+                .filter(|(k, _)| creation_param(k))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// A health verdict with its reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {

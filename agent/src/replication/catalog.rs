@@ -395,18 +395,8 @@ pub async fn reconcile(
                 .iter()
                 .any(|i| i.index_name == w.index_name && i.field == w.field)
             {
-                let creatable = IndexInfo {
-                    field: w.field.clone(),
-                    index_name: w.index_name.clone(),
-                    params: w
-                        .params
-                        .iter()
-                        .filter(|(k, _)| creation_param(k))
-                        .cloned()
-                        .collect(),
-                };
                 milvus
-                    .create_index(db, name, &creatable)
+                    .create_index(db, name, &w.creatable())
                     .await
                     .with_context(|| format!("create index {} on {key}", w.index_name))?;
                 changes.push(format!("created index {key}/{}", w.index_name));
@@ -431,19 +421,8 @@ pub async fn reconcile(
     Ok(changes)
 }
 
-/// Keys of DescribeIndex parameters that CreateIndex takes.
-fn creation_param(k: &str) -> bool {
-    matches!(k, "index_type" | "metric_type" | "params") || !k.contains('.') && k != "indexed_rows"
-}
-
 fn same_index(a: &IndexInfo, b: &IndexInfo) -> bool {
-    let f = |i: &IndexInfo| {
-        i.params
-            .iter()
-            .filter(|(k, _)| creation_param(k))
-            .cloned()
-            .collect::<BTreeSet<_>>()
-    };
+    let f = |i: &IndexInfo| i.creatable().params.into_iter().collect::<BTreeSet<_>>();
     f(a) == f(b)
 }
 
