@@ -213,6 +213,15 @@ async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epo
         (s.role == "source" && s.failover.contains("witness lease")).then_some(())
     })
     .await?;
+    // A new leader refuses a switchover until it has heard from the
+    // standby itself ("no heartbeat from the standby agent").
+    wait_leader_status(&d.ctl, LONG, "the new leader to hear from dc-b", |s| {
+        s.id != old
+            && s.agents
+                .get("dc-b")
+                .is_some_and(|a| a.heartbeat.milvus_healthy && a.heartbeat.epoch == 1)
+    })
+    .await?;
 
     // Decisions are still made: a planned switchover to dc-b.
     let started = Instant::now();
