@@ -86,10 +86,14 @@ impl Progress {
         } else {
             "-".into()
         };
+        let total = match self.total_rows {
+            0 => "unknown".to_string(),
+            n => n.to_string(),
+        };
         tracing::info!(
             what = %self.what,
             rows = self.rows,
-            total_rows = self.total_rows,
+            total_rows = %total,
             mib = format!("{:.1}", self.bytes as f64 / 1048576.0),
             rows_per_sec = format!("{rate:.0}"),
             mib_per_sec = format!("{:.1}", self.bytes as f64 / 1048576.0 / secs),
