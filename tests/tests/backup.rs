@@ -297,7 +297,8 @@ async fn verify_names_a_flipped_byte_and_a_missing_object() -> Result<()> {
         ])
         .await?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt") && err.contains(&a.key), "{err}");
     Ok(())
 }
 
@@ -484,6 +485,32 @@ async fn restore_into_a_renamed_collection_leaves_the_original_untouched() -> Re
         at_backup
     );
     assert_eq!(data::read_all(&t.env.primary, &db, "orig").await?, current);
+
+    info!("phase 4: a backup from before object segments still restores");
+    let objects = &m.collections[0].objects;
+    for o in objects {
+        // 5,000 rows in 4,096-row pages: two row groups, then the footer.
+        assert_eq!(o.segments.len(), 3, "{o:?}");
+        assert_eq!(o.segments.iter().map(|s| s.len).sum::<u64>(), o.bytes);
+    }
+    let path = t.s3.object_path(&format!("{PREFIX}{}/manifest.json", m.id));
+    let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    for o in old["collections"][0]["objects"].as_array_mut().unwrap() {
+        assert!(o.as_object_mut().unwrap().remove("segments").is_some());
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&old)?)?;
+    let out = t
+        .drctl(&["restore", &m.id, "--rename-suffix", "_old"])
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        tail(&String::from_utf8_lossy(&out.stderr), 5)
+    );
+    assert_eq!(
+        data::read_all(&t.env.primary, &db, "orig_old").await?,
+        at_backup
+    );
     Ok(())
 }
 

@@ -10,11 +10,12 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::columns::{self, Column};
 use super::lock::Lock;
-use super::manifest::{CollectionBackup, Manifest, ObjectEntry, Source, MANIFEST};
+use super::manifest::{CollectionBackup, Manifest, ObjectEntry, Segment, Source, MANIFEST};
 use super::progress::Progress;
 use super::store::Upload;
 use super::{qualified, Digest, Settings, Store};
@@ -135,12 +136,19 @@ struct ObjectWriter {
     buf: SharedBuf,
     upload: Upload,
     digest: Digest,
+    segments: Vec<Segment>,
 }
 
 impl ObjectWriter {
+    /// Uploads what the writer produced since the last call, as one
+    /// segment: called after each row group and after the footer.
     async fn drain(&mut self) -> Result<()> {
         let bytes = self.buf.take();
         if !bytes.is_empty() {
+            self.segments.push(Segment {
+                len: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            });
             self.upload.write(&bytes).await?;
         }
         Ok(())
@@ -157,6 +165,14 @@ impl ObjectWriter {
             return Err(e);
         }
         let u = self.upload.finish().await?;
+        let covered: u64 = self.segments.iter().map(|s| s.len).sum();
+        if covered != u.bytes {
+            anyhow::bail!(
+                "{}: segments cover {covered} of {} bytes",
+                self.key,
+                u.bytes
+            );
+        }
         Ok(ObjectEntry {
             key: self.key,
             partition: self.partition,
@@ -165,6 +181,7 @@ impl ObjectWriter {
             sha256: u.sha256,
             parts: u.parts,
             digest: self.digest.text(),
+            segments: self.segments,
         })
     }
 }
@@ -327,6 +344,7 @@ async fn write_rows(
                         )?,
                         buf,
                         digest: Digest::default(),
+                        segments: Vec::new(),
                     });
                 }
                 let Some(w) = current.as_mut() else {
@@ -334,6 +352,8 @@ async fn write_rows(
                 };
                 w.writer.write(&batch).context("encode Parquet")?;
                 w.writer.flush().context("encode Parquet")?;
+                // The row group, whole, into the buffer: one segment.
+                w.writer.sync().context("encode Parquet")?;
                 let before = w.upload.bytes();
                 w.drain().await?;
                 w.digest.add_hashes(&hashes);

@@ -98,6 +98,20 @@ pub struct ObjectEntry {
     pub sha256: String,
     pub parts: u32,
     pub digest: String,
+    /// Consecutive byte ranges that cover the object, each with its
+    /// SHA-256: one per Parquet row group (the first also holds the leading
+    /// magic), then the footer. A restore fetches and checks them one at a
+    /// time, so it never writes a row it has not checked and never holds a
+    /// whole object. Absent in backups written before segments existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+}
+
+/// A byte range of an object (see [`ObjectEntry::segments`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Segment {
+    pub len: u64,
+    pub sha256: String,
 }
 
 fn pairs(v: &[KeyValuePair]) -> Vec<(String, String)> {

@@ -8,8 +8,9 @@
 //! checkpoint is saved after each, so after a crash only rows past the
 //! checkpoint in the current object can be in doubt: on a rerun those are
 //! written with `upsert` (idempotent by primary key), everything after with
-//! `insert`. Objects are checked against their size and SHA-256 before any
-//! of their rows is written.
+//! `insert`. Every byte is checked against the manifest's SHA-256s before
+//! a row it holds is written: row group by row group (object segments), or
+//! whole objects for backups written before segments existed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use futures::stream::{FuturesOrdered, StreamExt};
 use milvus::proto::schema::FieldData;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::columns;
@@ -97,7 +99,7 @@ pub struct RestoredCollection {
     pub resumed: bool,
     /// Seconds spent writing rows (the rest: indexes, load, checking).
     pub data_seconds: f64,
-    /// Of those, seconds spent waiting for an object's download.
+    /// Of those, seconds spent waiting for an object's first rows.
     pub download_wait_seconds: f64,
 }
 
@@ -315,8 +317,14 @@ async fn restore_collection(
                 !done
             })
             .collect();
-        // Downloads run one object ahead of the inserts.
-        let mut downloads = prefetch(store, &opts.id, todo.iter().map(|o| (*o).clone()).collect());
+        // Reading runs one object ahead of the inserts.
+        let mut objects = object_streams(
+            store,
+            &opts.id,
+            todo.iter().map(|o| (*o).clone()).collect(),
+            cols.clone(),
+            batch_rows,
+        );
         for o in todo {
             let (skip, in_doubt) = match &st.current {
                 Some((k, n)) if *k == o.key => (*n, true),
@@ -326,12 +334,10 @@ async fn restore_collection(
             ckpt.state.collections.insert(key.clone(), st.clone());
             ckpt.save()?;
             let wait = Instant::now();
-            let tmp = match downloads.recv().await {
+            let mut rx = match objects.recv().await {
                 Some(r) => r?,
                 None => bail!("the download of {} stopped", o.key),
             };
-            out.download_wait_seconds += wait.elapsed().as_secs_f64();
-            let mut rx = verify::read_object(&tmp.0, cols.clone(), batch_rows);
             let partition = if info.has_partition_key() {
                 None
             } else {
@@ -342,11 +348,16 @@ async fn restore_collection(
             // rows past it are in doubt after a crash and upserted on rerun.
             let mut inflight = FuturesOrdered::new();
             let mut seen = 0u64;
+            let mut first = Some(wait);
             loop {
                 let next = if inflight.len() >= INSERTS_IN_FLIGHT {
                     None
                 } else {
-                    rx.recv().await
+                    let b = rx.recv().await;
+                    if let Some(wait) = first.take() {
+                        out.download_wait_seconds += wait.elapsed().as_secs_f64();
+                    }
+                    b
                 };
                 let Some(batch) = next else {
                     match inflight.next().await {
@@ -450,26 +461,40 @@ async fn restore_collection(
 /// Insert requests a restore keeps in flight per collection.
 const INSERTS_IN_FLIGHT: usize = 2;
 
-/// Downloads `objects` in order into temporary files, each checked against
-/// its size and SHA-256, at most one ahead of the consumer.
-fn prefetch(
+/// Each object's rows, in order, at most one object ahead of the consumer.
+/// Objects with segments stream row group by row group, each checked before
+/// it is decoded; older backups' objects are downloaded whole into a
+/// temporary file and checked against their size and SHA-256 first.
+fn object_streams(
     store: &Store,
     id: &str,
     objects: Vec<ObjectEntry>,
-) -> tokio::sync::mpsc::Receiver<Result<TempFile>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    cols: Vec<columns::Column>,
+    batch_rows: usize,
+) -> mpsc::Receiver<Result<mpsc::Receiver<Result<Vec<FieldData>>>>> {
+    let (tx, rx) = mpsc::channel(1);
     let (store, id) = (store.clone(), id.to_string());
     tokio::spawn(async move {
         for o in objects {
-            let tmp = TempFile::new("restore");
-            let r = match store.download(&format!("{id}/{}", o.key), &tmp.0).await {
-                Err(e) => Err(e),
-                Ok(None) => Err(anyhow::anyhow!("object {} is missing", o.key)),
-                Ok(Some((size, sha))) if size != o.bytes || sha != o.sha256 => Err(anyhow::anyhow!(
-                    "object {} is corrupt (size or sha256 differs from the manifest): run drctl backup verify {id}",
-                    o.key
-                )),
-                Ok(Some(_)) => Ok(tmp),
+            let r = if o.segments.is_empty() {
+                let tmp = TempFile::new("restore");
+                match store.download(&format!("{id}/{}", o.key), &tmp.0).await {
+                    Err(e) => Err(e),
+                    Ok(None) => Err(anyhow::anyhow!("object {} is missing", o.key)),
+                    Ok(Some((size, sha))) if size != o.bytes || sha != o.sha256 => Err(anyhow::anyhow!(
+                        "object {} is corrupt (size or sha256 differs from the manifest): run drctl backup verify {id}",
+                        o.key
+                    )),
+                    Ok(Some(_)) => Ok(verify::read_object(&tmp.0, cols.clone(), batch_rows)),
+                }
+            } else {
+                Ok(verify::stream_object(
+                    &store,
+                    &id,
+                    o,
+                    cols.clone(),
+                    batch_rows,
+                ))
             };
             let failed = r.is_err();
             if tx.send(r).await.is_err() || failed {

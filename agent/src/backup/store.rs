@@ -15,6 +15,7 @@ use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
@@ -217,7 +218,7 @@ impl Store {
 
     /// A small object with its ETag, or `None` if it does not exist.
     pub async fn get_tagged(&self, rel: &str) -> Result<Option<(Vec<u8>, String)>> {
-        let Some(r) = self.open(rel).await? else {
+        let Some(r) = self.open(rel, None).await? else {
             return Ok(None);
         };
         let etag = r.e_tag().unwrap_or_default().to_string();
@@ -230,12 +231,13 @@ impl Store {
     }
 
     /// Starts reading an object; `None` if it does not exist.
-    async fn open(&self, rel: &str) -> Result<Option<GetObjectOutput>> {
+    async fn open(&self, rel: &str, range: Option<String>) -> Result<Option<GetObjectOutput>> {
         match self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(rel))
+            .set_range(range)
             .send()
             .await
         {
@@ -243,6 +245,21 @@ impl Store {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => anyhow::bail!("get {}: {}", self.url(rel), describe(&e)),
         }
+    }
+
+    /// Bytes `start..start + len` (len > 0) of an object, or `None` if it
+    /// does not exist.
+    pub async fn get_range(&self, rel: &str, start: u64, len: u64) -> Result<Option<Bytes>> {
+        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let Some(r) = self.open(rel, Some(range)).await? else {
+            return Ok(None);
+        };
+        let bytes = r
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("read {}", self.url(rel)))?;
+        Ok(Some(bytes.into_bytes()))
     }
 
     /// The whole object, or `None` if it does not exist.
@@ -253,7 +270,7 @@ impl Store {
     /// Streams an object into `file`, returning its size and SHA-256 (hex),
     /// or `None` if it does not exist. Memory stays at one network chunk.
     pub async fn download(&self, rel: &str, file: &Path) -> Result<Option<(u64, String)>> {
-        let Some(r) = self.open(rel).await? else {
+        let Some(r) = self.open(rel, None).await? else {
             return Ok(None);
         };
         let mut out = tokio::io::BufWriter::new(

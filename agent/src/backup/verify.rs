@@ -3,12 +3,20 @@
 //! problem names the object.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use bytes::{Buf, Bytes};
 use chrono::Utc;
+use futures::StreamExt;
 use milvus::proto::schema::FieldData;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::reader::{ChunkReader, Length};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::columns::{self, Column};
@@ -44,11 +52,11 @@ pub fn read_object(
     batch_rows: usize,
 ) -> mpsc::Receiver<Result<Vec<FieldData>>> {
     let (tx, rx) = mpsc::channel(2);
-    let path = path.to_path_buf();
+    // Opened here: the caller may remove the file once this returns.
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()));
     tokio::task::spawn_blocking(move || {
         let r = (|| -> Result<()> {
-            let f = std::fs::File::open(&path)?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file?)
                 .context("not a readable Parquet file")?
                 .with_batch_size(batch_rows.max(1))
                 .build()?;
@@ -66,6 +74,157 @@ pub fn read_object(
         }
     });
     rx
+}
+
+/// Streams an object of a backup as batches of Milvus columns, segment by
+/// segment (see [`ObjectEntry::segments`]): the footer first, then each row
+/// group, each checked against its length and SHA-256 before it is decoded.
+/// The next row group downloads while one is decoded and consumed; memory
+/// stays at a few row groups whatever the object's size. The object must
+/// have segments.
+pub fn stream_object(
+    store: &Store,
+    id: &str,
+    o: ObjectEntry,
+    cols: Vec<Column>,
+    batch_rows: usize,
+) -> mpsc::Receiver<Result<Vec<FieldData>>> {
+    let (tx, rx) = mpsc::channel(2);
+    let (store, rel, id) = (store.clone(), format!("{id}/{}", o.key), id.to_string());
+    tokio::spawn(async move {
+        let r = async {
+            let corrupt = |what: &str| {
+                anyhow::anyhow!(
+                    "object {} is corrupt ({what} differs from the manifest): run drctl backup verify {id}",
+                    o.key
+                )
+            };
+            let fetch = |i: usize, start: u64| {
+                let (store, rel, seg) = (store.clone(), rel.clone(), o.segments[i].clone());
+                async move {
+                    let b = store
+                        .get_range(&rel, start, seg.len)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("object {rel} is missing"))?;
+                    let ok = b.len() as u64 == seg.len
+                        && hex::encode(Sha256::digest(&b)) == seg.sha256;
+                    anyhow::Ok((ok, start, b))
+                }
+            };
+            let (Some(last), true) = (
+                o.segments.len().checked_sub(1),
+                o.segments.iter().map(|s| s.len).sum::<u64>() == o.bytes,
+            ) else {
+                return Err(corrupt("the segment list"));
+            };
+            let (ok, _, footer) = fetch(last, o.bytes - o.segments[last].len).await?;
+            if !ok {
+                return Err(corrupt("the footer's size or sha256"));
+            }
+            let meta = Arc::new(footer_metadata(&footer).context("not a readable Parquet file")?);
+            if meta.num_row_groups() != last {
+                return Err(corrupt("the number of row groups"));
+            }
+            let meta = ArrowReaderMetadata::try_new(meta, ArrowReaderOptions::new())?;
+            let mut starts = Vec::with_capacity(last);
+            let mut at = 0u64;
+            for s in &o.segments[..last] {
+                starts.push(at);
+                at += s.len;
+            }
+            let mut groups = futures::stream::iter(
+                starts.into_iter().enumerate().map(|(i, start)| fetch(i, start)),
+            )
+            .buffered(2);
+            let mut group = 0usize;
+            while let Some(r) = groups.next().await {
+                let (ok, start, bytes) = r?;
+                if !ok {
+                    return Err(corrupt(&format!("row group {group}'s size or sha256")));
+                }
+                let (meta, cols) = (meta.clone(), cols.clone());
+                let batches = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<FieldData>>> {
+                    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                        Window { start, bytes, file_len: o.bytes },
+                        meta,
+                    )
+                    .with_row_groups(vec![group])
+                    .with_batch_size(batch_rows.max(1))
+                    .build()?;
+                    reader
+                        .map(|b| columns::from_batch(&cols, &b.context("decode Parquet")?))
+                        .collect()
+                })
+                .await??;
+                for b in batches {
+                    if tx.send(Ok(b)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                group += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// The metadata in a Parquet footer segment (which ends with the metadata,
+/// its length and the magic).
+fn footer_metadata(footer: &[u8]) -> Result<ParquetMetaData> {
+    let n = footer.len();
+    anyhow::ensure!(n >= 8 && &footer[n - 4..] == b"PAR1", "no Parquet footer");
+    let len = u32::from_le_bytes(footer[n - 8..n - 4].try_into()?) as usize;
+    anyhow::ensure!(len + 8 <= n, "the footer is cut short");
+    Ok(ParquetMetaDataReader::decode_metadata(
+        &footer[n - 8 - len..n - 8],
+    )?)
+}
+
+/// One row group's bytes at their place in the file: all the reader of a
+/// single row group asks for.
+struct Window {
+    start: u64,
+    bytes: Bytes,
+    file_len: u64,
+}
+
+impl Window {
+    fn slice(&self, from: u64, len: Option<usize>) -> parquet::errors::Result<Bytes> {
+        let end = self.start + self.bytes.len() as u64;
+        let to = len.map_or(end, |l| from + l as u64);
+        if from < self.start || to > end {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "bytes {from}..{to} are outside the row group's {}..{end}",
+                self.start
+            )));
+        }
+        Ok(self
+            .bytes
+            .slice((from - self.start) as usize..(to - self.start) as usize))
+    }
+}
+
+impl Length for Window {
+    fn len(&self) -> u64 {
+        self.file_len
+    }
+}
+
+impl ChunkReader for Window {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(self.slice(start, None)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, Some(length))
+    }
 }
 
 /// Rows per decoded batch: 8192, fewer for wide rows (≤ ~16 MiB a batch).
