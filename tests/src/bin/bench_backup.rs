@@ -115,7 +115,7 @@ async fn main() -> Result<()> {
         .unwrap_or(f64::NAN);
     let ok = r["ok"].as_bool() == Some(true);
     println!(
-        "restore: rows written in {data_s:.2}s (of which {download_wait_s:.2}s waiting for the download) = {:.0} rows/s, ratio to direct insert {:.2}; end to end (drctl start to exit, incl. index build, load, content check) {restore_s:.2}s = {:.0} rows/s, ratio {:.2}; peak RSS {restore_rss:.0} MiB; content check {}",
+        "restore: rows written in {data_s:.2}s (of which {download_wait_s:.2}s waiting for the first rows) = {:.0} rows/s, ratio to direct insert {:.2}; end to end (drctl start to exit, incl. index build, load, content check) {restore_s:.2}s = {:.0} rows/s, ratio {:.2}; peak RSS {restore_rss:.0} MiB; content check {}",
         n as f64 / data_s,
         n as f64 / data_s / insert_rps,
         n as f64 / restore_s,
