@@ -102,8 +102,8 @@ pub struct ObjectEntry {
     /// SHA-256: one per Parquet row group (the first also holds the leading
     /// magic), then the footer. A restore fetches and checks them one at a
     /// time, so it never writes a row it has not checked and never holds a
-    /// whole object. Absent in backups written before segments existed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// whole object.
+    #[serde(default)]
     pub segments: Vec<Segment>,
 }
 

@@ -8,9 +8,8 @@
 //! checkpoint is saved after each, so after a crash only rows past the
 //! checkpoint in the current object can be in doubt: on a rerun those are
 //! written with `upsert` (idempotent by primary key), everything after with
-//! `insert`. Every byte is checked against the manifest's SHA-256s before
-//! a row it holds is written: row group by row group (object segments), or
-//! whole objects for backups written before segments existed.
+//! `insert`. Every byte is checked against the manifest's SHA-256s, row
+//! group by row group (object segments), before a row it holds is written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,14 +19,13 @@ use anyhow::{bail, Context, Result};
 use futures::stream::{FuturesOrdered, StreamExt};
 use milvus::proto::schema::FieldData;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::columns;
 use super::create::parse_digest;
 use super::manifest::{CollectionBackup, Manifest, ObjectEntry};
 use super::progress::Progress;
-use super::verify::{self, TempFile};
+use super::verify;
 use super::{qualified, Digest, Store};
 use crate::milvus::{self as mv, rows, IndexInfo, Milvus};
 use crate::replication::catalog::DEFAULT_PARTITION;
@@ -317,15 +315,13 @@ async fn restore_collection(
                 !done
             })
             .collect();
-        // Reading runs one object ahead of the inserts.
-        let mut objects = object_streams(
-            store,
-            &opts.id,
-            todo.iter().map(|o| (*o).clone()).collect(),
-            cols.clone(),
-            batch_rows,
-        );
-        for o in todo {
+        // Reading runs one object ahead of the inserts: each stream starts
+        // fetching as soon as it is made.
+        let mut streams = todo.iter().map(|o| {
+            verify::stream_object(store, &opts.id, (*o).clone(), cols.clone(), batch_rows)
+        });
+        let mut ahead = streams.next();
+        for o in &todo {
             let (skip, in_doubt) = match &st.current {
                 Some((k, n)) if *k == o.key => (*n, true),
                 _ => (0, false),
@@ -334,10 +330,10 @@ async fn restore_collection(
             ckpt.state.collections.insert(key.clone(), st.clone());
             ckpt.save()?;
             let wait = Instant::now();
-            let mut rx = match objects.recv().await {
-                Some(r) => r?,
-                None => bail!("the download of {} stopped", o.key),
+            let Some(mut rx) = ahead.take() else {
+                bail!("no reader for {}", o.key)
             };
+            ahead = streams.next();
             let partition = if info.has_partition_key() {
                 None
             } else {
@@ -460,50 +456,6 @@ async fn restore_collection(
 
 /// Insert requests a restore keeps in flight per collection.
 const INSERTS_IN_FLIGHT: usize = 2;
-
-/// Each object's rows, in order, at most one object ahead of the consumer.
-/// Objects with segments stream row group by row group, each checked before
-/// it is decoded; older backups' objects are downloaded whole into a
-/// temporary file and checked against their size and SHA-256 first.
-fn object_streams(
-    store: &Store,
-    id: &str,
-    objects: Vec<ObjectEntry>,
-    cols: Vec<columns::Column>,
-    batch_rows: usize,
-) -> mpsc::Receiver<Result<mpsc::Receiver<Result<Vec<FieldData>>>>> {
-    let (tx, rx) = mpsc::channel(1);
-    let (store, id) = (store.clone(), id.to_string());
-    tokio::spawn(async move {
-        for o in objects {
-            let r = if o.segments.is_empty() {
-                let tmp = TempFile::new("restore");
-                match store.download(&format!("{id}/{}", o.key), &tmp.0).await {
-                    Err(e) => Err(e),
-                    Ok(None) => Err(anyhow::anyhow!("object {} is missing", o.key)),
-                    Ok(Some((size, sha))) if size != o.bytes || sha != o.sha256 => Err(anyhow::anyhow!(
-                        "object {} is corrupt (size or sha256 differs from the manifest): run drctl backup verify {id}",
-                        o.key
-                    )),
-                    Ok(Some(_)) => Ok(verify::read_object(&tmp.0, cols.clone(), batch_rows)),
-                }
-            } else {
-                Ok(verify::stream_object(
-                    &store,
-                    &id,
-                    o,
-                    cols.clone(),
-                    batch_rows,
-                ))
-            };
-            let failed = r.is_err();
-            if tx.send(r).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
-}
 
 /// Inserts a batch; rows whose earlier write is in doubt are upserted. A
 /// failed insert is retried as an upsert (it may have been applied).

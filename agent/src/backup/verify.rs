@@ -80,8 +80,7 @@ pub fn read_object(
 /// segment (see [`ObjectEntry::segments`]): the footer first, then each row
 /// group, each checked against its length and SHA-256 before it is decoded.
 /// The next row group downloads while one is decoded and consumed; memory
-/// stays at a few row groups whatever the object's size. The object must
-/// have segments.
+/// stays at a few row groups whatever the object's size.
 pub fn stream_object(
     store: &Store,
     id: &str,
@@ -111,6 +110,12 @@ pub fn stream_object(
                     anyhow::Ok((ok, start, b))
                 }
             };
+            if o.segments.is_empty() {
+                anyhow::bail!(
+                    "object {} lists no segments: written by a development build; take a new backup",
+                    o.key
+                );
+            }
             let (Some(last), true) = (
                 o.segments.len().checked_sub(1),
                 o.segments.iter().map(|s| s.len).sum::<u64>() == o.bytes,
