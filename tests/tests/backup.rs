@@ -505,6 +505,9 @@ async fn restore_into_a_renamed_collection_leaves_the_original_untouched() -> Re
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lists no segments"), "{err}");
+    // Refused before anything was created.
+    let left = t.env.primary.list_collections(&db).await?;
+    assert!(!left.iter().any(|n| n == "orig_old"), "{left:?}");
     Ok(())
 }
 

@@ -194,6 +194,17 @@ pub async fn restore(
             bail!("two collections would be restored as {db}.{n}: rename them apart");
         }
     }
+    // Before anything is created: every object must be readable by segments.
+    if let Some(o) = chosen
+        .iter()
+        .flat_map(|c| &c.objects)
+        .find(|o| o.segments.is_empty())
+    {
+        bail!(
+            "object {} lists no segments: written by a development build; take a new backup",
+            o.key
+        );
+    }
     let mut ckpt = CheckpointFile::open(&opts.checkpoint_dir, &opts.id, target.endpoint())?;
     let total_rows: u64 = chosen.iter().map(|c| c.rows).sum();
     let mut progress = Progress::new(

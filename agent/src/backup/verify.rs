@@ -110,12 +110,6 @@ pub fn stream_object(
                     anyhow::Ok((ok, start, b))
                 }
             };
-            if o.segments.is_empty() {
-                anyhow::bail!(
-                    "object {} lists no segments: written by a development build; take a new backup",
-                    o.key
-                );
-            }
             let (Some(last), true) = (
                 o.segments.len().checked_sub(1),
                 o.segments.iter().map(|s| s.len).sum::<u64>() == o.bytes,
