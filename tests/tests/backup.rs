@@ -261,6 +261,8 @@ async fn verify_names_a_flipped_byte_and_a_missing_object() -> Result<()> {
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(text.contains(&a.key) && text.contains("corrupt"), "{text}");
+    // 3,000 rows, one row group: the flipped byte is in it, not the footer.
+    assert!(text.contains("differs in row group 0 (bytes 0.."), "{text}");
     assert!(text.contains("RESULT: BAD"));
 
     info!("phase 3: delete another object");

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::columns::{self, Column};
 use super::create::parse_digest;
-use super::manifest::{Manifest, ObjectEntry, Verified, MANIFEST, VERIFIED};
+use super::manifest::{Manifest, ObjectEntry, Segment, Verified, MANIFEST, VERIFIED};
 use super::progress::Progress;
 use super::{BackupError, Digest, Store};
 use crate::milvus::rows;
@@ -261,8 +261,11 @@ async fn check_object(
         )));
     }
     if sha != o.sha256 {
+        let (path, segments) = (tmp.0.clone(), o.segments.clone());
+        let wher =
+            tokio::task::spawn_blocking(move || differing_segments(&path, &segments)).await??;
         return Ok(Some(format!(
-            "{}: corrupt (sha256 {sha}, manifest says {})",
+            "{}: corrupt (sha256 {sha}, manifest says {}){wher}",
             o.key, o.sha256
         )));
     }
@@ -285,6 +288,33 @@ async fn check_object(
         )));
     }
     Ok(None)
+}
+
+/// Where a corrupt object differs from its manifest segments, as
+/// "; differs in row group 3 (bytes a..b), the footer (bytes c..d)".
+fn differing_segments(path: &Path, segments: &[Segment]) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut bad = Vec::new();
+    let mut at = 0u64;
+    for (i, seg) in segments.iter().enumerate() {
+        let mut sha = Sha256::new();
+        std::io::copy(&mut (&mut f).take(seg.len), &mut sha)?;
+        if hex::encode(sha.finalize()) != seg.sha256 {
+            let what = if i + 1 == segments.len() {
+                "the footer".to_string()
+            } else {
+                format!("row group {i}")
+            };
+            bad.push(format!("{what} (bytes {at}..{})", at + seg.len));
+        }
+        at += seg.len;
+    }
+    Ok(if bad.is_empty() {
+        String::new()
+    } else {
+        format!("; differs in {}", bad.join(", "))
+    })
 }
 
 /// Reads and parses a backup's manifest.
