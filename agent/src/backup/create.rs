@@ -165,15 +165,7 @@ impl ObjectWriter {
             return Err(e);
         }
         let u = self.upload.finish().await?;
-        let covered: u64 = self.segments.iter().map(|s| s.len).sum();
-        if covered != u.bytes {
-            anyhow::bail!(
-                "{}: segments cover {covered} of {} bytes",
-                self.key,
-                u.bytes
-            );
-        }
-        Ok(ObjectEntry {
+        let o = ObjectEntry {
             key: self.key,
             partition: self.partition,
             rows: self.digest.rows,
@@ -182,7 +174,11 @@ impl ObjectWriter {
             parts: u.parts,
             digest: self.digest.text(),
             segments: self.segments,
-        })
+        };
+        if !o.segments_cover() {
+            anyhow::bail!("{}: the segments do not cover the {} bytes", o.key, o.bytes);
+        }
+        Ok(o)
     }
 }
 

@@ -114,6 +114,25 @@ pub struct Segment {
     pub sha256: String,
 }
 
+impl ObjectEntry {
+    /// Each segment with its byte range in the object, in order.
+    pub fn segment_ranges(&self) -> Vec<(std::ops::Range<u64>, Segment)> {
+        let mut at = 0;
+        self.segments
+            .iter()
+            .map(|s| {
+                at += s.len;
+                (at - s.len..at, s.clone())
+            })
+            .collect()
+    }
+
+    /// Whether there are segments and they cover the object exactly.
+    pub fn segments_cover(&self) -> bool {
+        !self.segments.is_empty() && self.segments.iter().map(|s| s.len).sum::<u64>() == self.bytes
+    }
+}
+
 fn pairs(v: &[KeyValuePair]) -> Vec<(String, String)> {
     v.iter().map(|p| (p.key.clone(), p.value.clone())).collect()
 }

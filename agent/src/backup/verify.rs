@@ -52,11 +52,11 @@ pub fn read_object(
     batch_rows: usize,
 ) -> mpsc::Receiver<Result<Vec<FieldData>>> {
     let (tx, rx) = mpsc::channel(2);
-    // Opened here: the caller may remove the file once this returns.
-    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()));
+    let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let r = (|| -> Result<()> {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file?)
+            let f = std::fs::File::open(&path)?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(f)
                 .context("not a readable Parquet file")?
                 .with_batch_size(batch_rows.max(1))
                 .build()?;
@@ -98,25 +98,24 @@ pub fn stream_object(
                     o.key
                 )
             };
-            let fetch = |i: usize, start: u64| {
-                let (store, rel, seg) = (store.clone(), rel.clone(), o.segments[i].clone());
+            if !o.segments_cover() {
+                return Err(corrupt("the segment list"));
+            }
+            let ranges = o.segment_ranges();
+            let fetch = |(range, seg): (std::ops::Range<u64>, Segment)| {
+                let (store, rel) = (store.clone(), rel.clone());
                 async move {
                     let b = store
-                        .get_range(&rel, start, seg.len)
+                        .get_range(&rel, range.start, seg.len)
                         .await?
                         .ok_or_else(|| anyhow::anyhow!("object {rel} is missing"))?;
                     let ok = b.len() as u64 == seg.len
                         && hex::encode(Sha256::digest(&b)) == seg.sha256;
-                    anyhow::Ok((ok, start, b))
+                    anyhow::Ok((ok, range.start, b))
                 }
             };
-            let (Some(last), true) = (
-                o.segments.len().checked_sub(1),
-                o.segments.iter().map(|s| s.len).sum::<u64>() == o.bytes,
-            ) else {
-                return Err(corrupt("the segment list"));
-            };
-            let (ok, _, footer) = fetch(last, o.bytes - o.segments[last].len).await?;
+            let last = ranges.len() - 1;
+            let (ok, _, footer) = fetch(ranges[last].clone()).await?;
             if !ok {
                 return Err(corrupt("the footer's size or sha256"));
             }
@@ -125,16 +124,8 @@ pub fn stream_object(
                 return Err(corrupt("the number of row groups"));
             }
             let meta = ArrowReaderMetadata::try_new(meta, ArrowReaderOptions::new())?;
-            let mut starts = Vec::with_capacity(last);
-            let mut at = 0u64;
-            for s in &o.segments[..last] {
-                starts.push(at);
-                at += s.len;
-            }
-            let mut groups = futures::stream::iter(
-                starts.into_iter().enumerate().map(|(i, start)| fetch(i, start)),
-            )
-            .buffered(2);
+            let mut groups =
+                futures::stream::iter(ranges[..last].iter().cloned().map(fetch)).buffered(2);
             let mut group = 0usize;
             while let Some(r) = groups.next().await {
                 let (ok, start, bytes) = r?;
@@ -261,9 +252,8 @@ async fn check_object(
         )));
     }
     if sha != o.sha256 {
-        let (path, segments) = (tmp.0.clone(), o.segments.clone());
-        let wher =
-            tokio::task::spawn_blocking(move || differing_segments(&path, &segments)).await??;
+        let (path, entry) = (tmp.0.clone(), o.clone());
+        let wher = tokio::task::spawn_blocking(move || differing_segments(&path, &entry)).await??;
         return Ok(Some(format!(
             "{}: corrupt (sha256 {sha}, manifest says {}){wher}",
             o.key, o.sha256
@@ -292,23 +282,22 @@ async fn check_object(
 
 /// Where a corrupt object differs from its manifest segments, as
 /// "; differs in row group 3 (bytes a..b), the footer (bytes c..d)".
-fn differing_segments(path: &Path, segments: &[Segment]) -> Result<String> {
+fn differing_segments(path: &Path, o: &ObjectEntry) -> Result<String> {
     use std::io::Read;
     let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut bad = Vec::new();
-    let mut at = 0u64;
-    for (i, seg) in segments.iter().enumerate() {
+    let ranges = o.segment_ranges();
+    for (i, (range, seg)) in ranges.iter().enumerate() {
         let mut sha = Sha256::new();
         std::io::copy(&mut (&mut f).take(seg.len), &mut sha)?;
         if hex::encode(sha.finalize()) != seg.sha256 {
-            let what = if i + 1 == segments.len() {
+            let what = if i + 1 == ranges.len() {
                 "the footer".to_string()
             } else {
                 format!("row group {i}")
             };
-            bad.push(format!("{what} (bytes {at}..{})", at + seg.len));
+            bad.push(format!("{what} (bytes {range:?})"));
         }
-        at += seg.len;
     }
     Ok(if bad.is_empty() {
         String::new()
