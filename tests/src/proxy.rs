@@ -1,10 +1,18 @@
-//! A TCP proxy that can cut every connection through it, or refuse new ones.
+//! A TCP proxy for fault injection. It can fail a path the easy way (cut
+//! every connection, refuse new ones) or the hard way: go **silent**, like a
+//! link that drops every packet. A silent proxy keeps every connection open
+//! and accepts new ones, but forwards nothing in either direction until it
+//! is healed; bytes sent meanwhile stay queued (as in the senders' socket
+//! buffers behind a black hole) and flow again after the heal, as TCP's
+//! retransmissions would deliver them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct Proxy {
@@ -17,6 +25,8 @@ struct Inner {
     target: Mutex<Option<SocketAddr>>,
     conns: Mutex<Vec<JoinHandle<()>>>,
     blocked: AtomicBool,
+    /// `true` while the path drops everything silently.
+    silent: watch::Sender<bool>,
     accepted: AtomicU64,
 }
 
@@ -28,20 +38,34 @@ impl Proxy {
             target: Mutex::new(None),
             conns: Mutex::new(vec![]),
             blocked: AtomicBool::new(false),
+            silent: watch::channel(false).0,
             accepted: AtomicU64::new(0),
         });
         let i2 = inner.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let target = *i2.target.lock().unwrap();
-                if i2.blocked.load(Ordering::SeqCst) || target.is_none() {
+                let Some(target) = target.filter(|_| !i2.blocked.load(Ordering::SeqCst)) else {
                     drop(client);
                     continue;
-                }
+                };
                 i2.accepted.fetch_add(1, Ordering::SeqCst);
+                let silent = i2.silent.subscribe();
                 let h = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target.unwrap()).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    // A silent path: the connection is not even attempted
+                    // until the heal (the SYN is lost, as it were).
+                    if wait_heard(&mut silent.clone()).await.is_err() {
+                        return;
+                    }
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::select! {
+                            _ = pump(cr, sw, silent.clone()) => {}
+                            _ = pump(sr, cw, silent) => {}
+                        }
                     }
                 });
                 i2.conns.lock().unwrap().push(h);
@@ -73,9 +97,47 @@ impl Proxy {
         }
     }
 
+    /// While silent, nothing passes in either direction and nothing is
+    /// closed: the path behaves like one that drops every packet. Healing
+    /// (`false`) lets the queued bytes through.
+    pub fn silence(&self, on: bool) {
+        self.inner.silent.send_replace(on);
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.inner.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits until the path is not silent. Errs if the proxy is gone.
+async fn wait_heard(silent: &mut watch::Receiver<bool>) -> Result<(), ()> {
+    silent.wait_for(|s| !*s).await.map(|_| ()).map_err(|_| ())
+}
+
+/// Copies one direction, reading nothing while the path is silent.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut silent: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if wait_heard(&mut silent).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            // Went silent while waiting: stop reading.
+            _ = silent.wait_for(|s| *s) => continue,
+        };
+        // Bytes read just before the path went silent are held until the heal.
+        if wait_heard(&mut silent).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
