@@ -2,7 +2,7 @@
 //! them until `shutdown`, and tears them down in order.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::admin::AdminService;
 use crate::config::Config;
 use crate::metrics::{self, MetricsSource};
-use crate::milvus::{self as mv, Health, Milvus};
+use crate::milvus::{self as mv, Milvus};
 use crate::replication::{base::Base, catalog::Filter, sink::Sink, source, SharedState};
 use crate::tls::TlsFiles;
 use dr_proto::pb::{admin_server::AdminServer, replication_server::ReplicationServer};
@@ -24,6 +24,55 @@ pub struct Bound {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     pub pid: u32,
+}
+
+/// The capture base's file in a state directory.
+pub fn capture_base_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir.join("capture-base.redb")
+}
+
+/// `dr-agent reset-capture-base`: forgets what the standby holds. The
+/// file is recreated if it cannot be opened at all (corrupt); a running
+/// agent holds it locked, so this refuses while the agent runs.
+pub fn reset_capture_base(cfg: &Config) -> Result<String> {
+    let path = capture_base_path(cfg);
+    if !path.exists() {
+        return Ok(format!(
+            "{}: no capture base; nothing to reset",
+            path.display()
+        ));
+    }
+    match Base::open(&path) {
+        Ok(base) => {
+            let lineage = base.reset()?;
+            Ok(format!(
+                "{}: capture base reset (new lineage {lineage}); the next pass as primary resends every row once",
+                path.display()
+            ))
+        }
+        Err(e)
+            if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<redb::DatabaseError>(),
+                    Some(redb::DatabaseError::DatabaseAlreadyOpen)
+                )
+            }) =>
+        {
+            Err(e.context("the agent is running: stop it first, then reset the capture base"))
+        }
+        Err(e) => {
+            let aside =
+                path.with_extension(format!("redb.corrupt-{}", crate::replication::now_ms()));
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("move the unreadable {} aside", path.display()))?;
+            Base::open(&path)?;
+            Ok(format!(
+                "{}: unreadable ({e:#}); moved to {} and started afresh; the next pass as primary resends every row once",
+                path.display(),
+                aside.display()
+            ))
+        }
+    }
 }
 
 /// Connects to a configured Milvus.
@@ -54,10 +103,20 @@ pub async fn run(
         key: cfg.tls.key.clone(),
     };
     let state: SharedState = Default::default();
-    let health = Arc::new(Mutex::new(Health {
-        healthy: false,
-        detail: "not probed yet".into(),
-    }));
+    let health = crate::health::not_probed();
+
+    // Every channel notices a dead path within about one lease.
+    let timing = if cfg.witnesses.is_empty() {
+        None
+    } else {
+        Some(cfg.failover.resolve().map_err(|e| anyhow::anyhow!("{e}"))?)
+    };
+    let liveness = timing.map_or_else(Default::default, |t| {
+        dr_proto::channel::Liveness::for_lease(
+            Duration::from_millis(t.heartbeat_ms),
+            Duration::from_millis(t.lease_ms),
+        )
+    });
 
     // Listeners first: a bad address fails before anything starts.
     let grpc_listener = TcpListener::bind(cfg.listen.grpc)
@@ -106,7 +165,8 @@ pub async fn run(
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .tls_config(tls_cfg)?
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_interval(Some(liveness.ping_every))
+                .http2_keepalive_timeout(Some(liveness.ping_timeout))
                 .add_service(
                     ReplicationServer::new(sink)
                         .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
@@ -134,42 +194,24 @@ pub async fn run(
         server_shutdown.clone(),
     ));
     let milvus_last_ok_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let prober = {
-        let last_ok = milvus_last_ok_ms.clone();
-        let (milvus, health, every, stop) = (
-            milvus.clone(),
-            health.clone(),
-            cfg.monitoring.health_interval,
-            shutdown.clone(),
-        );
-        let threshold = cfg.monitoring.failure_threshold;
-        tokio::spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                let h = milvus.health().await;
-                if h.healthy {
-                    last_ok.store(
-                        crate::replication::now_ms(),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
-                failures = if h.healthy { 0 } else { failures + 1 };
-                {
-                    let mut cur = health.lock().unwrap();
-                    if h.healthy || failures >= threshold || cur.detail == "not probed yet" {
-                        if cur.healthy != h.healthy {
-                            info!(healthy = h.healthy, detail = %h.detail, "local Milvus health changed");
-                        }
-                        *cur = h;
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-            }
-        })
-    };
+    let probing = crate::health::Probing::new(
+        cfg.monitoring.health_interval,
+        cfg.monitoring.failure_threshold,
+        timing.map(|t| Duration::from_millis(t.heartbeat_ms)),
+    );
+    info!(
+        interval = ?probing.interval,
+        threshold = probing.threshold,
+        detection_bound = ?probing.detection_bound(),
+        "probing the local Milvus"
+    );
+    let prober = crate::health::spawn_prober(
+        milvus.clone(),
+        health.clone(),
+        milvus_last_ok_ms.clone(),
+        probing,
+        shutdown.clone(),
+    );
 
     let source_stop = CancellationToken::new();
     let base_source_cfg = || -> Result<source::SourceConfig> {
@@ -187,18 +229,20 @@ pub async fn run(
                 databases: cfg.replication.databases.clone(),
                 exclude: cfg.replication.exclude.clone(),
             },
+            acting_until: None,
+            liveness,
         })
     };
     let mut failover_task = None;
-    let source_task = if !cfg.witnesses.is_empty() {
+    let source_task = if let Some(timing) = timing {
         // The witness quorum decides who is primary.
-        let timing = cfg.failover.resolve().map_err(|e| anyhow::anyhow!("{e}"))?;
         let (fo, task) = crate::failover::start(
             crate::failover::Runtime {
                 datacenter: cfg.datacenter.clone(),
                 timing,
                 witnesses: cfg.witnesses.clone(),
                 tls: tls.clone(),
+                liveness,
                 peer_address: cfg.peer().agent.clone(),
                 peer_identity: cfg.agent_identity(cfg.peer_id()),
                 state_dir: cfg.state_dir.clone(),
@@ -209,6 +253,7 @@ pub async fn run(
                 state: state.clone(),
                 sink: sink_handle.clone(),
                 on_promote: cfg.hooks.on_promote.clone(),
+                hook_timeout: cfg.hooks.timeout,
             },
             source_stop.clone(),
         )?;
@@ -218,7 +263,7 @@ pub async fn run(
     } else if cfg.datacenter == cfg.initial_primary {
         // Without witnesses, the configured initial primary is the source
         // at epoch 1.
-        let base = Arc::new(Base::open(&cfg.state_dir.join("capture-base.redb"))?);
+        let base = Arc::new(Base::open(&capture_base_path(&cfg))?);
         Some(tokio::spawn(source::run(
             base_source_cfg()?,
             milvus.clone(),

@@ -58,14 +58,31 @@ pub struct Config {
 }
 
 /// Commands run on role changes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
     /// Run (via `sh -c`) when this agent starts acting as primary at a new
     /// epoch, with `MILVUS_DR_EPOCH` and `MILVUS_DR_DATACENTER` set. The
-    /// built-in DNS switch runs at the same point.
+    /// built-in DNS switch runs at the same point. It runs beside the
+    /// failover logic, never in its way: a hook that hangs delays nothing.
     #[serde(default)]
     pub on_promote: Option<String>,
+    /// A hook still running after this long is killed and reported.
+    #[serde(default = "d_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            on_promote: None,
+            timeout: d_hook_timeout(),
+        }
+    }
+}
+
+fn d_hook_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -610,6 +627,13 @@ impl Config {
                 "monitoring.health_interval",
                 "shorter than 100ms",
                 "probe at most ten times a second",
+            ));
+        }
+        if self.hooks.timeout.is_zero() {
+            return Err(err(
+                "hooks.timeout",
+                "is zero",
+                "give hooks time to run, e.g. 120s",
             ));
         }
         for (i, w) in self.alerts.webhooks.iter().enumerate() {

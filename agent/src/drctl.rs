@@ -136,9 +136,8 @@ impl DrctlConfig {
             .with_context(|| format!("no agent {dc} in the drctl config"))?;
         let identity = a.identity.clone().unwrap_or_else(|| format!("agent.{dc}"));
         let tls = self.tls_files();
-        let ch = tonic::transport::Endpoint::from_shared(a.address.clone())?
-            .tls_config(tls.client_config(&identity)?)?
-            .connect_timeout(Duration::from_secs(5))
+        let liveness = dr_proto::channel::Liveness::default();
+        let ch = dr_proto::channel::endpoint(&a.address, tls.client_config(&identity)?, liveness)?
             .timeout(Duration::from_secs(3600))
             .connect()
             .await

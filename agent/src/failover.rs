@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -32,6 +32,9 @@ pub struct Failover {
     started: Instant,
     role: Mutex<AgentRole>,
     actions: mpsc::UnboundedSender<Action>,
+    /// While acting as primary: the instant it must stop unless renewed.
+    /// Published after every step; the lease guard enforces it.
+    acting_until: watch::Sender<Option<Instant>>,
 }
 
 impl Failover {
@@ -42,7 +45,17 @@ impl Failover {
     /// Steps the role logic and queues its actions for the runtime.
     pub fn step(&self, input: Input) -> Vec<Action> {
         let now = self.now();
-        let actions = self.role.lock().unwrap().step(now, input);
+        let (actions, until) = {
+            let mut role = self.role.lock().unwrap();
+            let actions = role.step(now, input);
+            (actions, role.acting_until(now))
+        };
+        let until = until.map(|u| self.started + Duration::from_millis(u));
+        self.acting_until.send_if_modified(|cur| {
+            let changed = *cur != until;
+            *cur = until;
+            changed
+        });
         let mut inline = vec![];
         for a in actions {
             match a {
@@ -85,6 +98,7 @@ pub struct Runtime {
     pub timing: Timing,
     pub witnesses: BTreeMap<u64, String>,
     pub tls: dr_proto::tls::TlsFiles,
+    pub liveness: dr_proto::channel::Liveness,
     pub peer_address: String,
     pub peer_identity: String,
     pub state_dir: PathBuf,
@@ -97,6 +111,7 @@ pub struct Runtime {
     pub state: SharedState,
     pub sink: Sink,
     pub on_promote: Option<String>,
+    pub hook_timeout: Duration,
 }
 
 fn view_path(dir: &std::path::Path) -> PathBuf {
@@ -104,41 +119,78 @@ fn view_path(dir: &std::path::Path) -> PathBuf {
 }
 
 /// The witness view this agent last persisted in `state_dir` (epoch,
-/// primary), if it ever had one: readable by other tools on the host.
-pub fn persisted_view(dir: &std::path::Path) -> Option<Cluster> {
-    load_view(dir)
-}
-
-fn load_view(dir: &std::path::Path) -> Option<Cluster> {
-    let b = std::fs::read(view_path(dir)).ok()?;
-    serde_json::from_slice(&b).ok()
+/// primary): `None` if it never had one; an error naming the file and the
+/// fix if the file is unreadable or corrupt (the epoch in it is a promise:
+/// an agent must not start as if it had never seen it).
+pub fn persisted_view(dir: &std::path::Path) -> Result<Option<Cluster>> {
+    Ok(dr_proto::statefile::read_json(
+        &view_path(dir),
+        "the persisted witness view",
+        "restore it from a backup of the state directory, or delete it once \
+         `drctl witness status` shows the witnesses reachable (the agent then learns the epoch \
+         from them and waits a full lease before acting)",
+    )?)
 }
 
 fn store_view(dir: &std::path::Path, c: &Cluster) -> Result<()> {
-    use std::io::Write;
-    let path = view_path(dir);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(c)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    dr_proto::statefile::write_json(&view_path(dir), c)
 }
 
 struct SourceRun {
     epoch: u64,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    guard: JoinHandle<()>,
+}
+
+/// How long a stopping source may take to finish on its own before it is
+/// aborted (its state is crash-safe: unacknowledged keys are resent).
+const SOURCE_STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Stops the source at the lease deadline, whatever the runtime loop is
+/// waiting for: cancels it and aborts its task. Returns when it fired or
+/// the source was stopped otherwise.
+async fn lease_guard(
+    epoch: u64,
+    mut until: watch::Receiver<Option<Instant>>,
+    stop: CancellationToken,
+    task: tokio::task::AbortHandle,
+) {
+    loop {
+        let deadline = *until.borrow_and_update();
+        let now = Instant::now();
+        match deadline {
+            Some(t) if now < t => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t.into()) => {}
+                    r = until.changed() => if r.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+            }
+            _ => {
+                let late_ms = deadline.map_or(0, |t| now.saturating_duration_since(t).as_millis());
+                stop.cancel();
+                task.abort();
+                warn!(
+                    epoch,
+                    late_ms,
+                    "lease deadline reached (or lease released): not acting as primary; the replication source is stopped"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Starts the failover runtime; returns the shared role logic (for the
 /// failsafe RPC) and the task.
 pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let persisted = load_view(&rt.state_dir);
+    let persisted = persisted_view(&rt.state_dir)?;
     if let Some(c) = &persisted {
         info!(epoch = c.epoch, primary = %c.primary, "resuming from the persisted witness view");
     }
+    let resumed = persisted.clone();
     let seq_base = (now_ms().max(0) as u64) * 1000;
     let fo = Arc::new(Failover {
         started: Instant::now(),
@@ -146,10 +198,11 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
             rt.timing,
             rt.datacenter.clone(),
             0,
-            persisted,
+            resumed,
             seq_base,
         )),
         actions: tx,
+        acting_until: watch::channel(None).0,
     });
     let mut witnesses = BTreeMap::new();
     for (id, addr) in &rt.witnesses {
@@ -159,14 +212,28 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
     }
     let peer = {
         let tls = rt.tls.client_config(&rt.peer_identity)?;
-        let ch = tonic::transport::Endpoint::from_shared(rt.peer_address.clone())?
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let ch = dr_proto::channel::endpoint(&rt.peer_address, tls, rt.liveness)?.connect_lazy();
         ReplicationClient::new(ch)
     };
-    let task = tokio::spawn(run(rt, fo.clone(), rx, witnesses, peer, shutdown));
+    let local = Local {
+        source: None,
+        base: None,
+        persisted: persisted.map_or(0, |c| c.epoch),
+        start_refused: None,
+    };
+    let task = tokio::spawn(run(rt, fo.clone(), rx, witnesses, peer, local, shutdown));
     Ok((fo, task))
+}
+
+/// What the runtime loop owns.
+struct Local {
+    source: Option<SourceRun>,
+    base: Option<Arc<Base>>,
+    /// The newest epoch durably persisted in the witness view file.
+    persisted: u64,
+    /// An epoch at which acting was refused because the view could not be
+    /// persisted; acting starts once it is.
+    start_refused: Option<u64>,
 }
 
 async fn run(
@@ -175,13 +242,12 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Action>,
     witnesses: BTreeMap<u64, WitnessClient<tonic::transport::Channel>>,
     peer: ReplicationClient<tonic::transport::Channel>,
+    mut local: Local,
     shutdown: CancellationToken,
 ) {
     let timing = rt.timing;
     let tick = Duration::from_millis((timing.heartbeat_ms / 5).clamp(20, 200));
     let mut next_beat = Instant::now();
-    let mut source: Option<SourceRun> = None;
-    let mut base: Option<Arc<Base>> = None;
     {
         let mut s = rt.state.lock().unwrap();
         s.role = "sink".into();
@@ -190,7 +256,7 @@ async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(a) = rx.recv() => {
-                execute(&rt, &fo, a, &mut source, &mut base, &witnesses, &peer).await;
+                execute(&rt, &fo, a, &mut local, &witnesses, &peer).await;
                 continue;
             }
             _ = tokio::time::sleep(tick) => {}
@@ -209,7 +275,7 @@ async fn run(
             let s = rt.state.lock().unwrap();
             (s.applied_snapshot_ms, s.lag_ms(now_ms()))
         };
-        if source.is_none() && applied > 0 {
+        if local.source.is_none() && applied > 0 {
             fo.step(Input::Applied {
                 snapshot_wall_ms: applied as u64,
                 lag_ms: lag.map(|l| l as u64),
@@ -221,25 +287,67 @@ async fn run(
         } else {
             fo.step(Input::Tick);
         }
+        retry_persist(&rt, &fo, &mut local, &witnesses, &peer).await;
         let (text, lease) = fo.describe();
         let mut s = rt.state.lock().unwrap();
         s.failover = text;
         s.lease_remaining_ms = lease.map_or(0, |l| l as i64);
     }
-    if let Some(s) = source.take() {
-        s.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.task).await;
+    stop_source(&mut local.source).await;
+}
+
+/// After a failed persist of the witness view: tries again, and once the
+/// view is durable, starts acting if the role still says so.
+async fn retry_persist(
+    rt: &Runtime,
+    fo: &Arc<Failover>,
+    local: &mut Local,
+    witnesses: &BTreeMap<u64, WitnessClient<tonic::transport::Channel>>,
+    peer: &ReplicationClient<tonic::transport::Channel>,
+) {
+    let Some(refused) = local.start_refused else {
+        return;
+    };
+    let (cluster, acting) = {
+        let r = fo.role.lock().unwrap();
+        (r.cluster().cloned(), r.acting(fo.now()))
+    };
+    let Some(c) = cluster else { return };
+    if c.epoch != refused || !acting {
+        local.start_refused = None;
+        return;
+    }
+    if store_view(&rt.state_dir, &c).is_ok() {
+        info!(epoch = c.epoch, "the witness view is persisted now");
+        local.persisted = local.persisted.max(c.epoch);
+        local.start_refused = None;
+        execute(
+            rt,
+            fo,
+            Action::StartSource { epoch: c.epoch },
+            local,
+            witnesses,
+            peer,
+        )
+        .await;
     }
 }
 
+/// Stops the source: cancels it, and aborts it if it has not finished
+/// within a short grace; it never stays running detached.
 async fn stop_source(source: &mut Option<SourceRun>) {
     if let Some(s) = source.take() {
         s.stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), s.task)
+        s.guard.abort();
+        let abort = s.task.abort_handle();
+        let mut task = s.task;
+        if tokio::time::timeout(SOURCE_STOP_GRACE, &mut task)
             .await
             .is_err()
         {
-            warn!("the replication source did not stop within 10s");
+            warn!("the replication source did not stop within {SOURCE_STOP_GRACE:?}; aborting it");
+            abort.abort();
+            let _ = task.await;
         }
     }
 }
@@ -249,11 +357,16 @@ async fn execute(
     rt: &Runtime,
     fo: &Arc<Failover>,
     action: Action,
-    source: &mut Option<SourceRun>,
-    base: &mut Option<Arc<Base>>,
+    local: &mut Local,
     witnesses: &BTreeMap<u64, WitnessClient<tonic::transport::Channel>>,
     peer: &ReplicationClient<tonic::transport::Channel>,
 ) {
+    let Local {
+        source,
+        base,
+        persisted,
+        start_refused,
+    } = local;
     match action {
         Action::SendHeartbeat(hb) => {
             let req = HeartbeatRequest {
@@ -326,9 +439,15 @@ async fn execute(
                 return;
             }
             stop_source(source).await;
-            if let Err(e) = rt.sink.set_view(epoch, &rt.datacenter).await {
-                error!(error = %format!("{e:#}"), "could not raise the sink's epoch floor");
+            if *persisted < epoch {
+                *start_refused = Some(epoch);
+                error!(
+                    epoch,
+                    "not acting as primary at epoch {epoch}: the witness view could not be persisted (see the error above); fenced"
+                );
+                return;
             }
+            rt.sink.set_view(epoch, &rt.datacenter);
             if base.is_none() {
                 match Base::open(&rt.state_dir.join("capture-base.redb")) {
                     Ok(b) => *base = Some(Arc::new(b)),
@@ -342,6 +461,7 @@ async fn execute(
             let stop = CancellationToken::new();
             let mut cfg = rt.source_cfg.clone();
             cfg.epoch = epoch;
+            cfg.acting_until = Some(fo.acting_until.subscribe());
             let task = tokio::spawn(source::run(
                 cfg,
                 rt.milvus.clone(),
@@ -349,7 +469,18 @@ async fn execute(
                 rt.state.clone(),
                 stop.clone(),
             ));
-            *source = Some(SourceRun { epoch, stop, task });
+            let guard = tokio::spawn(lease_guard(
+                epoch,
+                fo.acting_until.subscribe(),
+                stop.clone(),
+                task.abort_handle(),
+            ));
+            *source = Some(SourceRun {
+                epoch,
+                stop,
+                task,
+                guard,
+            });
         }
         Action::StopSource { reason } => {
             warn!(%reason, "fenced: no longer acting as primary; stopping the replication source");
@@ -401,34 +532,46 @@ async fn execute(
                 .unwrap_or_default();
             info!(epoch, %primary, "standby at this epoch: accepting replication only from its primary");
             stop_source(source).await;
-            if let Err(e) = rt.sink.set_view(epoch, &primary).await {
-                error!(error = %format!("{e:#}"), "could not raise the sink's epoch floor");
-            }
+            rt.sink.set_view(epoch, &primary);
             let mut s = rt.state.lock().unwrap();
             s.role = "sink".into();
             s.epoch = s.epoch.max(epoch);
         }
         Action::SwitchDns { epoch } => {
             info!(epoch, datacenter = %rt.datacenter, "promoted: primary at a new epoch (DNS switch hook)");
-            if let Some(cmd) = &rt.on_promote {
-                let status = tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .env("MILVUS_DR_EPOCH", epoch.to_string())
-                    .env("MILVUS_DR_DATACENTER", &rt.datacenter)
-                    .status()
-                    .await;
-                match status {
-                    Ok(s) if s.success() => info!(epoch, "hooks.on_promote succeeded"),
-                    Ok(s) => error!(epoch, status = %s, "hooks.on_promote failed"),
-                    Err(e) => error!(epoch, error = %e, "hooks.on_promote could not run"),
-                }
+            if let Some(cmd) = rt.on_promote.clone() {
+                // Beside the loop, never in its way: fencing, heartbeats and
+                // epochs go on while the hook runs.
+                let (dc, limit) = (rt.datacenter.clone(), rt.hook_timeout);
+                tokio::spawn(async move {
+                    let child = tokio::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(&cmd)
+                        .env("MILVUS_DR_EPOCH", epoch.to_string())
+                        .env("MILVUS_DR_DATACENTER", &dc)
+                        .kill_on_drop(true)
+                        .status();
+                    match tokio::time::timeout(limit, child).await {
+                        Ok(Ok(s)) if s.success() => info!(epoch, "hooks.on_promote succeeded"),
+                        Ok(Ok(s)) => error!(epoch, status = %s, "hooks.on_promote failed"),
+                        Ok(Err(e)) => error!(epoch, error = %e, "hooks.on_promote could not run"),
+                        Err(_) => error!(
+                            epoch,
+                            "hooks.on_promote still running after {limit:?} (hooks.timeout): killed"
+                        ),
+                    }
+                });
             }
         }
         Action::Persist(c) => {
             info!(epoch = c.epoch, primary = %c.primary, phase = ?c.phase, "witness view changed");
-            if let Err(e) = store_view(&rt.state_dir, &c) {
-                error!(error = %format!("{e:#}"), "could not persist the witness view");
+            match store_view(&rt.state_dir, &c) {
+                Ok(()) => *persisted = (*persisted).max(c.epoch),
+                Err(e) => error!(
+                    epoch = c.epoch,
+                    error = %format!("{e:#}"),
+                    "could not persist the witness view: not acting at this epoch until it is"
+                ),
             }
         }
     }

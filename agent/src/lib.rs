@@ -16,6 +16,7 @@ pub mod backup;
 pub mod config;
 pub mod drctl;
 pub mod failover;
+pub mod health;
 pub use dr_proto::logging;
 pub mod metrics;
 pub mod milvus;

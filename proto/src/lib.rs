@@ -10,7 +10,9 @@
 // everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod channel;
 pub mod logging;
+pub mod statefile;
 pub mod tls;
 
 pub mod pb {

@@ -155,10 +155,11 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
             .collect()
     }
 
-    /// Cuts (or restores) every link from dc-a's agent to the witnesses.
+    /// Silences (or heals) every link from dc-a's agent to the witnesses:
+    /// packets are dropped, nothing is refused or closed.
     pub fn isolate_a(&self, on: bool) {
         for p in &self.for_a {
-            p.block(on);
+            p.silence(on);
         }
     }
 }

@@ -12,7 +12,9 @@
 //!   (which promises not to act on any promotion until that confirmation
 //!   has expired on its own, lengthened, clock);
 //! - it has waited out every promise it gave the peer, and a full lease
-//!   since it started (promises given before a restart are not remembered).
+//!   since it started (promises given before a restart are not remembered);
+//! - its own Milvus is healthy: an agent does not take, or take back, the
+//!   primary role over a dead Milvus.
 
 use std::collections::VecDeque;
 
@@ -178,10 +180,22 @@ impl AgentRole {
     pub fn acting(&self, now: Millis) -> bool {
         self.is_named_primary()
             && !self.released
+            && self.milvus_healthy
             && now >= self.timing.leader_may_act_at(self.booted_at)
             && now >= self.promised_until
             && (self.lease_until.is_some_and(|u| now < u)
                 || self.failsafe_until.is_some_and(|u| now < u))
+    }
+
+    /// While acting: the moment (this agent's clock) it must stop unless a
+    /// renewal or a failsafe confirmation extends it. The runtime enforces
+    /// it apart from its own loop, so nothing the loop waits for can keep a
+    /// primary acting past it.
+    pub fn acting_until(&self, now: Millis) -> Option<Millis> {
+        if !self.acting(now) {
+            return None;
+        }
+        self.lease_until.max(self.failsafe_until)
     }
 
     /// The witness lease's end on this agent's clock (not the failsafe).
@@ -213,6 +227,8 @@ impl AgentRole {
         }
         let why = if self.released {
             "lease released (drained or revoked)"
+        } else if !self.milvus_healthy {
+            "the local Milvus is unhealthy"
         } else if now < self.timing.leader_may_act_at(self.booted_at) {
             "waiting out a lease after start"
         } else if now < self.promised_until {

@@ -921,8 +921,17 @@ fn observer_needs_both_the_milvus_probe_and_the_agent_heartbeat() {
 // AgentRole
 // ---------------------------------------------------------------------------
 
+/// An agent whose local Milvus is healthy.
 fn agent(me: &str, now: Millis) -> AgentRole {
-    AgentRole::new(t(), me.into(), now, Some(init()), 0)
+    let mut a = AgentRole::new(t(), me.into(), now, Some(init()), 0);
+    a.step(
+        now,
+        role::Input::MilvusHealth {
+            healthy: true,
+            last_ok_wall_ms: Some(now),
+        },
+    );
+    a
 }
 
 /// Sends a heartbeat at `now` and returns its seq.
@@ -973,6 +982,41 @@ fn the_agent_acts_only_on_a_grant_counted_from_send_and_fences_when_it_runs_out(
         matches!(acts.as_slice(), [role::Action::StopSource { .. }]),
         "{acts:?}"
     );
+}
+
+#[test]
+fn an_agent_whose_milvus_is_unhealthy_neither_takes_nor_retakes_the_primary_role() {
+    let mut a = agent("a", 0);
+    let sent = t().leader_may_act_at(0) + 10;
+    let sick = |healthy| role::Input::MilvusHealth {
+        healthy,
+        last_ok_wall_ms: Some(0),
+    };
+    // Granted, but its Milvus is down: it does not start acting.
+    a.step(sent, sick(false));
+    let s = beat(&mut a, sent);
+    let acts = a.step(sent + 5, reply(s, &init(), LeaseAnswer::Granted));
+    assert!(!a.acting(sent + 5), "{acts:?}");
+    assert!(
+        !acts.contains(&role::Action::StartSource { epoch: 1 }),
+        "{acts:?}"
+    );
+    assert!(a.describe(sent + 5).contains("Milvus is unhealthy"));
+    // Healthy again within the lease: it acts; the deadline is the lease's.
+    let acts = a.step(sent + 6, sick(true));
+    assert!(
+        acts.contains(&role::Action::StartSource { epoch: 1 }),
+        "{acts:?}"
+    );
+    let until = t().agent_lease_until(sent);
+    assert_eq!(a.acting_until(sent + 6), Some(until));
+    // Its Milvus dies while acting: it stops at once, lease or not.
+    let acts = a.step(sent + 7, sick(false));
+    assert!(
+        matches!(acts.as_slice(), [role::Action::StopSource { .. }]),
+        "{acts:?}"
+    );
+    assert_eq!(a.acting_until(sent + 7), None);
 }
 
 #[test]
@@ -1182,9 +1226,15 @@ fn a_drained_primary_releases_its_lease() {
 
 #[test]
 fn promoted_at_a_newer_epoch_the_agent_acts_and_switches_dns_only_once_granted() {
-    let mut b = agent("b", 0);
+    let mut b = AgentRole::new(t(), "b".into(), 0, Some(init()), 0);
     assert_eq!(
-        b.step(0, role::Input::Tick),
+        b.step(
+            0,
+            role::Input::MilvusHealth {
+                healthy: true,
+                last_ok_wall_ms: Some(0)
+            }
+        ),
         vec![role::Action::BecomeSink { epoch: 1 }]
     );
     let now = t().leader_may_act_at(0) + 10;

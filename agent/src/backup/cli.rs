@@ -169,7 +169,7 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
             let opts = CreateOptions {
                 only: collections,
                 // The epoch the local agent last saw (none without witnesses).
-                epoch: crate::failover::persisted_view(&cfg.state_dir).map(|v| v.epoch),
+                epoch: crate::failover::persisted_view(&cfg.state_dir)?.map(|v| v.epoch),
                 holder: format!(
                     "drctl on {} (pid {})",
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into()),

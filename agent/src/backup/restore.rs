@@ -142,26 +142,23 @@ impl CheckpointFile {
             .with_context(|| format!("create the checkpoint folder {}", dir.display()))?;
         let h = xxhash_rust::xxh3::xxh3_64(target.as_bytes());
         let path = dir.join(format!("restore-{id}-{h:016x}.json"));
-        let state = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("read the restore checkpoint {}", path.display()))?,
-            Err(_) => Checkpoint {
-                backup: id.to_string(),
-                target: target.to_string(),
-                collections: BTreeMap::new(),
-            },
-        };
+        let state = dr_proto::statefile::read_json(
+            &path,
+            "the restore checkpoint",
+            "drop the collections this restore created in the target Milvus, delete the file, \
+             and run the restore again",
+        )?
+        .unwrap_or_else(|| Checkpoint {
+            backup: id.to_string(),
+            target: target.to_string(),
+            collections: BTreeMap::new(),
+        });
         Ok(CheckpointFile { path, state })
     }
 
-    /// Write-then-rename: a crash leaves the old or the new checkpoint.
+    /// A crash leaves the old or the new checkpoint, durably.
     fn save(&self) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&self.state)?)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("write {}", self.path.display()))?;
-        Ok(())
+        dr_proto::statefile::write_json(&self.path, &self.state)
     }
 
     fn remove(&self) {

@@ -1,8 +1,10 @@
 //! `dr-agent --config FILE [--check]`: the per-datacenter agent.
+//! `dr-agent --config FILE reset-capture-base`: forget what the standby
+//! holds (after a corrupt capture base); everything is resent once.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// milvus-dr agent: replicates, probes health and serves the admin API.
 #[derive(Parser)]
@@ -17,6 +19,17 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Forget the capture base (what this agent believes the standby
+    /// holds), e.g. after it was reported corrupt. Run it with the agent
+    /// stopped; once started again as primary, the agent resends every row
+    /// once, as upserts (no duplicate keys).
+    ResetCaptureBase,
 }
 
 fn main() -> ExitCode {
@@ -29,6 +42,18 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if let Some(Command::ResetCaptureBase) = args.command {
+        return match dr_agent::agent::reset_capture_base(&cfg) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dr-agent: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.check {
         println!(
             "{}: valid (datacenter {}, peer {})",

@@ -58,8 +58,13 @@ pub struct Base {
 
 impl Base {
     pub fn open(path: &Path) -> Result<Base> {
-        let db = Database::create(path)
-            .with_context(|| format!("open the capture base {}", path.display()))?;
+        let db = Database::create(path).with_context(|| {
+            format!(
+                "open the capture base {}; if it is corrupt, stop the agent and run \
+                 `dr-agent --config FILE reset-capture-base` (everything is then resent once)",
+                path.display()
+            )
+        })?;
         let txn = db.begin_write()?;
         {
             txn.open_table(INT)?;
@@ -92,14 +97,41 @@ impl Base {
     /// The id of this base's history. A sink that reports another lineage
     /// holds data this base knows nothing about.
     pub fn lineage(&self) -> Result<String> {
-        Ok(String::from_utf8_lossy(&self.meta("lineage")?.unwrap_or_default()).into_owned())
+        let raw = self.meta("lineage")?.unwrap_or_default();
+        String::from_utf8(raw).map_err(|_| {
+            anyhow::anyhow!(
+                "the capture base's lineage is corrupt; fix: stop the agent and run \
+                 `dr-agent --config FILE reset-capture-base` (everything is then resent once)"
+            )
+        })
+    }
+
+    /// The epoch of the newest source that wrote to this base (0 for a
+    /// base from before epochs were recorded, or a new one).
+    pub fn epoch(&self) -> Result<u64> {
+        Ok(self.meta_u64("epoch")?.unwrap_or(0))
+    }
+
+    /// A number in the metadata; a value of the wrong size is corruption.
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
+        let Some(v) = self.meta(key)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "the capture base's {key} is corrupt; fix: stop the agent and run \
+                 `dr-agent --config FILE reset-capture-base` (everything is then resent once)"
+            )
+        })?;
+        Ok(Some(u64::from_le_bytes(bytes)))
+    }
+
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        self.set_meta("epoch", &epoch.to_le_bytes())
     }
 
     pub fn next_seq(&self) -> Result<u64> {
-        Ok(self
-            .meta("next_seq")?
-            .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
-            .unwrap_or(1))
+        Ok(self.meta_u64("next_seq")?.unwrap_or(1))
     }
 
     pub fn set_next_seq(&self, seq: u64) -> Result<()> {
@@ -122,6 +154,9 @@ impl Base {
             let mut m = txn.open_table(META)?;
             m.insert("lineage", lineage.as_bytes())?;
             m.remove("catalog")?;
+            m.remove("catalog_ids")?;
+            m.remove("epoch")?;
+            m.remove("next_seq")?;
         }
         txn.commit()?;
         Ok(lineage)
@@ -467,6 +502,27 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn corrupt_metadata_is_an_error_naming_the_fix_and_reset_mends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Base::open(&dir.path().join("b.redb")).unwrap();
+        b.set_epoch(4).unwrap();
+        assert_eq!(b.epoch().unwrap(), 4);
+        b.set_meta("next_seq", b"xyz").unwrap();
+        b.set_meta("lineage", &[0xff, 0xfe]).unwrap();
+        for e in [b.next_seq().unwrap_err(), b.lineage().unwrap_err()] {
+            assert!(e.to_string().contains("reset-capture-base"), "{e}");
+        }
+        b.reset().unwrap();
+        assert_eq!(b.next_seq().unwrap(), 1);
+        assert!(!b.lineage().unwrap().is_empty());
+        assert_eq!(
+            b.epoch().unwrap(),
+            0,
+            "a reset base belongs to no epoch yet"
         );
     }
 

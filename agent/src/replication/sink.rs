@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use milvus::proto::schema::FieldData;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -41,30 +41,37 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A missing file is a sink that never applied anything; an unreadable
+    /// or corrupt one is an error (its epoch floor is a promise).
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("parse the sink checkpoint {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
-        }
+        Ok(dr_proto::statefile::read_json(
+            path,
+            "the sink checkpoint",
+            "restore the file from a backup of the state directory; or, if this datacenter is not \
+             primary, delete it and run `dr-agent reset-capture-base` on the primary's agent \
+             (everything is resent once as upserts)",
+        )?
+        .unwrap_or_default())
     }
 
-    /// Writes atomically and durably (temp file, fsync, rename, fsync dir).
+    /// Raises the newest known epoch. The data this sink holds may then have
+    /// been changed by another primary (this datacenter's own, while it
+    /// acted as one), so no source's capture base describes it any more:
+    /// the lineage is forgotten, and the next source resends everything as
+    /// upserts. Returns whether the epoch rose.
+    pub fn raise_epoch(&mut self, epoch: u64) -> bool {
+        if epoch <= self.epoch {
+            return false;
+        }
+        self.epoch = epoch;
+        self.lineage.clear();
+        self.applied_seq = 0;
+        true
+    }
+
+    /// Writes atomically and durably.
     pub fn store(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f =
-                std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-            f.write_all(&serde_json::to_vec(self)?)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        dr_proto::statefile::write_json(path, self)
     }
 }
 
@@ -85,6 +92,10 @@ struct Inner {
     generation: AtomicU64,
     /// The witness view: (epoch, primary datacenter), when witnesses run.
     view: std::sync::Mutex<Option<(u64, String)>>,
+    /// The newest epoch known from the witnesses, in effect at once: a
+    /// source older than this is refused, and a stream of an older epoch
+    /// stops at its next message, even while an apply holds the checkpoint.
+    floor: AtomicU64,
     /// Answers the peer's failsafe requests (when witnesses run).
     failsafe: std::sync::OnceLock<Arc<dyn FailsafeResponder>>,
 }
@@ -122,6 +133,7 @@ impl Sink {
                 state,
                 generation: AtomicU64::new(0),
                 view: std::sync::Mutex::new(None),
+                floor: AtomicU64::new(0),
                 failsafe: std::sync::OnceLock::new(),
             }),
         })
@@ -132,16 +144,31 @@ impl Sink {
     }
 
     /// Follows the witness view: sources older than `epoch` are refused
-    /// from now on, and at `epoch` only `primary` may stream.
-    pub async fn set_view(&self, epoch: u64, primary: &str) -> Result<()> {
+    /// from now on, and at `epoch` only `primary` may stream. Takes effect
+    /// at once and never waits (an apply stalled on Milvus may hold the
+    /// checkpoint); the checkpoint's own floor follows in the background
+    /// (the witness view, persisted by the failover runtime, is the
+    /// durable promise).
+    pub fn set_view(&self, epoch: u64, primary: &str) {
         *self.inner.view.lock().unwrap() = Some((epoch, primary.to_string()));
-        let mut cp = self.inner.checkpoint.lock().await;
-        if epoch > cp.epoch {
-            cp.epoch = epoch;
-            cp.store(&self.inner.path)?;
-            self.inner.state.lock().unwrap().epoch = epoch;
-        }
-        Ok(())
+        self.inner.floor.fetch_max(epoch, Ordering::SeqCst);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut cp = inner.checkpoint.lock().await;
+            if cp.raise_epoch(epoch) {
+                if let Err(e) = cp.store(&inner.path) {
+                    tracing::error!(error = %format!("{e:#}"), epoch, "could not persist the sink's epoch floor");
+                }
+                let mut s = inner.state.lock().unwrap();
+                s.epoch = s.epoch.max(epoch);
+                s.lineage.clear();
+            }
+        });
+    }
+
+    /// The epoch below which sources are refused right now.
+    pub fn floor(&self) -> u64 {
+        self.inner.floor.load(Ordering::SeqCst)
     }
 
     pub async fn checkpoint(&self) -> Checkpoint {
@@ -208,6 +235,18 @@ impl Replication for Sink {
                 )));
             }
         }
+        let floor = self.inner.floor.load(Ordering::SeqCst);
+        if hello.epoch < floor {
+            warn!(
+                source_epoch = hello.epoch,
+                known = floor,
+                "refused a source at a stale epoch"
+            );
+            return Err(Status::failed_precondition(format!(
+                "stale epoch: this sink knows epoch {floor}, the source is at {}",
+                hello.epoch
+            )));
+        }
         let my_gen = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let reply = {
             let mut cp = self.inner.checkpoint.lock().await;
@@ -222,10 +261,11 @@ impl Replication for Sink {
                     cp.epoch, hello.epoch
                 )));
             }
-            if hello.epoch > cp.epoch {
-                cp.epoch = hello.epoch;
+            if cp.raise_epoch(hello.epoch) {
                 cp.store(&self.inner.path).map_err(internal)?;
-                self.inner.state.lock().unwrap().epoch = cp.epoch;
+                let mut s = self.inner.state.lock().unwrap();
+                s.epoch = cp.epoch;
+                s.lineage.clear();
             }
             pb::SinkHello {
                 sink_dc: self.inner.datacenter.clone(),
@@ -272,6 +312,12 @@ impl Inner {
             if self.generation.load(Ordering::SeqCst) != my_gen {
                 return Err(Status::aborted("superseded by a newer replication stream"));
             }
+            let floor = self.floor.load(Ordering::SeqCst);
+            if epoch < floor {
+                return Err(Status::failed_precondition(format!(
+                    "stale epoch: this sink now knows epoch {floor}, the stream is at {epoch}"
+                )));
+            }
             match msg.msg {
                 Some(source_message::Msg::Hello(h)) => {
                     // The source reset its capture base: a new lineage.
@@ -308,10 +354,11 @@ impl Inner {
 
     async fn apply(&self, b: pb::ChangeBatch) -> Result<(), Status> {
         let mut cp = self.checkpoint.lock().await;
-        if b.epoch < cp.epoch {
+        let known = cp.epoch.max(self.floor.load(Ordering::SeqCst));
+        if b.epoch < known {
             return Err(Status::failed_precondition(format!(
-                "stale epoch {} (this sink knows {})",
-                b.epoch, cp.epoch
+                "stale epoch {} (this sink knows {known})",
+                b.epoch
             )));
         }
         if b.seq <= cp.applied_seq {

@@ -28,6 +28,11 @@ pub struct SourceConfig {
     pub poll_interval: Duration,
     pub reconnect_backoff: Duration,
     pub filter: Filter,
+    /// With witnesses: the instant this agent must stop acting as primary
+    /// unless its lease is renewed. Nothing is sent past it.
+    pub acting_until: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
+    /// How quickly the stream notices a dead path to the sink.
+    pub liveness: dr_proto::channel::Liveness,
 }
 
 /// Runs the source until `shutdown`: reconnects with backoff after any
@@ -89,15 +94,11 @@ async fn session(
     if recovered > 0 {
         info!(keys = recovered, "unacknowledged changes will be resent");
     }
-    let channel = tonic::transport::Endpoint::from_shared(cfg.peer_address.clone())?
-        .tls_config(cfg.peer_tls.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connect to the peer agent {}", cfg.peer_address))?;
+    let channel =
+        dr_proto::channel::endpoint(&cfg.peer_address, cfg.peer_tls.clone(), cfg.liveness)?
+            .connect()
+            .await
+            .with_context(|| format!("connect to the peer agent {}", cfg.peer_address))?;
     let mut client = ReplicationClient::new(channel)
         .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mv::MAX_MESSAGE_BYTES);
@@ -130,11 +131,19 @@ async fn session(
         );
     }
     let mut lineage = base.lineage()?;
-    if hello.lineage != lineage {
-        if !hello.lineage.is_empty() || base.next_seq()? > 1 {
+    // A base written in an older epoch describes the sink as it was then;
+    // another primary may have changed it since (rows it inserted would
+    // come back as inserts: duplicate keys). Never trust it.
+    let base_epoch = base.epoch()?;
+    let stale = base_epoch < cfg.epoch && base.next_seq()? > 1;
+    if hello.lineage != lineage || stale {
+        if stale {
+            info!(base_epoch, epoch = cfg.epoch, "the capture base is from an older epoch; starting a full resync (every row resent once as an upsert)");
+        } else if !hello.lineage.is_empty() || base.next_seq()? > 1 {
             warn!(sink = %hello.lineage, ours = %lineage, "the sink's data is not from this capture base; starting a full resync");
         }
         lineage = base.reset()?;
+        base.set_epoch(cfg.epoch)?;
         // Tell the sink which lineage the coming batches belong to.
         tx.send(pb::SourceMessage {
             msg: Some(source_message::Msg::Hello(pb::SourceHello {
@@ -144,6 +153,9 @@ async fn session(
             })),
         })
         .await?;
+    }
+    if base.epoch()? != cfg.epoch {
+        base.set_epoch(cfg.epoch)?;
     }
     let first_seq = base.next_seq()?.max(hello.applied_seq + 1);
     info!(
@@ -261,6 +273,12 @@ impl Sender<'_> {
     ) -> Result<()> {
         let permit = self.window.acquire().await?;
         permit.forget();
+        if let Some(until) = &self.cfg.acting_until {
+            let valid = until.borrow().is_some_and(|t| Instant::now() < t);
+            if !valid {
+                bail!("the lease is not valid: this agent must not act as primary");
+            }
+        }
         let seq = self.seq;
         batch.seq = seq;
         batch.epoch = self.cfg.epoch;
@@ -305,8 +323,15 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
     let cat: Catalog = retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
 
     // Collections dropped or recreated on the primary: forget their rows.
-    let known_raw = s.base.meta("catalog_ids")?.unwrap_or_default();
-    let known: BTreeMap<String, i64> = serde_json::from_slice(&known_raw).unwrap_or_default();
+    let known: BTreeMap<String, i64> = match s.base.meta("catalog_ids")? {
+        None => BTreeMap::new(),
+        Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
+            anyhow!(
+                "the capture base's collection list is corrupt ({e}); fix: stop the agent and run \
+                 `dr-agent --config FILE reset-capture-base` (everything is then resent once)"
+            )
+        })?,
+    };
     let now_ids: BTreeMap<String, i64> = cat
         .collections
         .iter()

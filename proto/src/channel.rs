@@ -1,0 +1,86 @@
+//! Client channels between milvus-dr parties (agent ↔ agent, agent →
+//! witness, witness ↔ witness, drctl → both), with liveness checks sized to
+//! the failover timing.
+//!
+//! A path that silently drops packets does not refuse anything: without
+//! checks of its own, a client notices it only by TCP's retransmission
+//! back-off (minutes), and keeps using the dead connection for a while
+//! after the path heals. Every channel therefore sends HTTP/2 PINGs (also
+//! while idle) and drops the connection when one is not answered in time,
+//! bounds the connection attempt, and turns TCP keep-alive on, so a broken
+//! path is noticed within about one lease and a healed one is used again
+//! within a heartbeat or two.
+
+use std::time::Duration;
+
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+/// How quickly a channel notices a dead path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// HTTP/2 PING interval (and TCP keep-alive idle time).
+    pub ping_every: Duration,
+    /// A PING not answered within this drops the connection.
+    pub ping_timeout: Duration,
+    /// Bound of one connection attempt (TCP and TLS).
+    pub connect_timeout: Duration,
+}
+
+impl Liveness {
+    /// Sized to a failover timing: a PING every heartbeat (at least
+    /// 100 ms), a dead path noticed within about one lease.
+    pub fn for_lease(heartbeat: Duration, lease: Duration) -> Liveness {
+        let ping_every = heartbeat.max(Duration::from_millis(100));
+        let half = (lease / 2).max(Duration::from_millis(200));
+        Liveness {
+            ping_every,
+            ping_timeout: half,
+            connect_timeout: half,
+        }
+    }
+}
+
+impl Default for Liveness {
+    /// For channels outside failover timing (drctl, no witnesses): a dead
+    /// path noticed within about 15 s.
+    fn default() -> Liveness {
+        Liveness {
+            ping_every: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An mTLS endpoint to `addr` with `liveness`.
+pub fn endpoint(addr: &str, tls: ClientTlsConfig, l: Liveness) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(addr.to_string())?
+        .tls_config(tls)?
+        .connect_timeout(l.connect_timeout)
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(l.ping_every))
+        .http2_keep_alive_interval(l.ping_every)
+        .keep_alive_timeout(l.ping_timeout)
+        .keep_alive_while_idle(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_path_is_noticed_within_a_lease() {
+        for (hb, lease) in [(250, 2_000), (1_000, 10_000), (10, 300)] {
+            let l = Liveness::for_lease(Duration::from_millis(hb), Duration::from_millis(lease));
+            // Worst case: the path dies just after a PING was answered.
+            let noticed = l.ping_every + l.ping_timeout;
+            assert!(
+                noticed <= Duration::from_millis(lease).max(Duration::from_millis(300)),
+                "heartbeat {hb} lease {lease}: {noticed:?}"
+            );
+            assert!(
+                l.connect_timeout <= Duration::from_millis(lease).max(Duration::from_millis(200))
+            );
+        }
+    }
+}
