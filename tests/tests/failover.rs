@@ -31,7 +31,8 @@ struct Deployment {
     /// dc-a's Milvus health endpoint as agents and witnesses see it.
     health_a: Proxy,
     _pa: Proxy,
-    _pb: Proxy,
+    /// dc-a's path to dc-b's agent (replication, failsafe).
+    pb: Proxy,
     ctl: DrctlConfig,
     env: TestEnv,
 }
@@ -50,6 +51,16 @@ async fn deploy(
     name: &str,
     failover: &str,
     own_primary: Option<&MilvusServer>,
+) -> Result<Deployment> {
+    deploy_with(name, failover, own_primary, "").await
+}
+
+/// [`deploy`], with more YAML for dc-a's agent config.
+async fn deploy_with(
+    name: &str,
+    failover: &str,
+    own_primary: Option<&MilvusServer>,
+    a_yaml: &str,
 ) -> Result<Deployment> {
     let mut env = TestEnv::new(name).await?;
     if let Some(m) = own_primary {
@@ -91,7 +102,7 @@ async fn deploy(
             dc: "dc-a",
             peer_address: format!("https://{}", pb.addr),
             grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {failover}", w.agent_yaml("dc-a")),
+            extra_yaml: &format!("{}\nfailover: {failover}\n{a_yaml}", w.agent_yaml("dc-a")),
         },
     )
     .await?;
@@ -106,7 +117,7 @@ async fn deploy(
         b,
         health_a,
         _pa: pa,
-        _pb: pb,
+        pb,
         ctl,
     };
     wait_until(LONG, "dc-a to act as primary and replicate", || async {
@@ -183,10 +194,31 @@ impl Deployment {
 /// Timestamp (µs since the epoch) of the first log line containing all of
 /// `needles`, from the tracing text format.
 fn log_time(path: &std::path::Path, needles: &[&str]) -> Option<i64> {
+    log_time_after(path, needles, i64::MIN)
+}
+
+/// Like [`log_time`], for the first such line at or after `after_us`.
+fn log_time_after(path: &std::path::Path, needles: &[&str], after_us: i64) -> Option<i64> {
     let text = std::fs::read_to_string(path).ok()?;
-    let line = text
-        .lines()
-        .find(|l| needles.iter().all(|n| l.contains(n)))?;
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .filter_map(line_time)
+        .find(|t| *t >= after_us)
+}
+
+/// When an agent (its log) first stopped acting as primary at or after
+/// `after_us`: whichever came first, its lease guard or its runtime loop.
+fn stopped_acting_after(log: &std::path::Path, after_us: i64) -> Option<i64> {
+    [
+        log_time_after(log, &["lease deadline reached"], after_us),
+        log_time_after(log, &["fenced: no longer acting as primary"], after_us),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+fn line_time(line: &str) -> Option<i64> {
     let ts = line.split_whitespace().next()?;
     // 2026-11-25T07:12:34.123456Z
     let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
@@ -333,18 +365,39 @@ async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its
     })
     .await
     .with_context(|| d.logs())?;
-    // Its Milvus looks dead for longer than confirmation + leases: still no
-    // promotion (one witness cannot decide), and dc-a fences (no failsafe
-    // for an unhealthy primary).
+    // Its Milvus looks dead (refuses, as a killed process does) for longer
+    // than confirmation + leases: still no promotion (one witness cannot
+    // decide), and dc-a stops acting as soon as its own probes call its
+    // Milvus dead: an agent never acts over a dead Milvus.
+    let dead_us = dr_agent::replication::now_ms() * 1000;
     d.health_a.block(true);
-    d.assert_no_failover_for(Duration::from_millis(5_000 + 3 * 2_000 + 1_000))
-        .await?;
     wait_until(LONG, "dc-a to fence", || async {
         let s = d.status("dc-a").await?;
         (s.role == "fenced").then_some(())
     })
     .await
     .with_context(|| d.logs())?;
+    let fenced = stopped_acting_after(&d.a.log, dead_us).context("dc-a logged its fencing")?;
+    let probing = dr_agent::health::Probing::new(
+        Duration::from_secs(5),
+        3,
+        Some(Duration::from_millis(
+            dr_witness::timing::Timing::fast().heartbeat_ms,
+        )),
+    );
+    let detected = Duration::from_micros((fenced - dead_us).max(0) as u64);
+    println!(
+        "quorum unreachable, Milvus dead: dc-a stopped acting {:.2}s later (detection bound {:.2}s)",
+        detected.as_secs_f64(),
+        probing.detection_bound().as_secs_f64()
+    );
+    // One loop tick (heartbeat / 5) of slack past the prober's bound.
+    ensure!(
+        detected <= probing.detection_bound() + Duration::from_millis(250),
+        "dc-a acted {detected:?} over a dead Milvus"
+    );
+    d.assert_no_failover_for(Duration::from_millis(5_000 + 3 * 2_000 + 1_000))
+        .await?;
     d.health_a.block(false);
     wait_until(LONG, "dc-a to act again by failsafe", || async {
         let s = d.status("dc-a").await?;
@@ -410,6 +463,75 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
         st.cluster.needs_resync.contains("dc-a"),
         "the old primary must be resynced before it may be chosen again"
     );
+    d.w.isolate_a(false);
+    Ok(())
+}
+
+/// A promotion hook that never returns does not keep a primary acting
+/// past its lease: dc-a, whose hook hangs, is cut off (silently) from the
+/// witnesses and from its peer (so no failsafe confirmation can extend its
+/// role), and must stop its source at the lease deadline, before dc-b acts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_promotion_hook_does_not_keep_a_cut_off_primary_acting() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let marker = tempfile::tempdir()?;
+    let started = marker.path().join("hook-started");
+    let hook = format!(
+        "hooks: {{ on_promote: \"touch {} && sleep 3600\" }}",
+        started.display()
+    );
+    let d = deploy_with("fo_hook", FAST, None, &hook).await?;
+    wait_until(LONG, "dc-a's promotion hook running", || async {
+        started.exists().then_some(())
+    })
+    .await?;
+    let cut_wall = dr_agent::replication::now_ms();
+    d.w.isolate_a(true);
+    d.pb.silence(true);
+    wait_until(LONG, "dc-b promoted at epoch 2", || async {
+        let s = d.status("dc-b").await?;
+        (s.role == "source" && s.epoch == 2).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    // Whichever stopped it first: the lease guard at the deadline, or the
+    // runtime loop on its next tick (the hook no longer blocks it).
+    let stopped =
+        stopped_acting_after(&d.a.log, cut_wall * 1000).context("dc-a stopped its source")?;
+    let promoted = log_time(
+        &d.b.log,
+        &[
+            "acting as primary: starting the replication source",
+            "epoch=2",
+        ],
+    )
+    .context("dc-b logged its promotion")?;
+    let line = std::fs::read_to_string(&d.a.log)?
+        .lines()
+        .find(|l| l.contains("lease deadline reached"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    println!(
+        "hook hanging; cut at 0: dc-a's source stopped {:.3}s after the cut ({}), dc-b acted {:.3}s after the cut",
+        (stopped / 1000 - cut_wall) as f64 / 1e3,
+        line.split_whitespace()
+            .find(|w| w.starts_with("late_ms="))
+            .unwrap_or("late_ms=?"),
+        (promoted / 1000 - cut_wall) as f64 / 1e3
+    );
+    ensure!(
+        stopped < promoted,
+        "dc-a stopped at {stopped} µs, dc-b acted at {promoted} µs"
+    );
+    // The lease is 2 s (fast profile), counted from a heartbeat sent
+    // before the cut: the source may not run past cut + lease (plus one
+    // heartbeat of slack for scheduling on a loaded machine).
+    ensure!(
+        stopped / 1000 <= cut_wall + 2_000 + 250,
+        "dc-a's source stopped {} ms after the cut, past its 2 s lease",
+        stopped / 1000 - cut_wall
+    );
+    d.pb.silence(false);
     d.w.isolate_a(false);
     Ok(())
 }
@@ -554,16 +676,35 @@ async fn assert_identical(d: &Deployment, step: &str) -> Result<(usize, usize)> 
     let db = d.env.name.clone();
     let mut sizes = (0, 0);
     for (i, coll) in ["c", "s"].into_iter().enumerate() {
-        let (a, b) = wait_until(
-            LONG,
-            &format!("{step}: {coll} identical on both"),
-            || async {
-                let a = data::read_all(&d.env.primary, &db, coll).await.ok()?;
-                let b = data::read_all(&d.env.standby, &db, coll).await.ok()?;
-                (a == b).then_some((a, b))
-            },
-        )
+        let why = std::sync::Mutex::new(String::new());
+        let (a, b) = wait_until(LONG, &format!("{step}: {coll} identical on both"), || async {
+            let read = |m, dc| {
+                let (why, db) = (&why, &db);
+                async move {
+                    data::read_all(m, db, coll)
+                        .await
+                        .map_err(|e| *why.lock().unwrap() = format!("{dc}: {e:#}"))
+                        .ok()
+                }
+            };
+            let a = read(&d.env.primary, "dc-a").await?;
+            let b = read(&d.env.standby, "dc-b").await?;
+            if a != b {
+                let (missing, extra, changed) = data::diff(&a, &b);
+                *why.lock().unwrap() = format!(
+                    "dc-b lacks {} rows (e.g. {:?}), has {} extra (e.g. {:?}), {} differ (e.g. {:?})",
+                    missing.len(),
+                    missing.first(),
+                    extra.len(),
+                    extra.first(),
+                    changed.len(),
+                    changed.first()
+                );
+            }
+            (a == b).then_some((a, b))
+        })
         .await
+        .with_context(|| format!("last difference: {}", why.lock().unwrap()))
         .with_context(|| d.logs())?;
         // Settle: one more pass must not change anything (no late inserts).
         let s = d.status("dc-a").await.and_then(|s| s.replication);
@@ -710,5 +851,105 @@ async fn role_changes_are_exact_across_switchovers_failover_and_failback() -> Re
         "rows: c {c}, s {s}, expected {expected}"
     );
     println!("after {epoch} epochs: {c} rows in c and {s} in s on both clusters, count(*) = distinct keys");
+    Ok(())
+}
+
+/// After two witnesses were cut off silently (packets dropped, connections
+/// left open) for 30 s, every witness hears from both datacenters again
+/// within a bound derived from the profile: a dead connection is dropped
+/// by its HTTP/2 keep-alive within half a lease, a new one connects within
+/// half a lease, and the next heartbeat goes through. Bound: one lease and
+/// four heartbeats (3 s in the fast profile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_silent_partition_heals_every_witness_hears_both_datacenters_within_a_lease(
+) -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let d = deploy("fo_heal", FAST, None).await?;
+    let timing = dr_witness::timing::Timing::fast();
+    let bound = Duration::from_millis(timing.lease_ms + 4 * timing.heartbeat_ms);
+    let healthy_everywhere =
+        |all: &[(u64, anyhow::Result<dr_witness::service::WitnessStatus>)]| {
+            all.len() == 3
+                && all.iter().all(|(_, r)| {
+                    r.as_ref().is_ok_and(|s| {
+                        ["dc-a", "dc-b"]
+                            .iter()
+                            .all(|dc| s.observation.get(*dc).is_some_and(|v| v.healthy))
+                    })
+                })
+        };
+    wait_until(
+        LONG,
+        "every witness sees both datacenters healthy",
+        || async {
+            let all = d.ctl.witness_status().await;
+            healthy_everywhere(&all).then_some(())
+        },
+    )
+    .await
+    .with_context(|| d.logs())?;
+
+    let mut via_a = d.ctl.clone();
+    via_a.witnesses =
+        d.w.for_a
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("https://{}", p.addr)))
+            .collect();
+    info!("phase: witnesses 2 and 3 silently cut off from everyone but dc-a's agent for 30 s");
+    d.w.front[1].silence(true);
+    d.w.front[2].silence(true);
+    // The partition is real: witness 2 stops hearing from dc-b's agent.
+    wait_until(LONG, "witness 2 to miss dc-b's agent", || async {
+        // Witness 2 is unreachable to drctl too: read it through dc-a's path.
+        let st = via_a
+            .witness_status()
+            .await
+            .into_iter()
+            .find(|(id, _)| *id == 2)?
+            .1
+            .ok()?;
+        st.observation
+            .get("dc-b")
+            .is_some_and(|v| !v.healthy && v.agent_silent_ms.is_some_and(|ms| ms > timing.lease_ms))
+            .then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let cut = Instant::now();
+    while cut.elapsed() < Duration::from_secs(30) {
+        // Still epoch 1 everywhere we can see: a partition of witnesses
+        // alone moves no primary.
+        if let Some(s) = d.status("dc-a").await {
+            ensure!(s.epoch == 1, "dc-a at epoch {}", s.epoch);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    info!("phase: heal");
+    d.w.front[1].silence(false);
+    d.w.front[2].silence(false);
+    let healed = Instant::now();
+    wait_until(
+        LONG,
+        "every witness to see both datacenters healthy again",
+        || async {
+            let all = d.ctl.witness_status().await;
+            healthy_everywhere(&all).then_some(())
+        },
+    )
+    .await
+    .with_context(|| d.logs())?;
+    let took = healed.elapsed();
+    println!(
+        "after a 30 s silent partition of two witnesses: every witness saw both datacenters healthy {:.2}s after the heal (bound {:.2}s)",
+        took.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+    ensure!(
+        took <= bound,
+        "recovery took {took:?}, over the bound {bound:?}\n{}",
+        d.logs()
+    );
     Ok(())
 }

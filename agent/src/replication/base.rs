@@ -31,6 +31,9 @@ const SCOPES: TableDefinition<&str, u64> = TableDefinition::new("scopes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// seq -> encoded PendingKeys.
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+/// scope name -> the lineage in which it was seeded from the sink's
+/// inventory.
+const SEEDED: TableDefinition<&str, &str> = TableDefinition::new("seeded");
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct PendingScope {
@@ -72,6 +75,7 @@ impl Base {
             txn.open_table(SCOPES)?;
             txn.open_table(META)?;
             txn.open_table(PENDING)?;
+            txn.open_table(SEEDED)?;
         }
         txn.commit()?;
         let base = Base { db };
@@ -147,10 +151,12 @@ impl Base {
             txn.delete_table(STR)?;
             txn.delete_table(SCOPES)?;
             txn.delete_table(PENDING)?;
+            txn.delete_table(SEEDED)?;
             txn.open_table(INT)?;
             txn.open_table(STR)?;
             txn.open_table(SCOPES)?;
             txn.open_table(PENDING)?;
+            txn.open_table(SEEDED)?;
             let mut m = txn.open_table(META)?;
             m.insert("lineage", lineage.as_bytes())?;
             m.remove("catalog")?;
@@ -201,6 +207,57 @@ impl Base {
         Ok(out)
     }
 
+    /// Whether `name` was seeded from the sink's inventory in the current
+    /// lineage.
+    pub fn seeded(&self, name: &str) -> Result<bool> {
+        let lineage = self.lineage()?;
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SEEDED)?;
+        Ok(t.get(name)?.is_some_and(|v| v.value() == lineage))
+    }
+
+    /// Replaces what the base says of `scope` by what the sink reports it
+    /// holds (`rows`, in any order). Call it with every page of one
+    /// inventory, `first` on the first, then [`Base::mark_seeded`].
+    pub fn seed(&self, scope: u64, first: bool, rows: &[(Pk, u64)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut ints = txn.open_table(INT)?;
+            let mut strs = txn.open_table(STR)?;
+            if first {
+                ints.retain_in((scope, i64::MIN)..=(scope, i64::MAX), |_, _| false)?;
+                strs.retain_in::<(u64, &str), _>(
+                    (
+                        Bound::Included((scope, "")),
+                        Bound::Excluded((scope + 1, "")),
+                    ),
+                    |_, _| false,
+                )?;
+            }
+            for (pk, h) in rows {
+                match pk {
+                    Pk::Int(k) => {
+                        ints.insert((scope, *k), *h)?;
+                    }
+                    Pk::Str(k) => {
+                        strs.insert((scope, k.as_str()), *h)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records that scope `name` now holds the sink's inventory.
+    pub fn mark_seeded(&self, name: &str) -> Result<()> {
+        let lineage = self.lineage()?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(SEEDED)?.insert(name, lineage.as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Drops a scope and all its rows (collection dropped or recreated).
     pub fn drop_scope(&self, name: &str) -> Result<()> {
         let Some(id) = ({
@@ -220,6 +277,7 @@ impl Base {
                 |_, _| false,
             )?;
             txn.open_table(SCOPES)?.remove(name)?;
+            txn.open_table(SEEDED)?.remove(name)?;
         }
         txn.commit()?;
         Ok(())
@@ -524,6 +582,31 @@ mod tests {
             0,
             "a reset base belongs to no epoch yet"
         );
+    }
+
+    #[test]
+    fn seeding_replaces_a_scope_with_the_sinks_inventory_once_per_lineage() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Base::open(&dir.path().join("b.redb")).unwrap();
+        let s = b.scope_id("db/c/").unwrap();
+        let other = b.scope_id("db/d/").unwrap();
+        b.stage(1, s, &[(Pk::Int(1), Some(11)), (Pk::Int(9), Some(99))])
+            .unwrap();
+        b.stage(2, other, &[(Pk::Int(1), Some(5))]).unwrap();
+        assert!(!b.seeded("db/c/").unwrap());
+        b.seed(s, true, &[(Pk::Int(2), 21)]).unwrap();
+        b.seed(s, false, &[(Pk::Int(3), 31)]).unwrap();
+        b.mark_seeded("db/c/").unwrap();
+        assert!(b.seeded("db/c/").unwrap());
+        assert_eq!(
+            b.range(s, None, None, false).unwrap(),
+            vec![(Pk::Int(2), 21), (Pk::Int(3), 31)],
+            "what the base said before is replaced"
+        );
+        assert_eq!(b.range(other, None, None, false).unwrap().len(), 1);
+        // A new lineage must seed again.
+        b.reset().unwrap();
+        assert!(!b.seeded("db/c/").unwrap());
     }
 
     #[test]

@@ -204,6 +204,83 @@ impl Replication for Sink {
         Ok(Response::new(pb::Json { body }))
     }
 
+    type InventoryStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::InventoryPage, Status>>;
+
+    async fn inventory(
+        &self,
+        request: Request<pb::InventoryRequest>,
+    ) -> Result<Response<Self::InventoryStream>, Status> {
+        crate::tls::authorize(&request, &self.inner.peer_identity)?;
+        let req = request.into_inner();
+        if req.database.is_empty() || req.collection.is_empty() {
+            return Err(Status::invalid_argument(
+                "InventoryRequest needs a database and a collection",
+            ));
+        }
+        let key = format!("{}.{}", req.database, req.collection);
+        {
+            let cp = self.inner.checkpoint.lock().await;
+            let known = cp.epoch.max(self.inner.floor.load(Ordering::SeqCst));
+            if req.epoch < known {
+                return Err(Status::failed_precondition(format!(
+                    "stale epoch: this sink knows epoch {known}, the source is at {}",
+                    req.epoch
+                )));
+            }
+            match cp.managed.get(&key) {
+                Some(m) if m.source_id == req.source_id => {}
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "{key} on this standby does not mirror the primary's collection {}: \
+                         apply the catalog first",
+                        req.source_id
+                    )))
+                }
+            }
+        }
+        let m = self.inner.milvus.clone();
+        let info = m
+            .describe(&req.database, &req.collection)
+            .await
+            .map_err(|e| Status::unavailable(format!("describe {key}: {e}")))?;
+        m.wait_loaded(
+            &req.database,
+            &req.collection,
+            std::time::Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("{key} is not loaded on the standby: {e}")))?;
+        let ts = retry("AllocTimestamp", 5, || m.alloc_timestamp())
+            .await
+            .map_err(internal)?;
+        let page_rows = (req.page_rows as usize).clamp(1, 16_384);
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let partition = (!req.partition.is_empty()).then_some(req.partition.as_str());
+            let mut pages = crate::milvus::scan_pages(&m, &info, partition, ts, page_rows);
+            while let Some(page) = pages.recv().await {
+                let page = match page.and_then(|p| {
+                    let hashes = crate::milvus::rows::row_hashes(&p.fields)?;
+                    Ok(pb::InventoryPage {
+                        keys: Some(super::base::keys_to_pb(&p.keys)),
+                        hashes,
+                    })
+                }) {
+                    Ok(p) => Ok(p),
+                    Err(e) => Err(Status::unavailable(format!("scan {key}: {e:#}"))),
+                };
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn replicate(
         &self,
         request: Request<Streaming<pb::SourceMessage>>,
@@ -474,6 +551,77 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An apply stalled on a frozen Milvus holds the checkpoint; following
+    /// a new witness view must neither wait for it nor let the old epoch
+    /// in meanwhile.
+    #[tokio::test]
+    async fn a_new_view_takes_effect_while_an_apply_holds_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let milvus = crate::milvus::Milvus::connect(crate::milvus::Connection {
+            endpoint: "http://127.0.0.1:9".into(),
+            health_url: None,
+            authorization: None,
+            request_timeout: std::time::Duration::from_secs(1),
+        })
+        .unwrap();
+        let state: SharedState = Default::default();
+        let sink = Sink::new(
+            "dc-b".into(),
+            "agent.dc-a".into(),
+            milvus,
+            dir.path(),
+            state,
+        )
+        .unwrap();
+        {
+            let mut cp = sink.inner.checkpoint.lock().await;
+            cp.raise_epoch(1);
+            cp.lineage = "L1".into();
+        }
+        let stalled = sink.inner.checkpoint.lock().await;
+        let t = std::time::Instant::now();
+        sink.set_view(2, "dc-b");
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
+        assert_eq!(sink.floor(), 2, "the new floor is in force at once");
+        let stale = pb::ChangeBatch {
+            epoch: 1,
+            seq: 1,
+            ..Default::default()
+        };
+        drop(stalled);
+        let err = sink.inner.apply(stale).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        // The checkpoint follows, and forgets the lineage of epoch 1.
+        for _ in 0..100 {
+            if sink.checkpoint().await.epoch == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let cp = sink.checkpoint().await;
+        assert_eq!((cp.epoch, cp.lineage.as_str()), (2, ""));
+        assert_eq!(
+            Checkpoint::load(&dir.path().join("sink-checkpoint.json"))
+                .unwrap()
+                .epoch,
+            2
+        );
+    }
+
+    #[test]
+    fn raising_the_epoch_forgets_the_lineage() {
+        let mut cp = Checkpoint {
+            epoch: 3,
+            lineage: "L".into(),
+            applied_seq: 9,
+            ..Default::default()
+        };
+        assert!(!cp.raise_epoch(3));
+        assert_eq!(cp.lineage, "L");
+        assert!(cp.raise_epoch(4));
+        assert_eq!((cp.epoch, cp.lineage.as_str(), cp.applied_seq), (4, "", 0));
+    }
 
     #[test]
     fn checkpoint_round_trips_and_missing_file_is_fresh() {

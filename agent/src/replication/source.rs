@@ -138,9 +138,9 @@ async fn session(
     let stale = base_epoch < cfg.epoch && base.next_seq()? > 1;
     if hello.lineage != lineage || stale {
         if stale {
-            info!(base_epoch, epoch = cfg.epoch, "the capture base is from an older epoch; starting a full resync (every row resent once as an upsert)");
+            info!(base_epoch, epoch = cfg.epoch, "the capture base is from an older epoch; starting a resync from the standby's inventory");
         } else if !hello.lineage.is_empty() || base.next_seq()? > 1 {
-            warn!(sink = %hello.lineage, ours = %lineage, "the sink's data is not from this capture base; starting a full resync");
+            warn!(sink = %hello.lineage, ours = %lineage, "the sink's data is not from this capture base; starting a resync from its inventory");
         }
         lineage = base.reset()?;
         base.set_epoch(cfg.epoch)?;
@@ -213,6 +213,8 @@ async fn session(
     let mut sender = Sender {
         cfg,
         base,
+        client: client.clone(),
+        catalog_seq: 0,
         tx,
         window,
         acks,
@@ -254,6 +256,10 @@ async fn session(
 struct Sender<'a> {
     cfg: &'a SourceConfig,
     base: &'a Arc<Base>,
+    /// For the sink's inventory when the base must be seeded.
+    client: ReplicationClient<tonic::transport::Channel>,
+    /// Seq of the current pass's catalog batch.
+    catalog_seq: u64,
     tx: mpsc::Sender<pb::SourceMessage>,
     window: Arc<Semaphore>,
     acks: Arc<Acks>,
@@ -360,6 +366,7 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
         &[],
     )
     .await?;
+    s.catalog_seq = s.seq - 1;
 
     let mut statuses = Vec::new();
     for entry in &cat.collections {
@@ -402,6 +409,68 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
     Ok(())
 }
 
+/// Seeds the base's scope `name` with what the sink holds of it (its
+/// inventory), once the sink has applied this pass's catalog (so the
+/// collection it reports is the one this pass replicates into).
+async fn seed_scope(
+    s: &mut Sender<'_>,
+    entry: &CollectionEntry,
+    partition: Option<&str>,
+    name: &str,
+    scope: u64,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if s.state.lock().unwrap().acked_seq >= s.catalog_seq {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the standby did not apply the catalog within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let req = pb::InventoryRequest {
+        epoch: s.cfg.epoch,
+        database: entry.info.database.clone(),
+        collection: entry.info.name.clone(),
+        partition: partition.unwrap_or_default().to_string(),
+        source_id: entry.info.id,
+        page_rows: s.cfg.page_rows as u32,
+    };
+    let mut pages = s
+        .client
+        .inventory(req)
+        .await
+        .with_context(|| format!("ask the standby what it holds of {}", entry.key()))?
+        .into_inner();
+    let (mut first, mut rows) = (true, 0usize);
+    while let Some(p) = pages.message().await? {
+        let keys = base::keys_from_pb(p.keys.as_ref().unwrap_or(&pb::Keys::default()));
+        if keys.len() != p.hashes.len() {
+            bail!(
+                "the standby's inventory of {} has {} keys but {} hashes",
+                entry.key(),
+                keys.len(),
+                p.hashes.len()
+            );
+        }
+        let entries: Vec<(Pk, u64)> = keys.into_iter().zip(p.hashes).collect();
+        rows += entries.len();
+        s.base.seed(scope, first, &entries)?;
+        first = false;
+    }
+    if first {
+        s.base.seed(scope, true, &[])?;
+    }
+    s.base.mark_seeded(name)?;
+    info!(
+        collection = %entry.key(), partition = partition.unwrap_or(""), rows,
+        ms = started.elapsed().as_millis() as u64,
+        "capture base seeded from the standby's inventory: only differences will be sent"
+    );
+    Ok(())
+}
+
 /// Scans one scope in key order, one page ahead, and sends its changes.
 /// Returns the number of rows seen.
 async fn scan_scope(
@@ -416,7 +485,15 @@ async fn scan_scope(
         .pk_type()
         .ok_or_else(|| anyhow!("{}: primary key is neither Int64 nor VarChar", entry.key()))?;
     let is_str = pk_type == mv::PkType::Str;
-    let scope = s.base.scope_id(&scope_name(entry, partition))?;
+    let name = scope_name(entry, partition);
+    let scope = s.base.scope_id(&name)?;
+    let seeded_now = if s.base.seeded(&name)? {
+        false
+    } else {
+        seed_scope(s, entry, partition, &name, scope).await?;
+        true
+    };
+    let mut deleted_extra = 0usize;
     let mut pages = mv::scan_pages(milvus, info, partition, ts, s.cfg.page_rows);
 
     let mut after: Option<Pk> = None;
@@ -442,6 +519,7 @@ async fn scan_scope(
         if diff.is_empty() {
             continue;
         }
+        deleted_extra += diff.deletes.len();
         let mut changes: Vec<Change> =
             Vec::with_capacity(diff.inserts.len() + diff.upserts.len() + diff.deletes.len());
         for &i in diff.inserts.iter().chain(diff.upserts.iter()) {
@@ -478,6 +556,13 @@ async fn scan_scope(
 
     // Whatever the base still has after the last key is gone from the primary.
     let rest = s.base.range(scope, after.as_ref(), None, is_str)?;
+    deleted_extra += rest.len();
+    if seeded_now && deleted_extra > 0 {
+        warn!(
+            collection = %entry.key(), partition = partition.unwrap_or(""), rows = deleted_extra,
+            "the standby held rows the primary does not (written there, or deleted on the primary since it last replicated): deleting them on the standby"
+        );
+    }
     for chunk in rest.chunks(8192) {
         let keys: Vec<Pk> = chunk.iter().map(|(k, _)| k.clone()).collect();
         let changes: Vec<Change> = keys.iter().map(|k| (k.clone(), None)).collect();
