@@ -835,6 +835,13 @@ async fn of_two_runs_racing_for_the_lock_exactly_one_wins() -> Result<()> {
         None
     );
     assert_eq!(std::fs::read(&lock)?, before);
+    // Deletes too (what keeps a release from deleting a lock taken over).
+    assert!(!store.delete_if("lock.json", "\"0123\"").await?);
+    assert_eq!(std::fs::read(&lock)?, before);
+    let (_, etag) = store.get_tagged("lock.json").await?.context("lock")?;
+    assert!(store.delete_if("lock.json", &etag).await?);
+    assert!(!lock.exists());
+    assert!(!store.delete_if("lock.json", &etag).await?);
     l.release().await;
     Ok(())
 }
