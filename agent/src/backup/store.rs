@@ -385,11 +385,17 @@ impl Store {
 
     /// Deletes every object under `rel_prefix`; returns how many. The
     /// manifest goes first, so a folder half deleted reads as incomplete,
-    /// never as a complete backup with missing objects.
-    pub async fn delete_folder(&self, rel_prefix: &str) -> Result<usize> {
+    /// never as a complete backup with missing objects. `go_on` is asked
+    /// before each deletion and stops the walk with its error.
+    pub async fn delete_folder(
+        &self,
+        rel_prefix: &str,
+        go_on: impl Fn() -> Result<()>,
+    ) -> Result<usize> {
         let mut keys = self.list(rel_prefix).await?;
         keys.sort_by_key(|(k, _)| !k.ends_with("/manifest.json"));
         for (k, _) in &keys {
+            go_on()?;
             self.delete(k).await?;
         }
         Ok(keys.len())
