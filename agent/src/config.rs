@@ -218,6 +218,11 @@ pub struct Backup {
     /// A collection's rows are split into Parquet objects of about this size.
     #[serde(default = "d_object_max_mib")]
     pub object_max_mib: u64,
+    /// Lease of the backup lock (`lock.json`): how long a run that died
+    /// blocks the next one. Renewed every fifth of it; a run that cannot
+    /// renew stops once less than a fifth is left.
+    #[serde(default = "d_lock_lease", with = "humantime_serde")]
+    pub lock_lease: Duration,
     #[serde(default)]
     pub s3: Option<S3>,
 }
@@ -245,6 +250,7 @@ impl Default for Backup {
             page_rows: d_page_rows(),
             part_size_mib: d_part_size_mib(),
             object_max_mib: d_object_max_mib(),
+            lock_lease: d_lock_lease(),
             s3: None,
         }
     }
@@ -378,6 +384,9 @@ fn d_part_size_mib() -> u64 {
 }
 fn d_object_max_mib() -> u64 {
     1024
+}
+fn d_lock_lease() -> Duration {
+    crate::backup::lock::LEASE
 }
 fn d_region() -> String {
     "us-east-1".into()
@@ -692,6 +701,13 @@ impl Config {
                 "make objects at least one part large, e.g. 1024",
             ));
         }
+        if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&b.lock_lease) {
+            return Err(err(
+                "backup.lock_lease",
+                format!("{:?} is out of range", b.lock_lease),
+                "use 5s to 1h (5m is a good default): the lock is renewed every fifth of it",
+            ));
+        }
         for e in &b.exclude {
             if e.split('.').count() != 2 {
                 return Err(err(
@@ -901,6 +917,10 @@ tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
                 .unwrap_err()
                 .field,
             "backup.timezone"
+        );
+        assert_eq!(
+            with("backup: { lock_lease: 2s }").unwrap_err().field,
+            "backup.lock_lease"
         );
         let e = with("backup: { s3: { bucket: b, access_key_id_env: K } }").unwrap_err();
         assert_eq!(e.field, "backup.s3");

@@ -1,7 +1,9 @@
 //! A real S3 protocol server for tests: `s3s-fs` (a file-system backed S3
 //! implementation) served in-process on a port the OS picks, with
 //! signature checking on. `stop` takes it down mid-test (connections cut,
-//! port closed).
+//! port closed). s3s-fs honours `If-Match` / `If-None-Match` on PutObject
+//! but ignores `If-Match` on DeleteObject; [`ConditionalDelete`] adds
+//! that, as AWS S3 has it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::access::S3Access;
 use s3s::auth::SimpleAuth;
+use s3s::dto::{DeleteObjectInput, ETagCondition, HeadObjectInput};
 use s3s::service::S3ServiceBuilder;
+use s3s::{s3_error, S3Request, S3Result, S3};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -34,6 +39,9 @@ impl S3Server {
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?;
         let mut b = S3ServiceBuilder::new(fs);
         b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        b.set_access(ConditionalDelete {
+            fs: s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
+        });
         let service = b.build();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -94,5 +102,33 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `DeleteObject` with `If-Match`, as AWS S3 answers it: 412 Precondition
+/// Failed unless the object's ETag matches, 404 if it does not exist.
+/// s3s runs this access hook (after checking the signature) before the
+/// operation; it reads the ETag through s3s-fs itself.
+struct ConditionalDelete {
+    fs: s3s_fs::FileSystem,
+}
+
+#[async_trait::async_trait]
+impl S3Access for ConditionalDelete {
+    async fn delete_object(&self, req: &mut S3Request<DeleteObjectInput>) -> S3Result<()> {
+        let Some(cond) = req.input.if_match.clone() else {
+            return Ok(());
+        };
+        let head = req.clone().map_input(|d| HeadObjectInput {
+            bucket: d.bucket,
+            key: d.key,
+            ..Default::default()
+        });
+        let etag = self.fs.head_object(head).await?.output.e_tag;
+        match (cond, etag) {
+            (ETagCondition::Any, _) => Ok(()),
+            (ETagCondition::ETag(want), Some(have)) if have.strong_cmp(&want) => Ok(()),
+            _ => Err(s3_error!(PreconditionFailed, "ETag does not match")),
+        }
     }
 }

@@ -766,7 +766,8 @@ async fn the_schedule_runs_on_the_primary_only_and_reports_in_metrics() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_runs_racing_for_the_lock_exactly_one_wins() -> Result<()> {
-    use dr_agent::backup::{lock::Lock, BackupError, Store};
+    use dr_agent::backup::lock::{Lease, Lock};
+    use dr_agent::backup::{BackupError, Store};
     let t = Setup::new("bk_lock", "").await?;
     let cfg = dr_agent::config::Config::load(&t.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::connect(cfg.backup.s3.as_ref().context("s3")?, 5 << 20).await?;
@@ -782,8 +783,8 @@ async fn of_two_runs_racing_for_the_lock_exactly_one_wins() -> Result<()> {
     info!("phase 1: 20 rounds of two runs starting at once");
     for round in 0..20 {
         let (a, b) = tokio::join!(
-            Lock::acquire(&store, "run a"),
-            Lock::acquire(&store, "run b")
+            Lock::acquire(&store, "run a", Lease::default()),
+            Lock::acquire(&store, "run b", Lease::default())
         );
         let winners = usize::from(a.is_ok()) + usize::from(b.is_ok());
         assert_eq!(
@@ -814,10 +815,12 @@ async fn of_two_runs_racing_for_the_lock_exactly_one_wins() -> Result<()> {
             "expires": chrono::Utc::now() - chrono::Duration::minutes(10),
         }))?,
     )?;
-    let l = Lock::acquire(&store, "run c").await?;
+    let l = Lock::acquire(&store, "run c", Lease::default()).await?;
     let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock)?)?;
     assert_eq!(body["holder"], "run c");
-    assert!(is_busy(&Lock::acquire(&store, "run d").await));
+    assert!(is_busy(
+        &Lock::acquire(&store, "run d", Lease::default()).await
+    ));
 
     info!("phase 3: the store refuses writes whose condition fails (what makes the race safe)");
     use dr_agent::backup::store::Cond;
@@ -835,6 +838,219 @@ async fn of_two_runs_racing_for_the_lock_exactly_one_wins() -> Result<()> {
         None
     );
     assert_eq!(std::fs::read(&lock)?, before);
+    // Deletes too (what keeps a release from deleting a lock taken over).
+    assert!(!store.delete_if("lock.json", "\"0123\"").await?);
+    assert_eq!(std::fs::read(&lock)?, before);
+    let (_, etag) = store.get_tagged("lock.json").await?.context("lock")?;
+    assert!(store.delete_if("lock.json", &etag).await?);
+    assert!(!lock.exists());
+    assert!(!store.delete_if("lock.json", &etag).await?);
     l.release().await;
+    Ok(())
+}
+
+/// The lock as another holder writes it: an unconditional PutObject in the
+/// name of dc-b's agent, valid for five minutes.
+async fn take_over_lock(store: &dr_agent::backup::Store) -> Result<()> {
+    let body = serde_json::json!({
+        "token": "other",
+        "holder": "agent dc-b (pid 4242)",
+        "started": chrono::Utc::now(),
+        "expires": chrono::Utc::now() + chrono::Duration::minutes(5),
+    });
+    store
+        .put("lock.json", serde_json::to_vec(&body)?)
+        .await
+        .context("overwrite lock.json")
+}
+
+/// The holder named in `lock.json`, if there is one.
+fn lock_holder(s3: &S3Server) -> Option<String> {
+    let b = std::fs::read(s3.object_path(&format!("{PREFIX}lock.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    v["holder"].as_str().map(str::to_string)
+}
+
+async fn store_of(t: &Setup) -> Result<dr_agent::backup::Store> {
+    let cfg = dr_agent::config::Config::load(&t.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    dr_agent::backup::Store::connect(cfg.backup.s3.as_ref().context("s3")?, 5 << 20).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lock_is_taken_over_stops_without_manifest_or_pruning() -> Result<()> {
+    // A 5 s lease: renewed every second, so a takeover is seen within one.
+    let t = Setup::new(
+        "bk_fence",
+        "  lock_lease: 5s\n  retention_days: 0\n  keep_last: 1\n  object_max_mib: 5\n",
+    )
+    .await?;
+    let db = t.env.name.clone();
+    let store = store_of(&t).await?;
+    data::create_filled(&t.env.primary, &db, "small", Shape::Simple { dim: 8 }, 0..3).await?;
+    data::create_filled(
+        &t.env.primary,
+        &db,
+        "big",
+        Shape::Simple { dim: 128 },
+        0..60_000,
+    )
+    .await?;
+
+    info!(
+        "phase 1: an earlier backup, which a completed run with --prune would delete (keep_last 1)"
+    );
+    let earlier = t.create(&["--collections", &format!("{db}.small")]).await?;
+
+    info!("phase 2: a run with --prune; once it has written data objects, another holder takes the lock");
+    let child = t
+        .drctl_cmd(&["create", "--prune", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let root = t.s3.object_path(PREFIX);
+    let earlier_id = earlier.id.clone();
+    let id = wait_until(
+        Duration::from_secs(120),
+        "the run to hold the lock and have written a data object of the big collection",
+        || {
+            let (root, earlier_id) = (root.clone(), earlier_id.clone());
+            let holder = lock_holder(&t.s3);
+            async move {
+                if !holder?.starts_with("drctl") {
+                    return None;
+                }
+                walk(&root)
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                    .filter(|p| p.parent().is_some_and(|d| d.ends_with("big/all")))
+                    .filter_map(|p| {
+                        let rel = p.strip_prefix(&root).ok()?;
+                        Some(
+                            rel.components()
+                                .next()?
+                                .as_os_str()
+                                .to_string_lossy()
+                                .to_string(),
+                        )
+                    })
+                    .find(|folder| *folder != earlier_id)
+            }
+        },
+    )
+    .await?;
+    take_over_lock(&store).await?;
+    let taken = std::time::Instant::now();
+    let manifest = t.s3.object_path(&format!("{PREFIX}{id}/manifest.json"));
+    // The takeover landed mid-run: before the manifest, while it still ran.
+    assert!(
+        !manifest.exists(),
+        "the run had already written its manifest"
+    );
+    let mut child = child;
+    assert!(child.try_wait()?.is_none(), "the run had already ended");
+    let objects_at_takeover = walk(&t.s3.object_path(&format!("{PREFIX}{id}"))).len();
+    info!(backup = %id, objects_at_takeover, "lock taken over");
+
+    info!(
+        "phase 3: the run stops with exit 3, writes no manifest, prunes nothing, leaves the lock"
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stopped_after = taken.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    info!(?stopped_after, "drctl stopped\n{}", tail(&stderr, 15));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("lost the backup lock") && stderr.contains("agent dc-b"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    assert!(
+        stopped_after < Duration::from_secs(5),
+        "took {stopped_after:?} to stop"
+    );
+    assert!(
+        !manifest.exists(),
+        "a manifest was written after the takeover"
+    );
+    assert!(
+        t.manifest(&earlier.id).is_ok(),
+        "the earlier backup was pruned"
+    );
+    assert_eq!(lock_holder(&t.s3).as_deref(), Some("agent dc-b (pid 4242)"));
+
+    info!("phase 4: with the lock free again, the same command does prune the earlier backup");
+    store.delete("lock.json").await?;
+    let out = t
+        .drctl(&[
+            "create",
+            "--prune",
+            "--json",
+            "--collections",
+            &format!("{db}.small"),
+        ])
+        .await?;
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["pruned"], serde_json::json!([earlier.id]));
+    assert!(t.manifest(&earlier.id).is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_that_lost_its_lock_deletes_nothing() -> Result<()> {
+    use dr_agent::backup::lock::{Lease, Lock};
+    use dr_agent::backup::{retention, BackupError, Settings};
+    let t = Setup::new("bk_prune_fence", "  retention_days: 0\n  keep_last: 1\n").await?;
+    let db = t.env.name.clone();
+    data::create_filled(&t.env.primary, &db, "c", Shape::Simple { dim: 8 }, 0..3).await?;
+    let old = t.create(&["--no-verify"]).await?;
+    let new = t.create(&[]).await?;
+    let cfg = dr_agent::config::Config::load(&t.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let settings = Settings::from_config(&cfg);
+    let store = store_of(&t).await?;
+    let files = || {
+        let mut f = walk(&t.s3.object_path(PREFIX));
+        f.sort();
+        f
+    };
+
+    info!("phase 1: under the lock, retention would delete the older backup");
+    // The default 5-minute lease: its renewal loop would not notice the
+    // takeover for a minute, so this is the prune's own check.
+    let lock = Lock::acquire(&store, "prune run", Lease::default()).await?;
+    let plan = retention::prune(&store, &settings, true, None, &lock).await?;
+    let doomed: Vec<&str> = plan
+        .iter()
+        .filter(|d| d.delete)
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(doomed, vec![old.id.as_str()]);
+
+    info!("phase 2: another holder takes the lock; the prune deletes nothing and says why");
+    take_over_lock(&store).await?;
+    let before = files();
+    let e = retention::prune(&store, &settings, false, None, &lock)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<BackupError>(),
+            Some(BackupError::LostLock { .. })
+        ),
+        "{e:#}"
+    );
+    assert!(format!("{e:#}").contains("agent dc-b"), "{e:#}");
+    assert!(lock.fence().is_tripped());
+    assert_eq!(files(), before);
+    lock.release().await;
+    assert_eq!(lock_holder(&t.s3).as_deref(), Some("agent dc-b (pid 4242)"));
+
+    info!("phase 3: with the lock its own, the same prune deletes the older backup");
+    store.delete("lock.json").await?;
+    let lock = Lock::acquire(&store, "prune run", Lease::default()).await?;
+    retention::prune(&store, &settings, false, None, &lock).await?;
+    lock.release().await;
+    assert!(t.manifest(&old.id).is_err());
+    assert!(t.manifest(&new.id).is_ok());
     Ok(())
 }

@@ -38,6 +38,9 @@ pub enum BackupCmd {
         /// Skip re-reading the backup after writing it.
         #[arg(long)]
         no_verify: bool,
+        /// Then apply retention, as scheduled runs do.
+        #[arg(long)]
+        prune: bool,
         #[arg(long)]
         json: bool,
     },
@@ -127,16 +130,14 @@ fn target(cfg: &Config, uri: &Option<String>) -> Result<Milvus> {
 }
 
 /// Runs one `drctl backup` command. Exit codes: 0 done, 1 the backup is
-/// bad / the content differs, 2 could not run, 3 another backup is running.
+/// bad / the content differs, 2 could not run, 3 another backup run holds
+/// the lock, or took it from this run (which then stopped).
 pub async fn run(args: BackupArgs) -> ExitCode {
     match run_inner(args).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("drctl backup: {e:#}");
-            if matches!(
-                e.downcast_ref::<BackupError>(),
-                Some(BackupError::Busy { .. })
-            ) {
+            if super::is_lock_conflict(&e) {
                 ExitCode::from(3)
             } else {
                 ExitCode::from(2)
@@ -163,6 +164,7 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
         BackupCmd::Create {
             collections,
             no_verify,
+            prune,
             json: as_json,
         } => {
             let milvus = crate::agent::milvus_for(&cfg.local().milvus)?;
@@ -177,7 +179,7 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
                 ),
                 interactive: !as_json,
                 verify: !no_verify,
-                prune: false,
+                prune,
             };
             match create::run(&store, &milvus, &settings, &opts).await {
                 Ok(r) => {
@@ -189,6 +191,7 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
                             "seconds": r.seconds,
                             "verified": r.verified,
                             "collections": r.manifest.collections.len(),
+                            "pruned": r.pruned,
                         }));
                     } else {
                         print(&format!(
@@ -204,6 +207,8 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
+                    // Refused at the start: nothing failed. A run that lost
+                    // the lock midway did fail, and is alerted.
                     if !matches!(
                         e.downcast_ref::<BackupError>(),
                         Some(BackupError::Busy { .. })
@@ -320,8 +325,8 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
             json: as_json,
         } => {
             let holder = format!("drctl prune (pid {})", std::process::id());
-            let lock = super::lock::Lock::acquire(&store, &holder).await?;
-            let r = retention::prune(&store, &settings, dry_run, None).await;
+            let lock = super::lock::Lock::acquire(&store, &holder, settings.lock_lease).await?;
+            let r = retention::prune(&store, &settings, dry_run, None, &lock).await;
             lock.release().await;
             let decisions = r?;
             if as_json {

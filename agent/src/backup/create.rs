@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
@@ -14,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::columns::{self, Column};
-use super::lock::Lock;
+use super::lock::{fenced, Fence, Lock};
 use super::manifest::{CollectionBackup, Manifest, ObjectEntry, Segment, Source, MANIFEST};
 use super::progress::Progress;
 use super::store::Upload;
@@ -39,6 +40,10 @@ pub struct CreateOptions {
     pub prune: bool,
 }
 
+/// How long a run whose lock fence tripped gets to stop by itself (abort
+/// its uploads, release a collection it loaded) before its work is dropped.
+const FENCE_GRACE: Duration = Duration::from_secs(5);
+
 /// The outcome of a successful run.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -58,7 +63,11 @@ pub fn new_id(datacenter: &str) -> String {
     )
 }
 
-/// Takes the lock, backs up, then verifies and prunes as asked.
+/// Takes the lock, backs up, then verifies and prunes as asked. A run
+/// that loses the lock stops where it is with [`BackupError::LostLock`]:
+/// no manifest after that, nothing pruned.
+///
+/// [`BackupError::LostLock`]: super::BackupError::LostLock
 pub async fn run(
     store: &Store,
     milvus: &Milvus,
@@ -66,12 +75,32 @@ pub async fn run(
     opts: &CreateOptions,
 ) -> Result<RunReport> {
     let start = std::time::Instant::now();
-    let lock = Lock::acquire(store, &opts.holder).await?;
+    let lock = Lock::acquire(store, &opts.holder, settings.lock_lease).await?;
+    let fence = lock.fence();
     let r = async {
-        let manifest = create(store, milvus, settings, opts).await?;
+        let manifest = fenced(
+            &fence,
+            FENCE_GRACE,
+            create(store, milvus, settings, opts, &lock),
+        )
+        .await?;
+        let written = || {
+            format!(
+                "backup {} is complete (its manifest was written under the lock); verify and retention did not run",
+                manifest.id
+            )
+        };
         let mut verified = false;
         if opts.verify {
-            let v = super::verify::verify(store, &manifest.id, opts.interactive).await?;
+            // Verify only reads until it writes verified.json: dropped at
+            // once when the fence trips.
+            let v = fenced(
+                &fence,
+                Duration::ZERO,
+                super::verify::verify(store, &manifest.id, opts.interactive),
+            )
+            .await
+            .with_context(written)?;
             if !v.ok {
                 anyhow::bail!(
                     "backup {} was written but does not verify: {}",
@@ -83,9 +112,10 @@ pub async fn run(
         }
         let mut pruned = vec![];
         if opts.prune {
-            pruned = super::retention::prune(store, settings, false, Some(&manifest.id))
+            pruned = super::retention::prune(store, settings, false, Some(&manifest.id), &lock)
                 .await
-                .context("apply retention")?
+                .context("apply retention")
+                .with_context(written)?
                 .into_iter()
                 .filter(|d| d.delete)
                 .map(|d| d.id)
@@ -197,14 +227,17 @@ fn writer_props(page_rows: usize, cols: &[Column]) -> WriterProperties {
     b.build()
 }
 
-/// Writes one backup (no lock: see [`run`]). Nothing claims success until
-/// `manifest.json` is written, last.
+/// Writes one backup under `lock` (see [`run`]). Nothing claims success
+/// until `manifest.json` is written, last, and only while the lock is
+/// still ours.
 pub async fn create(
     store: &Store,
     milvus: &Milvus,
     settings: &Settings,
     opts: &CreateOptions,
+    lock: &Lock,
 ) -> Result<Manifest> {
+    let fence = lock.fence();
     let started_at = Utc::now();
     let id = new_id(&settings.datacenter);
     let cat = catalog::read(milvus, &settings.filter)
@@ -224,7 +257,7 @@ pub async fn create(
     let mut progress = Progress::new(&format!("backup {id}"), 0, opts.interactive);
     let mut collections = Vec::new();
     for c in chosen {
-        let cb = backup_collection(store, milvus, settings, &id, c, &mut progress)
+        let cb = backup_collection(store, milvus, settings, &id, c, &mut progress, &fence)
             .await
             .with_context(|| format!("back up {}", c.key()))?;
         collections.push(cb);
@@ -250,10 +283,23 @@ pub async fn create(
             .sum(),
         collections,
     };
-    store
-        .put(&format!("{id}/{MANIFEST}"), manifest.to_json())
-        .await
-        .context("write manifest.json")?;
+    // The commit point. S3 cannot make this write conditional on the lock,
+    // so the run renews the lock right before it (a lock taken over is
+    // noticed here at the latest) and bounds the write by what is left of
+    // the lease. What remains is the write itself: one already sent when a
+    // stalled holder's lease runs out could still land. The margin (a
+    // fifth of the lease, a minute by default) is what keeps that apart
+    // from another run's takeover.
+    lock.confirm("writing the manifest").await?;
+    let left = lock.valid_for();
+    fence.check()?;
+    tokio::time::timeout(
+        left,
+        store.put(&format!("{id}/{MANIFEST}"), manifest.to_json()),
+    )
+    .await
+    .map_err(|_| fence_or_timeout(&fence))?
+    .context("write manifest.json")?;
     info!(
         backup = %id,
         rows = manifest.total_rows,
@@ -263,6 +309,15 @@ pub async fn create(
     Ok(manifest)
 }
 
+/// The error once a write bounded by the lease ran out of it.
+fn fence_or_timeout(fence: &Fence) -> anyhow::Error {
+    if fence.is_tripped() {
+        fence.error()
+    } else {
+        anyhow::anyhow!("writing manifest.json took longer than the lock's lease has left")
+    }
+}
+
 async fn backup_collection(
     store: &Store,
     milvus: &Milvus,
@@ -270,6 +325,7 @@ async fn backup_collection(
     id: &str,
     c: &CollectionEntry,
     progress: &mut Progress,
+    fence: &Fence,
 ) -> Result<CollectionBackup> {
     let info = &c.info;
     let (db, name) = (&info.database, &info.name);
@@ -279,11 +335,16 @@ async fn backup_collection(
     if !c.loaded {
         info!(collection = %c.key(), "loading the collection for the backup (released afterwards)");
         milvus.load(db, name).await?;
-        milvus
-            .wait_loaded(db, name, std::time::Duration::from_secs(1800))
-            .await?;
+        let loaded = tokio::select! {
+            r = milvus.wait_loaded(db, name, Duration::from_secs(1800)) => r.map_err(anyhow::Error::from),
+            _ = fence.tripped() => Err(fence.error()),
+        };
+        if let Err(e) = loaded {
+            let _ = milvus.release(db, name).await;
+            return Err(e);
+        }
     }
-    let r = write_rows(store, milvus, settings, id, c, &mut cb, progress).await;
+    let r = write_rows(store, milvus, settings, id, c, &mut cb, progress, fence).await;
     if !c.loaded {
         if let Err(e) = milvus.release(db, name).await {
             warn!(collection = %c.key(), error = %e, "could not release the collection after the backup");
@@ -293,6 +354,7 @@ async fn backup_collection(
     Ok(cb)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_rows(
     store: &Store,
     milvus: &Milvus,
@@ -301,6 +363,7 @@ async fn write_rows(
     c: &CollectionEntry,
     cb: &mut CollectionBackup,
     progress: &mut Progress,
+    fence: &Fence,
 ) -> Result<()> {
     let info = &c.info;
     let cols: Vec<Column> = columns::columns(&info.schema);
@@ -314,7 +377,15 @@ async fn write_rows(
         let mut current: Option<ObjectWriter> = None;
         let mut pages = mv::scan_pages(milvus, info, partition.as_deref(), ts, settings.page_rows);
         let r: Result<()> = async {
-            while let Some(page) = pages.recv().await {
+            loop {
+                // A lost lock stops the scan here, so the error path below
+                // aborts the object being uploaded.
+                let page = tokio::select! {
+                    biased;
+                    _ = fence.tripped() => return Err(fence.error()),
+                    p = pages.recv() => p,
+                };
+                let Some(page) = page else { break };
                 let page = page?;
                 if page.keys.is_empty() {
                     continue;

@@ -52,12 +52,33 @@ pub enum BackupError {
         started: String,
         expires: String,
     },
+    /// This run held the lock and lost it: it stopped, claiming and
+    /// deleting nothing more.
+    #[error("this run lost the backup lock ({reason}) and stopped: from then on it wrote no manifest and deleted nothing")]
+    LostLock { reason: String },
     #[error("backup {0} not found")]
     NotFound(String),
     #[error("backup {0} is incomplete (no manifest.json: its run failed or is still going)")]
     Incomplete(String),
     #[error("the S3 store failed: {0}")]
     Store(String),
+}
+
+impl BackupError {
+    /// Another run holds or took the lock (exit code 3): not a fault of
+    /// this run's data.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(
+            self,
+            BackupError::Busy { .. } | BackupError::LostLock { .. }
+        )
+    }
+}
+
+/// Whether `e` is a [`BackupError::is_lock_conflict`].
+pub fn is_lock_conflict(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<BackupError>()
+        .is_some_and(BackupError::is_lock_conflict)
 }
 
 /// A content digest: the row count and the wrapping sum of every row's
@@ -116,6 +137,7 @@ pub struct Settings {
     pub retention_days: u32,
     pub keep_last: Option<u32>,
     pub verify_after_backup: bool,
+    pub lock_lease: lock::Lease,
 }
 
 impl Settings {
@@ -133,6 +155,7 @@ impl Settings {
             retention_days: b.retention_days,
             keep_last: b.keep_last,
             verify_after_backup: b.verify_after_backup,
+            lock_lease: lock::Lease::new(b.lock_lease),
         }
     }
 }

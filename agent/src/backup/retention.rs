@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use super::lock::Lock;
 use super::manifest::{Manifest, Verified, MANIFEST, VERIFIED};
 use super::{Settings, Store};
 
@@ -135,13 +136,16 @@ pub fn plan(
     out
 }
 
-/// Applies retention (the caller holds the lock). With `dry_run`, only
-/// reports.
+/// Applies retention under `lock`. With `dry_run`, only reports. Each
+/// backup's deletion starts with a renewal of the lock and every object's
+/// with a look at its fence: a run that lost the lock deletes nothing more
+/// ([`BackupError::LostLock`](super::BackupError::LostLock)).
 pub async fn prune(
     store: &Store,
     settings: &Settings,
     dry_run: bool,
     running: Option<&str>,
+    lock: &Lock,
 ) -> Result<Vec<Decision>> {
     let backups = list(store).await?;
     let decisions = plan(
@@ -152,8 +156,12 @@ pub async fn prune(
         running,
     );
     if !dry_run {
+        let fence = lock.fence();
         for d in decisions.iter().filter(|d| d.delete) {
-            let n = store.delete_folder(&format!("{}/", d.id)).await?;
+            lock.confirm(&format!("deleting backup {}", d.id)).await?;
+            let n = store
+                .delete_folder(&format!("{}/", d.id), || Ok(fence.check()?))
+                .await?;
             info!(backup = %d.id, objects = n, reason = %d.reason, "deleted backup");
         }
     }

@@ -362,13 +362,40 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes an object only if its ETag is still `etag` (`If-Match` on
+    /// DeleteObject). Returns whether it was deleted: `false` when S3
+    /// answered 412 Precondition Failed or the object is gone. Stores
+    /// without conditional deletes ignore the condition: callers read
+    /// first.
+    pub async fn delete_if(&self, rel: &str, etag: &str) -> Result<bool> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(rel))
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(412) || is_not_found(&e) => Ok(false),
+            Err(e) => anyhow::bail!("delete {}: {}", self.url(rel), describe(&e)),
+        }
+    }
+
     /// Deletes every object under `rel_prefix`; returns how many. The
     /// manifest goes first, so a folder half deleted reads as incomplete,
-    /// never as a complete backup with missing objects.
-    pub async fn delete_folder(&self, rel_prefix: &str) -> Result<usize> {
+    /// never as a complete backup with missing objects. `go_on` is asked
+    /// before each deletion and stops the walk with its error.
+    pub async fn delete_folder(
+        &self,
+        rel_prefix: &str,
+        go_on: impl Fn() -> Result<()>,
+    ) -> Result<usize> {
         let mut keys = self.list(rel_prefix).await?;
         keys.sort_by_key(|(k, _)| !k.ends_with("/manifest.json"));
         for (k, _) in &keys {
+            go_on()?;
             self.delete(k).await?;
         }
         Ok(keys.len())
