@@ -164,7 +164,8 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
 }
 
 /// Polls the witnesses through drctl's client until `pred` holds on the
-/// status of some reachable witness that names itself leader.
+/// status of some reachable witness that names itself leader, confirmed by
+/// a quorum.
 pub async fn wait_leader_status<F>(
     drctl: &dr_agent::drctl::DrctlConfig,
     deadline: Duration,
@@ -179,7 +180,10 @@ where
             .witness_status()
             .await
             .into_iter()
-            .filter_map(|(id, r)| r.ok().filter(|s| s.leader == Some(id)))
+            .filter_map(|(id, r)| {
+                r.ok()
+                    .filter(|s| s.leader == Some(id) && s.leader_confirmed)
+            })
             .find(|s| pred(s))
     })
     .await
