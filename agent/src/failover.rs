@@ -153,7 +153,7 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
     });
     let mut witnesses = BTreeMap::new();
     for (id, addr) in &rt.witnesses {
-        let ch = dr_witness::network::channel(&rt.tls, *id, addr)
+        let ch = dr_witness::network::channel_with_timing(&rt.tls, *id, addr, &rt.timing)
             .with_context(|| format!("witness {id} at {addr}"))?;
         witnesses.insert(*id, WitnessClient::new(ch));
     }

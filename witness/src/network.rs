@@ -1,7 +1,10 @@
 //! openraft's network between witnesses: each RPC is one unary gRPC call
 //! over mutual TLS, its openraft payload serde-encoded as JSON.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -18,22 +21,71 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::witness_identity;
 use crate::store::{NodeId, TypeConfig};
+use crate::timing::Timing;
 use dr_proto::pb::{witness_client::WitnessClient, RaftRpc};
 
 /// Opens mTLS channels to the other witnesses.
 #[derive(Clone)]
 pub struct Network {
     pub tls: dr_proto::tls::TlsFiles,
+    pub timing: Timing,
+    /// Where this witness dials each peer: its own config's `witnesses`.
+    /// Preferred over the address recorded in the Raft membership, which is
+    /// whatever the group was initialised with.
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
-/// A lazily connected channel to witness `id` at `addr`.
+/// A lazily connected channel to witness `id` at `addr`, for short-lived
+/// clients (`drctl`): [`channel_with_timing`] with the default timing.
 pub fn channel(tls: &dr_proto::tls::TlsFiles, id: u64, addr: &str) -> anyhow::Result<Channel> {
+    channel_with_timing(tls, id, addr, &Timing::default())
+}
+
+/// A lazily connected channel to witness `id` at `addr` that notices a
+/// path gone silent (packets dropped, nothing closed) within about
+/// `heartbeat + lease`, and reconnects promptly once it heals:
+///
+/// - HTTP/2 keep-alive: a PING after a heartbeat without traffic, idle or
+///   not; no answer within a lease closes the connection, and the next
+///   call reconnects instead of queueing behind a dead one.
+/// - A connect timeout of two heartbeats over TCP *and* the TLS handshake,
+///   so an attempt into a black hole is retried soon after the heal.
+/// - TCP keep-alive probes from a heartbeat idle (the kernel counts whole
+///   seconds: at least one), giving up after about a lease, and (Linux) a
+///   TCP user timeout of a lease for unacknowledged data.
+pub fn channel_with_timing(
+    tls: &dr_proto::tls::TlsFiles,
+    id: u64,
+    addr: &str,
+    timing: &Timing,
+) -> anyhow::Result<Channel> {
     let tls: ClientTlsConfig = tls.client_config(&witness_identity(id))?;
+    let heartbeat = Duration::from_millis(timing.heartbeat_ms);
+    let lease = Duration::from_millis(timing.lease_ms);
+    let connect = 2 * heartbeat;
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect));
+    let probe_s = timing.heartbeat_ms.div_ceil(1_000).max(1);
+    let probes = timing
+        .lease_ms
+        .div_ceil(1_000 * probe_s)
+        .saturating_sub(1)
+        .max(1);
+    tcp.set_keepalive(Some(Duration::from_secs(probe_s)));
+    tcp.set_keepalive_interval(Some(Duration::from_secs(probe_s)));
+    tcp.set_keepalive_retries(Some(probes as u32));
+    #[cfg(target_os = "linux")]
+    tcp.set_tcp_user_timeout(Some(lease));
     Ok(Endpoint::from_shared(addr.to_string())?
         .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        // Applied around the connector: TCP connect and TLS handshake.
+        .connect_timeout(connect)
+        .http2_keep_alive_interval(heartbeat)
+        .keep_alive_timeout(lease)
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(tcp))
 }
 
 pub struct Client {
@@ -46,7 +98,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Client;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
-        match channel(&self.tls, target, &node.addr) {
+        let addr = self.addresses.get(&target).unwrap_or(&node.addr);
+        match channel_with_timing(&self.tls, target, addr, &self.timing) {
             Ok(ch) => Client {
                 target,
                 client: Some(WitnessClient::new(ch)),

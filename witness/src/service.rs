@@ -23,7 +23,7 @@ use crate::decide::{
     OperatorRequest, Verdict,
 };
 use crate::model::{AuditEntry, Cluster, Command, WitnessState};
-use crate::network::{channel, Network};
+use crate::network::{channel_with_timing, Network};
 use crate::store::{self, LogStore, NodeId, Raft, StateMachine};
 use crate::timing::{Millis, Timing};
 use dr_proto::pb::{
@@ -628,7 +628,11 @@ pub async fn run(
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_cfg),
-        Network { tls: tls.clone() },
+        Network {
+            tls: tls.clone(),
+            timing,
+            addresses: cfg.witnesses.clone(),
+        },
         LogStore::new(db.clone()),
         sm,
     )
@@ -648,7 +652,10 @@ pub async fn run(
     let mut peers = BTreeMap::new();
     for (id, addr) in &cfg.witnesses {
         if *id != cfg.id {
-            peers.insert(*id, WitnessClient::new(channel(&tls, *id, addr)?));
+            peers.insert(
+                *id,
+                WitnessClient::new(channel_with_timing(&tls, *id, addr, &timing)?),
+            );
         }
     }
     let dcs: Vec<String> = cfg.datacenters.keys().cloned().collect();
