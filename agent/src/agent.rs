@@ -111,12 +111,7 @@ pub async fn run(
     } else {
         Some(cfg.failover.resolve().map_err(|e| anyhow::anyhow!("{e}"))?)
     };
-    let liveness = timing.map_or_else(Default::default, |t| {
-        dr_proto::channel::Liveness::for_lease(
-            Duration::from_millis(t.heartbeat_ms),
-            Duration::from_millis(t.lease_ms),
-        )
-    });
+    let liveness = timing.map_or_else(Default::default, |t| t.liveness());
 
     // Listeners first: a bad address fails before anything starts.
     let grpc_listener = TcpListener::bind(cfg.listen.grpc)

@@ -139,7 +139,7 @@ impl DrctlConfig {
         let liveness = dr_proto::channel::Liveness::default();
         let ch = dr_proto::channel::endpoint(&a.address, tls.client_config(&identity)?, liveness)?
             .timeout(Duration::from_secs(3600))
-            .connect()
+            .connect_with_connector(dr_proto::channel::connector(liveness))
             .await
             .with_context(|| format!("connect to agent {dc} at {}", a.address))?;
         Ok(AdminClient::new(ch).max_decoding_message_size(crate::milvus::MAX_MESSAGE_BYTES))
@@ -364,6 +364,7 @@ pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
         "WITNESS", "RAFT", "LEADER", "EPOCH", "PRIMARY", "LEASE", "OBSERVATION"
     );
     let mut newest: Option<&WitnessStatus> = None;
+    let mut notes = String::new();
     for (id, r) in all {
         match r {
             Err(e) => {
@@ -404,17 +405,25 @@ pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
                         .map_or("-".into(), |l| format!("{:.1}s", l as f64 / 1000.0)),
                     obs
                 );
+                if s.raft_state == "Leader" && !s.leader_confirmed {
+                    notes += &format!(
+                        "witness {id} is an UNCONFIRMED leader (no quorum acknowledgement for {}): cut off from its peers, it decides nothing\n",
+                        s.quorum_ack_ms
+                            .map_or("this term".into(), |m| format!("{:.1}s", m as f64 / 1000.0))
+                    );
+                }
                 if newest.is_none_or(|n| s.cluster.version > n.cluster.version) {
                     newest = Some(s);
                 }
             }
         }
     }
+    out += &notes;
     if let Some(s) = newest {
         if let Some(leader) = all.iter().find_map(|(id, r)| {
             r.as_ref()
                 .ok()
-                .filter(|s| s.leader == Some(*id))
+                .filter(|s| s.leader == Some(*id) && s.leader_confirmed)
                 .map(|s| s.verdict.clone())
         }) {
             out += &format!("leader decision: {leader:?}\n");
@@ -692,6 +701,72 @@ mod tests {
         assert_eq!(c.agents.len(), 2);
         assert_eq!(c.witnesses.len(), 3);
         assert!(c.witnesses[&2].starts_with("https://"));
+    }
+
+    #[test]
+    fn witness_table_flags_an_unconfirmed_leader_and_shows_only_a_confirmed_ones_verdict() {
+        let status = |id: u64, leader: Option<u64>, confirmed: bool, verdict: &str| WitnessStatus {
+            id,
+            leader,
+            leader_confirmed: confirmed,
+            quorum_ack_ms: Some(if confirmed { 40 } else { 3_200 }),
+            term: 2,
+            raft_state: "Leader".into(),
+            cluster: Default::default(),
+            observation: Default::default(),
+            agents: Default::default(),
+            verdict: dr_witness::decide::Verdict::Stable(verdict.into()),
+            lease_remaining_ms: None,
+            audit: vec![],
+            timing: Default::default(),
+        };
+        // Witness 1 is cut off and no longer names itself; witness 2 leads.
+        let all = vec![
+            (1, Ok(status(1, None, false, "stale"))),
+            (2, Ok(status(2, Some(2), true, "current"))),
+        ];
+        let t = witness_table(&all);
+        assert!(
+            t.contains("witness 1 is an UNCONFIRMED leader (no quorum acknowledgement for 3.2s)"),
+            "{t}"
+        );
+        assert!(!t.contains("witness 2 is an UNCONFIRMED"), "{t}");
+        assert!(
+            t.contains("Stable(\"current\")") && !t.contains("stale"),
+            "{t}"
+        );
+        // A leader that does not say it is confirmed (an older witness, or
+        // an unconfirmed one): no decision state is shown as the leader's.
+        let all = vec![(2, Ok(status(2, Some(2), false, "unsure")))];
+        assert!(!witness_table(&all).contains("leader decision"));
+    }
+
+    #[test]
+    fn a_witness_status_without_the_confirmation_fields_still_parses() {
+        let mut v = serde_json::to_value(WitnessStatus {
+            id: 1,
+            leader: Some(1),
+            leader_confirmed: true,
+            quorum_ack_ms: Some(5),
+            term: 1,
+            raft_state: "Leader".into(),
+            cluster: Default::default(),
+            observation: Default::default(),
+            agents: Default::default(),
+            verdict: dr_witness::decide::Verdict::NotLeader,
+            lease_remaining_ms: None,
+            audit: vec![],
+            timing: Default::default(),
+        })
+        .unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("leader_confirmed");
+        obj.remove("quorum_ack_ms");
+        let s: WitnessStatus = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            (s.leader, s.leader_confirmed, s.quorum_ack_ms),
+            (Some(1), false, None)
+        );
     }
 
     #[test]

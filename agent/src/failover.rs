@@ -206,13 +206,13 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
     });
     let mut witnesses = BTreeMap::new();
     for (id, addr) in &rt.witnesses {
-        let ch = dr_witness::network::channel(&rt.tls, *id, addr)
+        let ch = dr_witness::network::channel_with_timing(&rt.tls, *id, addr, &rt.timing)
             .with_context(|| format!("witness {id} at {addr}"))?;
         witnesses.insert(*id, WitnessClient::new(ch));
     }
     let peer = {
         let tls = rt.tls.client_config(&rt.peer_identity)?;
-        let ch = dr_proto::channel::endpoint(&rt.peer_address, tls, rt.liveness)?.connect_lazy();
+        let ch = dr_proto::channel::lazy(&rt.peer_address, tls, rt.liveness)?;
         ReplicationClient::new(ch)
     };
     let local = Local {

@@ -9,11 +9,12 @@
 //! while idle) and drops the connection when one is not answered in time,
 //! bounds the connection attempt, and turns TCP keep-alive on, so a broken
 //! path is noticed within about one lease and a healed one is used again
-//! within a heartbeat or two.
+//! within a heartbeat or two. Every party builds its channels here.
 
 use std::time::Duration;
 
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How quickly a channel notices a dead path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +53,49 @@ impl Default for Liveness {
     }
 }
 
-/// An mTLS endpoint to `addr` with `liveness`.
+/// An mTLS endpoint to `addr` with `l`'s HTTP/2 keep-alive and connect
+/// timeout (which covers TCP *and* the TLS handshake). Connect it with
+/// [`connector`] (see [`lazy`] and [`connect`]) for the TCP options too.
 pub fn endpoint(addr: &str, tls: ClientTlsConfig, l: Liveness) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::from_shared(addr.to_string())?
         .tls_config(tls)?
         .connect_timeout(l.connect_timeout)
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(l.ping_every))
         .http2_keep_alive_interval(l.ping_every)
         .keep_alive_timeout(l.ping_timeout)
         .keep_alive_while_idle(true))
+}
+
+/// The TCP side: no Nagle delay, a bounded connect, keep-alive probes from
+/// `ping_every` idle (the kernel counts whole seconds: at least one) giving
+/// up after about `ping_every + ping_timeout`, and (Linux) a user timeout
+/// of `ping_timeout` for data sent and never acknowledged.
+pub fn connector(l: Liveness) -> HttpConnector {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(l.connect_timeout));
+    let probe = Duration::from_secs(l.ping_every.as_secs_f64().ceil().max(1.0) as u64);
+    let probes = (l.ping_timeout.as_secs_f64() / probe.as_secs_f64())
+        .ceil()
+        .max(1.0) as u32;
+    tcp.set_keepalive(Some(probe));
+    tcp.set_keepalive_interval(Some(probe));
+    tcp.set_keepalive_retries(Some(probes));
+    #[cfg(target_os = "linux")]
+    tcp.set_tcp_user_timeout(Some(l.ping_timeout));
+    tcp
+}
+
+/// A channel that connects on first use (and again after a dead path).
+pub fn lazy(addr: &str, tls: ClientTlsConfig, l: Liveness) -> anyhow::Result<Channel> {
+    Ok(endpoint(addr, tls, l)?.connect_with_connector_lazy(connector(l)))
+}
+
+/// A channel connected now.
+pub async fn connect(addr: &str, tls: ClientTlsConfig, l: Liveness) -> anyhow::Result<Channel> {
+    Ok(endpoint(addr, tls, l)?
+        .connect_with_connector(connector(l))
+        .await?)
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! Three `dr-witness` processes on loopback, each behind a TCP proxy so
-//! tests can restart them on new ports and cut links.
+//! Three `dr-witness` processes on loopback, each behind TCP proxies so
+//! tests can restart them on new ports and cut links: one proxy per
+//! witness for agents and `drctl`, and one per ordered pair of witnesses
+//! for their own traffic (Raft and observations), so that a single
+//! witness can be cut off from its peers while the other two still talk.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +55,9 @@ pub struct Witnesses {
     pub front: Vec<Proxy>,
     /// The addresses dc-a's agent uses (cut them to isolate dc-a).
     pub for_a: Vec<Proxy>,
+    /// `links[i][j]`: how witness index i reaches witness index j (None
+    /// for i == j).
+    pub links: Vec<Vec<Option<Proxy>>>,
 }
 
 impl Witnesses {
@@ -64,13 +70,29 @@ impl Witnesses {
             front.push(Proxy::start().await?);
             for_a.push(Proxy::start().await?);
         }
-        let list: String = front
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("  {}: \"https://{}\"\n", i + 1, p.addr))
-            .collect();
+        let mut links = vec![];
+        for i in 0..3 {
+            let mut row = vec![];
+            for j in 0..3 {
+                row.push(if i == j {
+                    None
+                } else {
+                    Some(Proxy::start().await?)
+                });
+            }
+            links.push(row);
+        }
         let mut procs = vec![];
         for id in 1..=3u64 {
+            // Its own entry is what the group may be initialised with; it
+            // dials its peers through its own links.
+            let me = (id - 1) as usize;
+            let list: String = (0..3)
+                .map(|j| {
+                    let addr = links[me][j].as_ref().map_or(front[j].addr, |p| p.addr);
+                    format!("  {}: \"https://{addr}\"\n", j + 1)
+                })
+                .collect();
             let state_dir = env.dir.path().join(format!("witness-{id}"));
             let yaml = format!(
                 r#"id: {id}
@@ -105,6 +127,7 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
             procs,
             front,
             for_a,
+            links,
         };
         for i in 0..3 {
             w.spawn(i).await?;
@@ -127,6 +150,11 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
         p.child = Some(child);
         self.front[i].set_target(b.grpc);
         self.for_a[i].set_target(b.grpc);
+        for row in &self.links {
+            if let Some(p) = &row[i] {
+                p.set_target(b.grpc);
+            }
+        }
         p.bound = Some(b);
         Ok(())
     }
@@ -155,6 +183,17 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
             .collect()
     }
 
+    /// Silences (or heals) both directions between witness index `i` and
+    /// the other two: nothing passes, nothing is closed, as on a path that
+    /// drops every packet. Agents and `drctl` still reach it.
+    pub fn silence_peers(&self, i: usize, on: bool) {
+        for j in 0..3 {
+            for p in [&self.links[i][j], &self.links[j][i]].into_iter().flatten() {
+                p.silence(on);
+            }
+        }
+    }
+
     /// Silences (or heals) every link from dc-a's agent to the witnesses:
     /// packets are dropped, nothing is refused or closed.
     pub fn isolate_a(&self, on: bool) {
@@ -165,7 +204,8 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
 }
 
 /// Polls the witnesses through drctl's client until `pred` holds on the
-/// status of some reachable witness that names itself leader.
+/// status of some reachable witness that names itself leader, confirmed by
+/// a quorum.
 pub async fn wait_leader_status<F>(
     drctl: &dr_agent::drctl::DrctlConfig,
     deadline: Duration,
@@ -180,7 +220,10 @@ where
             .witness_status()
             .await
             .into_iter()
-            .filter_map(|(id, r)| r.ok().filter(|s| s.leader == Some(id)))
+            .filter_map(|(id, r)| {
+                r.ok()
+                    .filter(|s| s.leader == Some(id) && s.leader_confirmed)
+            })
             .find(|s| pred(s))
     })
     .await

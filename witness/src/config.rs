@@ -27,7 +27,9 @@ pub struct WitnessConfig {
     pub state_dir: PathBuf,
     pub listen: Listen,
     /// Every witness of the group (exactly three): id -> gRPC address,
-    /// e.g. `https://witness-1.example.net:7601`.
+    /// e.g. `https://witness-1.example.net:7601`. This witness reaches its
+    /// peers at these addresses (not at those the group was initialised
+    /// with), so each site may name them as its own network routes them.
     pub witnesses: BTreeMap<u64, String>,
     /// The two datacenters, as in the agents' config.
     pub datacenters: BTreeMap<String, Datacenter>,

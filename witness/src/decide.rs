@@ -196,6 +196,17 @@ pub enum OperatorRequest {
 pub enum Input {
     BecameLeader,
     LostLeadership,
+    /// What Raft says, every round: whether this witness is the Raft
+    /// leader and, if so, how long ago a quorum last acknowledged it
+    /// (`None`: not yet). Only a leader acknowledged within a lease is
+    /// confirmed and decides; a leader cut off from its peers keeps Raft's
+    /// leader state long after they elected another, so an unconfirmed one
+    /// is treated as having lost the leadership (and, confirmed again,
+    /// starts a new tenure).
+    Raft {
+        leader: bool,
+        quorum_ack_age_ms: Option<Millis>,
+    },
     /// The committed state after an apply on this witness.
     Applied(Cluster),
     Heartbeat(AgentHeartbeat),
@@ -251,6 +262,8 @@ pub struct Decider {
     majority: usize,
     leader_since: Option<Millis>,
     cluster: Option<Cluster>,
+    /// When the committed epoch (and so the primary) last changed here.
+    epoch_applied_at: Option<Millis>,
     /// Latest lease grant in this leadership: (epoch, local receive time).
     last_grant: Option<(Epoch, Millis)>,
     max_seq_granted: u64,
@@ -277,6 +290,7 @@ impl Decider {
             majority: witnesses / 2 + 1,
             leader_since: None,
             cluster: None,
+            epoch_applied_at: None,
             last_grant: None,
             max_seq_granted: 0,
             revoked: None,
@@ -315,6 +329,7 @@ impl Decider {
             Input::BecameLeader => {
                 *self = Decider {
                     cluster: self.cluster.take(),
+                    epoch_applied_at: self.epoch_applied_at,
                     observations: std::mem::take(&mut self.observations),
                     ..Decider::new(self.timing, self.majority * 2 - 1)
                 };
@@ -322,14 +337,31 @@ impl Decider {
                 vec![]
             }
             Input::LostLeadership => {
-                let cluster = self.cluster.take();
-                *self = Decider::new(self.timing, self.majority * 2 - 1);
-                self.cluster = cluster;
+                *self = Decider {
+                    cluster: self.cluster.take(),
+                    epoch_applied_at: self.epoch_applied_at,
+                    ..Decider::new(self.timing, self.majority * 2 - 1)
+                };
                 vec![]
+            }
+            Input::Raft {
+                leader,
+                quorum_ack_age_ms,
+            } => {
+                let confirmed = leader && self.timing.leader_confirmed(quorum_ack_age_ms);
+                match (confirmed, self.is_leader()) {
+                    (true, false) => self.step(now, Input::BecameLeader),
+                    (false, true) => self.step(now, Input::LostLeadership),
+                    _ => vec![],
+                }
             }
             Input::Applied(c) => {
                 let changed_epoch = self.cluster.as_ref().map(|o| o.epoch) != Some(c.epoch);
                 if changed_epoch {
+                    if self.cluster.is_some() {
+                        // Not at start-up: this witness saw the change.
+                        self.epoch_applied_at = Some(now);
+                    }
                     self.last_grant = None;
                     self.max_seq_granted = 0;
                     self.revoked = None;
@@ -459,6 +491,30 @@ impl Decider {
 
     fn fresh(&self, received: Millis, now: Millis) -> bool {
         now.saturating_sub(received) <= FRESH_HEARTBEATS * self.timing.heartbeat_ms
+    }
+
+    /// Whether a witness's observation received at `received` may count
+    /// towards a decision about the current primary: fresh (no older than
+    /// four heartbeats, nor than a lease) and received after the epoch that
+    /// made it primary was applied here.
+    fn counts(&self, received: Millis, now: Millis) -> bool {
+        let age = now.saturating_sub(received);
+        age <= FRESH_HEARTBEATS * self.timing.heartbeat_ms
+            && age <= self.timing.lease_ms
+            && self.epoch_applied_at.is_none_or(|e| received > e)
+    }
+
+    /// A view of the primary as it counts: a primary is judged from the
+    /// epoch that made it primary on, so it has been unhealthy, as far as
+    /// decisions go, for no longer than from then to the view's receipt.
+    /// Views formed while it was the standby (a peer that had not heard
+    /// its agent yet, a push sent before the commit) never make a new
+    /// primary "down": it was just found fit to take over.
+    fn as_primary(&self, received: Millis, mut v: DcView) -> DcView {
+        if let Some(e) = self.epoch_applied_at {
+            v.unhealthy_for_ms = v.unhealthy_for_ms.min(received.saturating_sub(e));
+        }
+        v
     }
 
     /// Whether the standby may take over; on refusal, the rule that
@@ -639,9 +695,22 @@ impl Decider {
         let fresh: Vec<(WitnessId, DcView)> = self
             .observations
             .iter()
-            .filter(|(_, (at, _))| self.fresh(*at, now))
-            .filter_map(|(w, (_, o))| o.get(&primary).map(|v| (*w, *v)))
+            .filter(|(_, (at, _))| self.counts(*at, now))
+            .filter_map(|(w, (at, o))| o.get(&primary).map(|v| (*w, self.as_primary(*at, *v))))
             .collect();
+        if fresh.is_empty() {
+            if let Some(e) = self.epoch_applied_at.filter(|e| {
+                self.observations
+                    .values()
+                    .any(|(at, _)| at <= e && self.fresh(*at, now))
+            }) {
+                return self.set(Verdict::Waiting(format!(
+                    "epoch {} made {primary} primary {} ms ago; no observation of it received since",
+                    c.epoch,
+                    now.saturating_sub(e)
+                )));
+            }
+        }
         let confirmed = fresh
             .iter()
             .filter(|(_, v)| !v.healthy && v.unhealthy_for_ms >= self.timing.confirmation_ms)

@@ -1,7 +1,7 @@
 //! openraft's network between witnesses: each RPC is one unary gRPC call
 //! over mutual TLS, its openraft payload serde-encoded as JSON.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -14,26 +14,41 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::config::witness_identity;
 use crate::store::{NodeId, TypeConfig};
+use crate::timing::Timing;
 use dr_proto::pb::{witness_client::WitnessClient, RaftRpc};
 
 /// Opens mTLS channels to the other witnesses.
 #[derive(Clone)]
 pub struct Network {
     pub tls: dr_proto::tls::TlsFiles,
+    pub timing: Timing,
+    /// Where this witness dials each peer: its own config's `witnesses`.
+    /// Preferred over the address recorded in the Raft membership, which is
+    /// whatever the group was initialised with.
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
-/// A lazily connected channel to witness `id` at `addr`.
+/// A lazily connected channel to witness `id` at `addr`, for short-lived
+/// clients (`drctl`): [`channel_with_timing`] with the default timing.
 pub fn channel(tls: &dr_proto::tls::TlsFiles, id: u64, addr: &str) -> anyhow::Result<Channel> {
+    channel_with_timing(tls, id, addr, &Timing::default())
+}
+
+/// A lazily connected channel to witness `id` at `addr` that notices a
+/// path gone silent (packets dropped, nothing closed) within about a lease
+/// and reconnects promptly once it heals (see [`dr_proto::channel`]).
+pub fn channel_with_timing(
+    tls: &dr_proto::tls::TlsFiles,
+    id: u64,
+    addr: &str,
+    timing: &Timing,
+) -> anyhow::Result<Channel> {
     let tls: ClientTlsConfig = tls.client_config(&witness_identity(id))?;
-    Ok(Endpoint::from_shared(addr.to_string())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    dr_proto::channel::lazy(addr, tls, timing.liveness())
 }
 
 pub struct Client {
@@ -46,7 +61,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Client;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
-        match channel(&self.tls, target, &node.addr) {
+        let addr = self.addresses.get(&target).unwrap_or(&node.addr);
+        match channel_with_timing(&self.tls, target, addr, &self.timing) {
             Ok(ch) => Client {
                 target,
                 client: Some(WitnessClient::new(ch)),

@@ -23,7 +23,7 @@ use crate::decide::{
     OperatorRequest, Verdict,
 };
 use crate::model::{AuditEntry, Cluster, Command, WitnessState};
-use crate::network::{channel, Network};
+use crate::network::{channel_with_timing, Network};
 use crate::store::{self, LogStore, NodeId, Raft, StateMachine};
 use crate::timing::{Millis, Timing};
 use dr_proto::pb::{
@@ -59,7 +59,19 @@ pub struct AgentSeen {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WitnessStatus {
     pub id: NodeId,
+    /// The leader as this witness knows it. A witness that Raft still
+    /// calls leader but that no quorum acknowledged within a lease does
+    /// not name itself (see `leader_confirmed`).
     pub leader: Option<NodeId>,
+    /// This witness is the leader and a quorum acknowledged it within the
+    /// last lease: it is the one deciding. `raft_state` "Leader" without
+    /// this is an unconfirmed leader (cut off from its peers, deciding
+    /// nothing). Absent from older witnesses' status: false.
+    #[serde(default)]
+    pub leader_confirmed: bool,
+    /// On a Raft leader: how long ago a quorum last acknowledged it.
+    #[serde(default)]
+    pub quorum_ack_ms: Option<u64>,
     pub term: u64,
     pub raft_state: String,
     pub cluster: Cluster,
@@ -252,23 +264,33 @@ impl Inner {
     async fn round(self: &Arc<Self>, probe: bool) {
         let now = self.now();
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.cfg.id);
+        let raft_leader = self.raft_leader(&m);
         let cluster = self.state.borrow().cluster.clone();
         let mut actions = vec![];
         let mut init = None;
+        let leader;
         {
             let mut core = self.core.lock().unwrap();
+            core.decider.step(
+                now,
+                Input::Raft {
+                    leader: raft_leader,
+                    quorum_ack_age_ms: m.millis_since_quorum_ack,
+                },
+            );
+            leader = core.decider.is_leader();
             if leader != core.leader {
                 core.leader = leader;
-                info!(leader, term = m.current_term, "witness leadership changed");
-                core.decider.step(
-                    now,
-                    if leader {
-                        Input::BecameLeader
-                    } else {
-                        Input::LostLeadership
-                    },
-                );
+                if !leader && raft_leader {
+                    warn!(
+                        term = m.current_term,
+                        quorum_ack_ms = ?m.millis_since_quorum_ack,
+                        lease_ms = self.timing.lease_ms,
+                        "Raft leader without a quorum acknowledgement within a lease: deciding nothing until a quorum answers"
+                    );
+                } else {
+                    info!(leader, term = m.current_term, "witness leadership changed");
+                }
                 core.init_proposed = false;
                 core.applied_version = None;
             }
@@ -362,14 +384,33 @@ impl Inner {
         self.run_actions(actions);
     }
 
+    /// Raft's own view: this witness is the leader of its term (confirmed
+    /// or not).
+    fn raft_leader(&self, m: &openraft::RaftMetrics<NodeId, BasicNode>) -> bool {
+        m.state == ServerState::Leader && m.current_leader == Some(self.cfg.id)
+    }
+
+    /// The leader to name to others: Raft's view, except that a leader
+    /// this witness cannot confirm is not named (it is not deciding).
+    fn named_leader(
+        &self,
+        m: &openraft::RaftMetrics<NodeId, BasicNode>,
+        confirmed: bool,
+    ) -> Option<NodeId> {
+        m.current_leader.filter(|l| *l != self.cfg.id || confirmed)
+    }
+
     fn status(&self) -> WitnessStatus {
         let m = self.raft.metrics().borrow().clone();
         let st = self.state.borrow().clone();
         let now = self.now();
         let core = self.core.lock().unwrap();
+        let confirmed = core.leader && self.raft_leader(&m);
         WitnessStatus {
             id: self.cfg.id,
-            leader: m.current_leader,
+            leader: self.named_leader(&m, confirmed),
+            leader_confirmed: confirmed,
+            quorum_ack_ms: m.millis_since_quorum_ack,
             term: m.current_term,
             raft_state: format!("{:?}", m.state),
             cluster: st.cluster,
@@ -490,7 +531,8 @@ impl WitnessApi for Service {
             }
         }
         reply.cluster = Some(inner.state.borrow().cluster.clone()).filter(|c| c.epoch > 0);
-        reply.leader = inner.raft.metrics().borrow().current_leader;
+        let confirmed = inner.core.lock().unwrap().leader;
+        reply.leader = inner.named_leader(&inner.raft.metrics().borrow(), confirmed);
         json(&reply)
     }
 
@@ -586,7 +628,11 @@ pub async fn run(
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_cfg),
-        Network { tls: tls.clone() },
+        Network {
+            tls: tls.clone(),
+            timing,
+            addresses: cfg.witnesses.clone(),
+        },
         LogStore::new(db.clone()),
         sm,
     )
@@ -606,7 +652,10 @@ pub async fn run(
     let mut peers = BTreeMap::new();
     for (id, addr) in &cfg.witnesses {
         if *id != cfg.id {
-            peers.insert(*id, WitnessClient::new(channel(&tls, *id, addr)?));
+            peers.insert(
+                *id,
+                WitnessClient::new(channel_with_timing(&tls, *id, addr, &timing)?),
+            );
         }
     }
     let dcs: Vec<String> = cfg.datacenters.keys().cloned().collect();
@@ -700,8 +749,13 @@ fn render_metrics(inner: &Inner) -> String {
     reg.register("epoch", "Committed epoch", g(st.cluster.epoch as i64));
     reg.register(
         "is_leader",
-        "1 on the Raft leader",
-        g(i64::from(st.leader == Some(st.id))),
+        "1 on the leader, confirmed by a quorum within the last lease (the one deciding)",
+        g(i64::from(st.leader_confirmed)),
+    );
+    reg.register(
+        "leader_unconfirmed",
+        "1 on a Raft leader that no quorum acknowledged within the last lease (cut off; deciding nothing)",
+        g(i64::from(st.raft_state == "Leader" && !st.leader_confirmed)),
     );
     reg.register("term", "Raft term", g(st.term as i64));
     reg.register(

@@ -197,6 +197,23 @@ impl Timing {
     pub fn leader_may_act_at(&self, became_leader_at: Millis) -> Millis {
         self.witness_lease_until(became_leader_at)
     }
+
+    /// How quickly channels sized to this timing notice a dead path.
+    pub fn liveness(&self) -> dr_proto::channel::Liveness {
+        dr_proto::channel::Liveness::for_lease(
+            std::time::Duration::from_millis(self.heartbeat_ms),
+            std::time::Duration::from_millis(self.lease_ms),
+        )
+    }
+
+    /// Whether a Raft leader whose quorum last acknowledged it
+    /// `quorum_ack_age` ago (`None`: never in this term) still counts as
+    /// the leader: only within one lease. A leader cut off from its peers
+    /// keeps Raft's leader state until it hears of a newer term, long after
+    /// the others may have elected another one.
+    pub fn leader_confirmed(&self, quorum_ack_age: Option<Millis>) -> bool {
+        quorum_ack_age.is_some_and(|age| age <= self.lease_ms)
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +320,15 @@ mod tests {
             serde_norway::from_str("profile: fast\nconfirmation_ms: 1000").unwrap();
         assert_eq!(f.resolve().unwrap_err().field, "failover.confirmation_ms");
         assert!(serde_norway::from_str::<FailoverSection>("profile: turbo").is_err());
+    }
+
+    #[test]
+    fn a_leader_is_confirmed_only_within_a_lease_of_a_quorum_ack() {
+        let t = Timing::fast();
+        assert!(t.leader_confirmed(Some(0)));
+        assert!(t.leader_confirmed(Some(t.lease_ms)));
+        assert!(!t.leader_confirmed(Some(t.lease_ms + 1)));
+        assert!(!t.leader_confirmed(None));
     }
 
     #[test]

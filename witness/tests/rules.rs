@@ -459,6 +459,157 @@ fn observations_older_than_four_heartbeats_are_ignored() {
     assert_eq!((from, to.as_str()), (1, "b"));
 }
 
+/// Observations count for no longer than a lease either: with a lease of
+/// 2.5 heartbeats, a peer's observation 2.5 s old is stale although it is
+/// within four heartbeats.
+#[test]
+fn stale_peer_observations_do_not_make_a_majority() {
+    let timing = Timing {
+        heartbeat_ms: 1_000,
+        lease_ms: 2_500,
+        ..t()
+    };
+    timing.validate().unwrap();
+    let seen = 50_000;
+    let mut d = Decider::new(timing, 3);
+    assert_eq!(d.step(0, Input::Applied(init())), vec![]);
+    assert_eq!(d.step(0, Input::BecameLeader), vec![]);
+    // Witness 2's observation arrived at `seen`; witness 1's own is fresh.
+    observe(&mut d, seen, 2, "a", down(40_000, Some(seen - 1_000)));
+    let mut at_limit = d.clone();
+
+    let now = seen + timing.lease_ms + 1;
+    assert!(now - seen < 4 * timing.heartbeat_ms);
+    observe(&mut d, now, 1, "a", down(40_000, Some(seen - 1_000)));
+    assert_eq!(
+        lease(&mut d, now, standby("b", 1, now - 2_000)),
+        LeaseAnswer::Denied
+    );
+    assert_eq!(tick(&mut d, now), vec![]);
+    assert_eq!(
+        d.verdict(),
+        &Verdict::Waiting(
+            "primary a unhealthy to 1 witness(es); 1 past the 30000 ms confirmation window, 2 needed"
+                .into()
+        )
+    );
+
+    // A lease old: still counts.
+    let now = seen + timing.lease_ms;
+    observe(&mut at_limit, now, 1, "a", down(40_000, Some(seen - 1_000)));
+    assert_eq!(
+        lease(&mut at_limit, now, standby("b", 1, now - 2_000)),
+        LeaseAnswer::Denied
+    );
+    let (from, to, ..) = proposed_failover(&tick(&mut at_limit, now));
+    assert_eq!((from, to.as_str()), (1, "b"));
+}
+
+/// Right after a failover to `b` commits, the views of `b` that the leader
+/// holds were formed while `b` was the standby (sent before the commit, or
+/// by a peer that had not heard `b`'s agent again yet). None of them may
+/// make the new primary "down": `b` is judged on observations received
+/// after the commit, for the time since the commit.
+#[test]
+fn a_new_primary_is_not_called_down_before_fresh_observations_of_it() {
+    let mut d = leader(&init(), 0);
+    let before = 100_000;
+    for w in [1, 2] {
+        observe(&mut d, before, w, "b", down(40_000, None));
+    }
+    let committed = before + 50;
+    assert_eq!(
+        d.step(committed, Input::Applied(failed_over_to_b(before))),
+        vec![]
+    );
+    assert_eq!(tick(&mut d, committed + 60), vec![]);
+    assert_eq!(
+        d.verdict(),
+        &Verdict::Waiting(
+            "epoch 2 made b primary 60 ms ago; no observation of it received since".into()
+        )
+    );
+
+    // Received after the commit, but b was unhealthy to them mostly before.
+    for w in [1, 2] {
+        observe(&mut d, committed + 100, w, "b", down(40_000, None));
+    }
+    assert_eq!(tick(&mut d, committed + 100), vec![]);
+    assert!(
+        verdict_text(&d).starts_with("primary b unhealthy to 2 witness(es); 0 past"),
+        "{:?}",
+        d.verdict()
+    );
+
+    // Unhealthy for a full confirmation window since the commit: now the
+    // new primary is down (and no failback: the old one awaits a resync).
+    let later = committed + t().confirmation_ms;
+    for w in [1, 2] {
+        observe(&mut d, later, w, "b", down(40_000, None));
+    }
+    assert_eq!(
+        tick(&mut d, later),
+        alert("primary b is down but the standby a was demoted earlier and is not resynchronised (no automatic failback)")
+    );
+}
+
+/// A witness that Raft still calls leader but that no quorum acknowledged
+/// within a lease is cut off: the others may have elected a new leader.
+/// It neither proposes nor alerts nor grants, and confirmed again it starts
+/// a new tenure.
+#[test]
+fn an_unconfirmed_leader_neither_proposes_nor_alerts() {
+    let now = 50_000;
+    let raft = |age: Option<Millis>| Input::Raft {
+        leader: true,
+        quorum_ack_age_ms: age,
+    };
+    let mut d = leader(&init(), 0);
+    failover_due(&mut d, now);
+    let mut confirmed = d.clone();
+    let mut holding = leader(&init(), 0);
+    for w in [1, 2] {
+        observe(&mut holding, now, w, "a", down(30_000, Some(now - 1_000)));
+    }
+    let mut holding_confirmed = holding.clone();
+
+    // Acknowledged a lease ago: still the leader; it proposes, or alerts.
+    let lease_ms = t().lease_ms;
+    assert_eq!(confirmed.step(now, raft(Some(lease_ms))), vec![]);
+    assert!(confirmed.is_leader());
+    proposed_failover(&tick(&mut confirmed, now));
+    assert_eq!(holding_confirmed.step(now, raft(Some(lease_ms))), vec![]);
+    assert_eq!(
+        tick(&mut holding_confirmed, now),
+        alert("primary a is down but no heartbeat from the standby agent b")
+    );
+
+    // One ms more, or never acknowledged in this term: nothing.
+    for (x, age) in [(&mut d, Some(lease_ms + 1)), (&mut holding, None)] {
+        assert_eq!(x.step(now, raft(age)), vec![]);
+        assert!(!x.is_leader());
+        assert_eq!(tick(x, now), vec![]);
+        assert_eq!(x.verdict(), &Verdict::NotLeader);
+        assert_eq!(lease(x, now, hb("a", 5, 1)), LeaseAnswer::NotLeader);
+        let req = OperatorRequest::Switchover {
+            to: "b".into(),
+            by: "operator".into(),
+        };
+        assert_eq!(op(x, now, req), refused("not the leader; ask the leader"));
+    }
+
+    // Acknowledged again: a new tenure, which waits out a full lease.
+    let back = now + 1_000;
+    assert_eq!(d.step(back, raft(Some(0))), vec![]);
+    assert!(d.is_leader());
+    failover_due(&mut d, back);
+    assert_eq!(tick(&mut d, back), vec![]);
+    assert!(verdict_text(&d).starts_with("new leader waits out a full lease"));
+    let may = t().leader_may_act_at(back);
+    failover_due(&mut d, may);
+    proposed_failover(&tick(&mut d, may));
+}
+
 // ---------------------------------------------------------------------------
 // Decider: a new leader waits a lease; a granted lease must run out
 // ---------------------------------------------------------------------------

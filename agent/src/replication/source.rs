@@ -94,11 +94,9 @@ async fn session(
     if recovered > 0 {
         info!(keys = recovered, "unacknowledged changes will be resent");
     }
-    let channel =
-        dr_proto::channel::endpoint(&cfg.peer_address, cfg.peer_tls.clone(), cfg.liveness)?
-            .connect()
-            .await
-            .with_context(|| format!("connect to the peer agent {}", cfg.peer_address))?;
+    let channel = dr_proto::channel::connect(&cfg.peer_address, cfg.peer_tls.clone(), cfg.liveness)
+        .await
+        .with_context(|| format!("connect to the peer agent {}", cfg.peer_address))?;
     let mut client = ReplicationClient::new(channel)
         .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mv::MAX_MESSAGE_BYTES);

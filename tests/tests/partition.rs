@@ -1,0 +1,442 @@
+//! The witness quorum under partitions that drop packets silently: the
+//! proxies' silent mode keeps every connection open and passes nothing,
+//! so nobody is told the path is gone. Real processes: three `dr-witness`
+//! and two `dr-agent` on loopback with mutual TLS, real Milvus servers.
+//!
+//! Tests in this binary run one at a time (they measure timings); each
+//! uses the fast profile: heartbeat 250 ms, lease 2 s, confirmation 5 s.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use dr_agent::drctl::DrctlConfig;
+use dr_agent::replication::now_ms;
+use dr_proto::pb;
+use dr_tests::data::{self, Shape};
+use dr_tests::proxy::Proxy;
+use dr_tests::witness::{wait_leader_status, WitnessProc, Witnesses};
+use dr_tests::{wait_until, Agent, AgentSpec, TestEnv};
+use dr_witness::service::WitnessStatus;
+use dr_witness::timing::Timing;
+use tracing::info;
+
+const FAST: &str = "{ profile: fast }";
+const SIMPLE: Shape = Shape::Simple { dim: 8 };
+const LONG: Duration = Duration::from_secs(60);
+const HELD: &str = "automatic failover held";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn timing() -> Timing {
+    Timing::fast()
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+// Fields drop in order: processes before the environment's directory.
+struct Deployment {
+    w: Witnesses,
+    a: Agent,
+    b: Agent,
+    /// dc-a's Milvus health endpoint as agents and witnesses see it.
+    health_a: Proxy,
+    _pa: Proxy,
+    _pb: Proxy,
+    ctl: DrctlConfig,
+    _env: TestEnv,
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Witnesses and both agents up (fast profile), dc-a acting as primary at
+/// epoch 1 with a small collection replicating to dc-b.
+async fn deploy(name: &str) -> Result<Deployment> {
+    let mut env = TestEnv::new(name).await?;
+    let health_a = Proxy::start().await?;
+    let target: std::net::SocketAddr = host_port(&env.endpoints[0].1).parse()?;
+    health_a.set_target(target);
+    env.endpoints[0].1 = format!("http://{}/healthz", health_a.addr);
+    data::create(&env.primary, name, "c", SIMPLE).await?;
+    data::insert(
+        &env.primary,
+        name,
+        "c",
+        SIMPLE,
+        &(0..200).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+
+    let w = Witnesses::start(&env, FAST).await?;
+    let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
+    let b = Agent::start(
+        &env,
+        &AgentSpec {
+            dc: "dc-b",
+            peer_address: format!("https://{}", pa.addr),
+            grpc_port: 0,
+            extra_yaml: &format!("{}\nfailover: {FAST}", w.agent_yaml("dc-b")),
+        },
+    )
+    .await?;
+    let a = Agent::start(
+        &env,
+        &AgentSpec {
+            dc: "dc-a",
+            peer_address: format!("https://{}", pb.addr),
+            grpc_port: 0,
+            extra_yaml: &format!("{}\nfailover: {FAST}", w.agent_yaml("dc-a")),
+        },
+    )
+    .await?;
+    pa.set_target(a.grpc);
+    pb.set_target(b.grpc);
+    let mut ctl = env.drctl(&a, &b);
+    ctl.witnesses = w.drctl_map();
+    let d = Deployment {
+        _env: env,
+        w,
+        a,
+        b,
+        health_a,
+        _pa: pa,
+        _pb: pb,
+        ctl,
+    };
+    wait_until(LONG, "dc-a to act as primary and replicate", || async {
+        let s = d.status("dc-a").await?;
+        let r = s.replication?;
+        (s.role == "source" && s.epoch == 1 && r.applied_snapshot_ms > 0 && r.lag_ms < 2_000)
+            .then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    Ok(d)
+}
+
+impl Deployment {
+    async fn status(&self, dc: &str) -> Option<pb::StatusReply> {
+        self.ctl.status(dc).await.ok()
+    }
+
+    /// One witness's status, through `drctl`'s client.
+    async fn witness(&self, id: u64) -> Option<WitnessStatus> {
+        let mut one = self.ctl.clone();
+        one.witnesses.retain(|k, _| *k == id);
+        one.witness_status().await.pop()?.1.ok()
+    }
+
+    fn proc(&self, id: u64) -> &WitnessProc {
+        &self.w.procs[(id - 1) as usize]
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!(
+            "--- dc-a\n{}\n--- dc-b\n{}\n",
+            self.a.log_tail(),
+            self.b.log_tail()
+        );
+        for p in &self.w.procs {
+            let t = p.log_text();
+            let lines: Vec<&str> = t.lines().collect();
+            out += &format!(
+                "--- witness {}\n{}\n",
+                p.id,
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        out
+    }
+}
+
+/// A series of a witness's `/metrics`, e.g. `milvus_dr_witness_is_leader`
+/// or `milvus_dr_witness_datacenter_unhealthy_ms{datacenter="dc-b"}`.
+async fn metric(p: &WitnessProc, series: &str) -> Option<f64> {
+    let b = p.bound.as_ref()?;
+    let text = reqwest::get(format!("http://{}/metrics", b.metrics))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok())?
+    })
+}
+
+/// Timestamps (ms since the epoch) of the log lines containing all of
+/// `needles`, from the tracing text format (`2026-11-25T07:12:34.123456Z`).
+fn log_times(path: &Path, needles: &[&str]) -> Vec<i64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| {
+            let ts = l.split_whitespace().next()?;
+            chrono::DateTime::parse_from_rfc3339(ts)
+                .ok()
+                .map(|t| t.timestamp_millis())
+        })
+        .collect()
+}
+
+/// The bound within which a leader cut off from its peers stops calling
+/// itself leader: a lease without a quorum acknowledgement, plus one second
+/// for Raft's metrics (every 1.5 Raft heartbeats) and the witness's rounds.
+fn unconfirmed_within() -> Duration {
+    ms(timing().lease_ms + 1_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let t = timing();
+    let d = deploy("pt_leader").await?;
+
+    info!("phase 1: a confirmed leader is cut off from both peers, silently");
+    let first = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
+    let old = first.id;
+    let i = (old - 1) as usize;
+    ensure!(metric(d.proc(old), "milvus_dr_witness_is_leader").await == Some(1.0));
+    let cut_wall = now_ms();
+    let cut = Instant::now();
+    d.w.silence_peers(i, true);
+
+    info!("phase 2: it stops naming itself leader within a lease and a second");
+    let gone = wait_until(
+        unconfirmed_within() + ms(1_000),
+        "the cut-off leader to stop naming itself leader",
+        || async {
+            let s = d.witness(old).await?;
+            (s.leader != Some(old) && !s.leader_confirmed).then_some(s)
+        },
+    )
+    .await
+    .with_context(|| d.logs())?;
+    let seen_after = cut.elapsed();
+    // Raft itself still calls it leader: exactly the stale state at issue.
+    ensure!(
+        gone.raft_state == "Leader",
+        "expected Raft to still call witness {old} leader, got {}",
+        gone.raft_state
+    );
+    let logged = log_times(
+        &d.proc(old).log,
+        &["Raft leader without a quorum acknowledgement"],
+    )
+    .into_iter()
+    .find(|ts| *ts >= cut_wall)
+    .context("the cut-off leader logged that it is unconfirmed")?;
+    let stopped_after = ms((logged - cut_wall).max(0) as u64);
+    ensure!(
+        stopped_after <= unconfirmed_within(),
+        "unconfirmed only {stopped_after:?} after the cut (bound {:?})",
+        unconfirmed_within()
+    );
+    ensure!(metric(d.proc(old), "milvus_dr_witness_is_leader").await == Some(0.0));
+    ensure!(metric(d.proc(old), "milvus_dr_witness_leader_unconfirmed").await == Some(1.0));
+
+    info!("phase 3: the other two elect a confirmed leader in a newer term");
+    let new = wait_leader_status(&d.ctl, LONG, "a new leader among the other two", |s| {
+        s.id != old && s.term > first.term
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let elected_after = cut.elapsed();
+
+    info!("phase 4: dc-a's Milvus fails; the majority fails over, the cut-off one decides nothing");
+    d.health_a.block(true);
+    let done = wait_leader_status(&d.ctl, LONG, "the failover to dc-b", |s| {
+        s.cluster.epoch == 2 && s.cluster.primary == "dc-b"
+    })
+    .await
+    .with_context(|| d.logs())?;
+    ensure!(done.id != old);
+    let iso = d
+        .witness(old)
+        .await
+        .context("the cut-off witness answers drctl")?;
+    ensure!(
+        iso.cluster.epoch == 1
+            && iso.raft_state == "Leader"
+            && !iso.leader_confirmed
+            && iso.observation.get("dc-a").is_some_and(|v| !v.healthy),
+        "the cut-off witness should still be an unconfirmed leader at epoch 1 seeing dc-a down: {iso:?}"
+    );
+
+    info!("phase 5: healed, it follows the new leader without a word about failover");
+    d.w.silence_peers(i, false);
+    let healed = Instant::now();
+    wait_until(LONG, "the old leader to follow at epoch 2", || async {
+        let s = d.witness(old).await?;
+        (s.raft_state == "Follower" && s.cluster.epoch == 2 && s.leader.is_some_and(|l| l != old))
+            .then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let followed_after = healed.elapsed();
+    // Stale views may arrive for a while after the heal: watch a lease more.
+    let until = Instant::now() + ms(t.lease_ms);
+    wait_until(LONG, "a lease to pass after the heal", || async {
+        (Instant::now() >= until).then_some(())
+    })
+    .await?;
+    let log = d.proc(old).log_text();
+    for bad in [HELD, "could not commit", "commit timed out"] {
+        ensure!(
+            !log.contains(bad),
+            "the cut-off leader logged \"{bad}\":\n{}",
+            d.logs()
+        );
+    }
+    ensure!(metric(d.proc(old), "milvus_dr_witness_alerts_total").await == Some(0.0));
+    println!(
+        "witness {old} cut off: unconfirmed {:.2}s later by its log (status showed it after {:.2}s; bound {:.1}s); witness {} elected in term {} > {} after {:.2}s; after the heal it followed within {:.2}s",
+        stopped_after.as_secs_f64(),
+        seen_after.as_secs_f64(),
+        unconfirmed_within().as_secs_f64(),
+        new.id,
+        new.term,
+        first.term,
+        elected_after.as_secs_f64(),
+        followed_after.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// Both agents cut off from the witnesses (silently), dc-a's Milvus still
+/// fine: the witnesses see both datacenters down, and the failover to
+/// dc-b is held because its agent is silent. dc-b's path to the leader
+/// heals first, and the failover commits at once, while the other two
+/// witnesses, not yet healed, still see dc-b's agent silent for longer than
+/// the confirmation window and say so in every observation they push.
+/// Their paths heal a moment later. Nobody may raise "primary dc-b is
+/// down" about the primary the leader has just found fit to take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let t = timing();
+    let d = deploy("pt_commit").await?;
+    let leader = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
+    let l = (leader.id - 1) as usize;
+    let lp = d.proc(leader.id);
+
+    info!("phase 1: both agents lose the witnesses, silently");
+    for p in d.w.for_a.iter().chain(&d.w.front) {
+        p.silence(true);
+    }
+    // `drctl` goes through the same (silent) proxies: watch the logs and
+    // the metrics, which the witnesses serve directly.
+    wait_until(LONG, "the failover held for the silent standby", || async {
+        let held = log_times(&lp.log, &[HELD, "standby agent dc-b"]);
+        (!held.is_empty()).then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+    wait_until(
+        LONG,
+        "every witness to see dc-b down past the window",
+        || async {
+            for p in &d.w.procs {
+                let v = metric(
+                    p,
+                    "milvus_dr_witness_datacenter_unhealthy_ms{datacenter=\"dc-b\"}",
+                )
+                .await?;
+                if v < t.confirmation_ms as f64 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await
+    .with_context(|| d.logs())?;
+
+    info!("phase 2: dc-b's agent reaches the leader again; the failover commits");
+    d.w.front[l].silence(false);
+    let committed = wait_until(LONG, "the failover to dc-b to commit", || async {
+        log_times(&lp.log, &["committed", "failover to dc-b"])
+            .first()
+            .copied()
+    })
+    .await
+    .with_context(|| d.logs())?;
+    // The leader has applied the new epoch and judged dc-b once.
+    let judged = wait_until(LONG, "the leader to judge the new primary", || async {
+        log_times(&lp.log, &["leader decision state"])
+            .into_iter()
+            .find(|ts| *ts >= committed)
+    })
+    .await
+    .with_context(|| d.logs())?;
+    // Meanwhile the other two could not hear dc-b's agent: their views,
+    // pushed to the leader every heartbeat, said down.
+    for p in &d.w.procs {
+        if p.id != leader.id {
+            let v = metric(
+                p,
+                "milvus_dr_witness_datacenter_unhealthy_ms{datacenter=\"dc-b\"}",
+            )
+            .await
+            .context("a peer's metrics")?;
+            ensure!(
+                v >= t.confirmation_ms as f64,
+                "witness {} sees dc-b down only {v} ms at the commit",
+                p.id
+            );
+        }
+    }
+    for p in &d.w.front {
+        p.silence(false);
+    }
+    let peers_healed = now_ms() - committed;
+    let judged = judged - committed;
+
+    info!("phase 3: for a lease after the commit, no witness calls dc-b down");
+    wait_until(LONG, "a lease after the commit", || async {
+        (now_ms() >= committed + t.lease_ms as i64).then_some(())
+    })
+    .await?;
+    for p in &d.w.procs {
+        let late: Vec<i64> = log_times(&p.log, &[HELD])
+            .into_iter()
+            .filter(|ts| *ts >= committed)
+            .collect();
+        ensure!(
+            late.is_empty() && log_times(&p.log, &["primary dc-b is down"]).is_empty(),
+            "witness {} alerted {:?} ms after the commit:\n{}",
+            p.id,
+            late.iter().map(|ts| ts - committed).collect::<Vec<_>>(),
+            d.logs()
+        );
+    }
+    // dc-b's agent heartbeats every witness normally meanwhile.
+    for (id, r) in d.ctl.witness_status().await {
+        let s = r.map_err(|e| e.context(format!("witness {id}")))?;
+        let seen = s.agents.get("dc-b").context("dc-b's agent seen")?;
+        ensure!(
+            s.cluster.epoch == 2 && seen.ago_ms <= t.lease_ms,
+            "witness {id}: epoch {}, dc-b heard {} ms ago",
+            s.cluster.epoch,
+            seen.ago_ms
+        );
+    }
+    for p in &d.w.for_a {
+        p.silence(false);
+    }
+    println!(
+        "failover committed while 2 of 3 witnesses saw dc-b down past the window; the leader judged dc-b {judged} ms after the commit, their paths healed {peers_healed} ms after it; no alert within {} ms of it",
+        t.lease_ms
+    );
+    Ok(())
+}
