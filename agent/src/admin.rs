@@ -24,6 +24,8 @@ pub struct AdminService {
     pub page_rows: usize,
     /// What this agent replicates: digests cover exactly that by default.
     pub filter: catalog::Filter,
+    /// The sink side (for collections it keeps unmanaged).
+    pub sink: crate::replication::sink::Sink,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -106,6 +108,25 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn drop_unmanaged(
+        &self,
+        request: Request<pb::DropUnmanagedRequest>,
+    ) -> Result<Response<pb::DropUnmanagedReply>, Status> {
+        let who = crate::tls::authorize(&request, &self.operators)?;
+        let key = request.into_inner().collection;
+        if key
+            .split_once('.')
+            .is_none_or(|(d, c)| d.is_empty() || c.is_empty())
+        {
+            return Err(Status::invalid_argument(format!(
+                "'{key}': name the collection as database.collection"
+            )));
+        }
+        let message = self.sink.drop_unmanaged(&key).await?;
+        tracing::warn!(operator = %who, collection = %key, "dropped an unmanaged collection on request");
+        Ok(Response::new(pb::DropUnmanagedReply { message }))
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,

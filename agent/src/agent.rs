@@ -151,6 +151,7 @@ pub async fn run(
             databases: cfg.replication.databases.clone(),
             exclude: cfg.replication.exclude.clone(),
         },
+        sink: sink.clone(),
     };
     let server_shutdown = CancellationToken::new();
     let grpc = {

@@ -145,6 +145,18 @@ impl DrctlConfig {
         Ok(AdminClient::new(ch).max_decoding_message_size(crate::milvus::MAX_MESSAGE_BYTES))
     }
 
+    /// Drops a collection the agent of `dc` keeps unmanaged.
+    pub async fn drop_unmanaged(&self, dc: &str, collection: &str) -> Result<String> {
+        let mut c = self.connect(dc).await?;
+        let r = c
+            .drop_unmanaged(pb::DropUnmanagedRequest {
+                collection: collection.to_string(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(r.into_inner().message)
+    }
+
     pub async fn status(&self, dc: &str) -> Result<pb::StatusReply> {
         let mut c = self.connect(dc).await?;
         Ok(c.status(pb::StatusRequest {}).await?.into_inner())

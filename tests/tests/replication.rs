@@ -509,3 +509,95 @@ async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
     assert_eq!(run(&["verify"])?.status.code(), Some(2));
     Ok(())
 }
+
+/// Leaving a collection out of replication (here `exclude` on the primary's
+/// agent) never drops the standby's copy: the standby stops managing it,
+/// keeps every row, says so in its status, and drops it only when an
+/// operator asks (`drctl drop-unmanaged`), which it refuses for a managed
+/// collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_replication_keeps_the_standbys_copy_until_dropped_explicitly() -> Result<()> {
+    let env = TestEnv::new("repl_narrow").await?;
+    data::create(&env.primary, &env.name, "k", SIMPLE).await?;
+    data::insert(
+        &env.primary,
+        &env.name,
+        "k",
+        SIMPLE,
+        &(0..300).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let (mut a, b, ctl) = replicated(&env, 500).await?;
+    let kept = assert_identical(&env, "k").await?;
+    ensure!(kept.len() == 300);
+
+    info!("phase: the primary's agent excludes k");
+    a.stop()?;
+    let text = std::fs::read_to_string(&a.config)?;
+    let narrowed = text.replace(
+        "  poll_interval: 200ms",
+        &format!("  poll_interval: 200ms\n  exclude: [\"{}.k\"]", env.name),
+    );
+    ensure!(narrowed != text, "the config was narrowed");
+    std::fs::write(&a.config, narrowed)?;
+    a.restart().await?;
+    let key = format!("{}.k", env.name);
+    wait_until(LONG, "the standby to report k unmanaged", || async {
+        let s = ctl.status("dc-b").await.ok()?;
+        s.replication?
+            .collections
+            .iter()
+            .any(|c| c.collection == "k" && c.state.starts_with("unmanaged"))
+            .then_some(())
+    })
+    .await?;
+    // Passes go on (c keeps replicating), and k stays whole on the standby.
+    data::upsert(&env.primary, &env.name, "c", SIMPLE, &[1, 2, 3], 2).await?;
+    caught_up(&ctl, now_ms()).await?;
+    assert_identical(&env, "c").await?;
+    let still = data::read_all(&env.standby, &env.name, "k").await?;
+    ensure!(
+        still == kept,
+        "the standby's copy of k changed: {} rows",
+        still.len()
+    );
+
+    info!("phase: explicit drops");
+    let refused = ctl
+        .drop_unmanaged("dc-b", &format!("{}.c", env.name))
+        .await
+        .expect_err("a managed collection is not dropped");
+    ensure!(
+        refused
+            .to_string()
+            .contains("not a collection this standby keeps unmanaged"),
+        "{refused:#}"
+    );
+    let msg = ctl.drop_unmanaged("dc-b", &key).await?;
+    info!(%msg, "dropped");
+    let left = env.standby.list_collections(&env.name).await?;
+    ensure!(
+        !left.iter().any(|n| n == "k"),
+        "k is still on the standby: {left:?}"
+    );
+    ensure!(
+        env.primary
+            .list_collections(&env.name)
+            .await?
+            .iter()
+            .any(|n| n == "k"),
+        "the primary keeps k"
+    );
+    let s = ctl.status("dc-b").await?;
+    ensure!(
+        !s.replication
+            .unwrap_or_default()
+            .collections
+            .iter()
+            .any(|c| c.collection == "k"),
+        "k no longer listed"
+    );
+    no_errors(&[&a, &b])?;
+    Ok(())
+}

@@ -39,6 +39,15 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         settle: Duration,
     },
+    /// Drop a collection a standby keeps unmanaged: one that left
+    /// replication.databases / exclude on the primary (the standby keeps
+    /// its copy until told).
+    DropUnmanaged {
+        /// The standby's datacenter.
+        datacenter: String,
+        /// database.collection
+        collection: String,
+    },
     /// The witness quorum: status and operator commands.
     Witness {
         #[command(subcommand)]
@@ -143,6 +152,28 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Backup(b) => rt.block_on(dr_agent::backup::cli::run(b)),
+        Cmd::DropUnmanaged {
+            datacenter,
+            collection,
+        } => rt.block_on(async {
+            let cfg = match load(&args.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("drctl: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            match cfg.drop_unmanaged(&datacenter, &collection).await {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("drctl: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }),
         Cmd::Status { json } => rt.block_on(async {
             let cfg = match load(&args.config) {
                 Ok(c) => c,

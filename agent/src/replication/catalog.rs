@@ -45,6 +45,9 @@ impl CollectionEntry {
 pub struct Catalog {
     pub databases: Vec<String>,
     pub collections: Vec<CollectionEntry>,
+    /// Collections (`database.collection`) on the primary that the filter
+    /// leaves out.
+    pub unreplicated: Vec<String>,
 }
 
 /// Which collections to replicate.
@@ -77,12 +80,13 @@ pub async fn databases(milvus: &Milvus) -> Result<Vec<String>, MilvusError> {
 pub async fn read(milvus: &Milvus, filter: &Filter) -> Result<Catalog, MilvusError> {
     let mut cat = Catalog::default();
     for db in databases(milvus).await? {
-        if !filter.wants_db(&db) {
-            continue;
+        let wanted_db = filter.wants_db(&db);
+        if wanted_db {
+            cat.databases.push(db.clone());
         }
-        cat.databases.push(db.clone());
         for name in milvus.list_collections(&db).await? {
             if !filter.wants(&db, &name) {
+                cat.unreplicated.push(format!("{db}.{name}"));
                 continue;
             }
             // A collection dropped between listing and describing is simply
@@ -283,6 +287,7 @@ pub async fn reconcile(
     milvus: &Milvus,
     cat: &Catalog,
     managed: &mut BTreeMap<String, Managed>,
+    unmanaged: &mut BTreeSet<String>,
     lineage: &str,
 ) -> Result<Vec<String>> {
     let mut changes = Vec::new();
@@ -301,11 +306,25 @@ pub async fn reconcile(
         .cloned()
         .collect();
     for key in gone {
+        managed.remove(&key);
+        if cat.unreplicated.contains(&key) {
+            // Still on the primary, only left out of replication: the
+            // standby's copy is kept; dropping it is an operator's call.
+            tracing::warn!(
+                collection = %key,
+                "no longer replicated (outside replication.databases / exclude): the standby keeps its copy, unmanaged; drop it with `drctl drop-unmanaged DC {key}`"
+            );
+            unmanaged.insert(key.clone());
+            changes.push(format!("stopped managing {key} (kept on the standby)"));
+            continue;
+        }
         if let Some((db, name)) = key.split_once('.') {
             milvus.drop_collection(db, name).await?;
             changes.push(format!("dropped collection {key}"));
         }
-        managed.remove(&key);
+    }
+    for c in &cat.collections {
+        unmanaged.remove(&c.key());
     }
     for c in &cat.collections {
         let (db, name) = (c.info.database.as_str(), c.info.name.as_str());
@@ -467,6 +486,7 @@ mod tests {
         let cat = Catalog {
             databases: vec!["default".into()],
             collections: vec![entry("a", &["_default", "p1"]), entry("b", &["_default"])],
+            ..Default::default()
         };
         assert_eq!(from_ddl(&to_ddl(&cat)).unwrap(), cat);
     }

@@ -35,6 +35,10 @@ pub struct Checkpoint {
     pub applied_snapshot_ms: i64,
     /// Collections this sink created or adopted, by `database.collection`.
     pub managed: BTreeMap<String, Managed>,
+    /// Collections this sink managed until they left replication.databases
+    /// / exclude on the primary: kept here, no longer replicated.
+    #[serde(default)]
+    pub unmanaged: std::collections::BTreeSet<String>,
     /// Primary-key field of each managed collection.
     #[serde(default)]
     pub pk_fields: BTreeMap<String, String>,
@@ -122,6 +126,7 @@ impl Sink {
             s.acked_seq = checkpoint.applied_seq;
             s.applied_snapshot_ms = checkpoint.applied_snapshot_ms;
             s.lineage = checkpoint.lineage.clone();
+            s.collections = unmanaged_status(&checkpoint.unmanaged);
         }
         Ok(Sink {
             inner: Arc::new(Inner {
@@ -171,9 +176,45 @@ impl Sink {
         self.inner.floor.load(Ordering::SeqCst)
     }
 
+    /// Drops `key` (`database.collection`) if this sink keeps it unmanaged;
+    /// refuses anything else.
+    pub async fn drop_unmanaged(&self, key: &str) -> Result<String, Status> {
+        let mut cp = self.inner.checkpoint.lock().await;
+        if !cp.unmanaged.contains(key) {
+            return Err(Status::failed_precondition(format!(
+                "{key} is not a collection this standby keeps unmanaged (managed collections follow the primary; `drctl status` lists the unmanaged ones)"
+            )));
+        }
+        let (db, name) = key.split_once('.').unwrap_or((key, ""));
+        match self.inner.milvus.drop_collection(db, name).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(internal(e)),
+        }
+        cp.unmanaged.remove(key);
+        cp.store(&self.inner.path).map_err(internal)?;
+        self.inner.state.lock().unwrap().collections = unmanaged_status(&cp.unmanaged);
+        Ok(format!("dropped {key} on {}", self.inner.datacenter))
+    }
+
     pub async fn checkpoint(&self) -> Checkpoint {
         self.inner.checkpoint.lock().await.clone()
     }
+}
+
+/// How `drctl status` shows collections the standby keeps unmanaged.
+fn unmanaged_status(keys: &std::collections::BTreeSet<String>) -> Vec<pb::CollectionStatus> {
+    keys.iter()
+        .filter_map(|k| k.split_once('.'))
+        .map(|(db, c)| pb::CollectionStatus {
+            database: db.to_string(),
+            collection: c.to_string(),
+            state: format!(
+                "unmanaged: no longer replicated (outside replication.databases / exclude); kept on this standby; `drctl drop-unmanaged DC {db}.{c}` drops it"
+            ),
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -446,16 +487,20 @@ impl Inner {
         let lineage = cp.lineage.clone();
         let started = std::time::Instant::now();
         if b.catalog {
-            let cat = catalog::from_ddl(&b.ddl)
+            let mut cat = catalog::from_ddl(&b.ddl)
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            cat.unreplicated = b.unreplicated.clone();
             let mut managed = cp.managed.clone();
-            let changes = catalog::reconcile(m, &cat, &mut managed, &lineage)
+            let mut unmanaged = cp.unmanaged.clone();
+            let changes = catalog::reconcile(m, &cat, &mut managed, &mut unmanaged, &lineage)
                 .await
                 .map_err(|e| internal(format!("{e:#}")))?;
             for c in &changes {
                 info!(change = %c, "catalog");
             }
             cp.managed = managed;
+            cp.unmanaged = unmanaged;
+            self.state.lock().unwrap().collections = unmanaged_status(&cp.unmanaged);
             cp.pk_fields = cat
                 .collections
                 .iter()

@@ -358,6 +358,7 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
         pb::ChangeBatch {
             ddl,
             catalog: true,
+            unreplicated: cat.unreplicated.clone(),
             ..Default::default()
         },
         0,
