@@ -227,6 +227,7 @@ pub async fn run(
             },
             acting_until: None,
             liveness,
+            held_retry: cfg.replication.held_retry,
         })
     };
     let mut failover_task = None;

@@ -160,6 +160,15 @@ pub struct Replication {
     /// Delay before reconnecting after the stream broke (doubles up to 30 s).
     #[serde(default = "d_reconnect", with = "humantime_serde")]
     pub reconnect_backoff: Duration,
+    /// A collection the standby refuses for a permanent reason (a schema
+    /// conflict, rows its Milvus rejects) is held, alone, and tried again
+    /// after this long.
+    #[serde(default = "d_held_retry", with = "humantime_serde")]
+    pub held_retry: Duration,
+}
+
+fn d_held_retry() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for Replication {
@@ -171,6 +180,7 @@ impl Default for Replication {
             databases: vec![],
             exclude: vec![],
             reconnect_backoff: d_reconnect(),
+            held_retry: d_held_retry(),
         }
     }
 }

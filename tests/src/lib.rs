@@ -496,10 +496,11 @@ datacenters:
     agent: "{b_addr}"
 listen: {{ grpc: "127.0.0.1:{port}", metrics: "127.0.0.1:0" }}
 tls: {{ ca: "{certs}/ca.pem", cert: "{certs}/agent.{dc}.pem", key: "{certs}/agent.{dc}.key" }}
-monitoring: {{ health_interval: 1s, failure_threshold: 1 }}
+{monitoring}
 replication:
   databases: ["{db}"]
   poll_interval: 200ms
+  held_retry: 2s
 {extra}
 "#,
             dc = spec.dc,
@@ -512,6 +513,12 @@ replication:
             certs = env.certs.display(),
             db = env.name,
             extra = spec.extra_yaml,
+            // Quick probing unless the test sets its own.
+            monitoring = if spec.extra_yaml.contains("monitoring:") {
+                ""
+            } else {
+                "monitoring: { health_interval: 1s, failure_threshold: 1 }"
+            },
         );
         let path = env.dir.path().join(format!("{}.yaml", spec.dc));
         std::fs::write(&path, yaml)?;

@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use dr_agent::drctl::{self, DrctlConfig};
 use dr_agent::milvus::{Pk, PkType};
 use dr_agent::replication::now_ms;
+use dr_proto::pb;
 use dr_tests::data::{self, Shape};
 use dr_tests::{proxy::Proxy, start_pair, wait_until, Agent, TestEnv};
 use milvus::proto::common::LoadState;
@@ -599,5 +600,84 @@ async fn narrowing_replication_keeps_the_standbys_copy_until_dropped_explicitly(
         "k no longer listed"
     );
     no_errors(&[&a, &b])?;
+    Ok(())
+}
+
+/// A collection the standby refuses for a reason retrying will not cure
+/// (here it already has a collection of that name with another schema) is
+/// held alone: one ERROR on the standby however often it is retried, the
+/// primary's status says held, every other collection keeps replicating;
+/// once the conflict is removed, it resumes by itself and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_the_standby_refuses_is_held_alone_and_resumes_once_fixed() -> Result<()> {
+    let env = TestEnv::new("repl_held").await?;
+    data::create(&env.primary, &env.name, "x", SIMPLE).await?;
+    data::insert(
+        &env.primary,
+        &env.name,
+        "x",
+        SIMPLE,
+        &(0..150).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    env.standby.create_database(&env.name).await?;
+    data::create(&env.standby, &env.name, "x", Shape::Simple { dim: 4 }).await?;
+    let (a, b, ctl) = replicated(&env, 300).await?;
+    assert_identical(&env, "c").await?;
+
+    let held = |s: &pb::StatusReply| {
+        s.replication
+            .as_ref()
+            .and_then(|r| r.collections.iter().find(|c| c.collection == "x"))
+            .is_some_and(|c| c.state.starts_with("held"))
+    };
+    wait_until(LONG, "the primary to report x held", || async {
+        held(&ctl.status("dc-a").await.ok()?).then_some(())
+    })
+    .await?;
+    ensure!(
+        held(&ctl.status("dc-b").await?),
+        "the standby lists x as held"
+    );
+    // Retried (every 2 s in tests) and refused again, while c goes on.
+    let warned = |a: &Agent| {
+        std::fs::read_to_string(&a.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("the standby holds this collection") && l.contains(".x"))
+            .count()
+    };
+    for round in 0..2 {
+        data::upsert(
+            &env.primary,
+            &env.name,
+            "c",
+            SIMPLE,
+            &[round, round + 10],
+            3 + round as u32,
+        )
+        .await?;
+        caught_up(&ctl, now_ms()).await?;
+        assert_identical(&env, "c").await?;
+    }
+    wait_until(LONG, "x retried and refused again", || async {
+        (warned(&a) >= 2).then_some(())
+    })
+    .await?;
+    let errors = b.error_lines();
+    ensure!(
+        errors.len() == 1 && errors[0].contains(".x"),
+        "one ERROR on the standby, naming x: {errors:#?}"
+    );
+    ensure!(a.error_lines().is_empty(), "{:#?}", a.error_lines());
+
+    info!("phase: the conflict is removed on the standby; x resumes");
+    env.standby.drop_collection(&env.name, "x").await?;
+    wait_until(LONG, "x replicated", || async {
+        assert_identical(&env, "x").await.ok()
+    })
+    .await?;
+    ensure!(!held(&ctl.status("dc-a").await?), "x no longer held");
     Ok(())
 }

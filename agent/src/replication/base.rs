@@ -383,9 +383,22 @@ impl Base {
         Ok(())
     }
 
+    /// The sink acknowledged batch `seq` without applying its rows (it
+    /// holds that collection): its keys become [`UNKNOWN`], so they are
+    /// resent once the collection is retried. Returns how many keys.
+    pub fn unapply(&self, seq: u64) -> Result<usize> {
+        self.forget_pending(Some(seq))
+    }
+
     /// Marks the keys of every unacknowledged batch as [`UNKNOWN`]; returns
     /// how many keys that touched.
     pub fn recover_pending(&self) -> Result<usize> {
+        self.forget_pending(None)
+    }
+
+    /// Marks the keys of pending batch `only` (or of all) as [`UNKNOWN`]
+    /// and drops them from the pending table.
+    fn forget_pending(&self, only: Option<u64>) -> Result<usize> {
         let txn = self.db.begin_write()?;
         let mut n = 0;
         {
@@ -394,7 +407,10 @@ impl Base {
             let mut strs = txn.open_table(STR)?;
             let mut all = Vec::new();
             for e in pending.iter()? {
-                let (_, v) = e?;
+                let (k, v) = e?;
+                if only.is_some_and(|s| s != k.value()) {
+                    continue;
+                }
                 all.push(PendingKeys::decode(v.value()).context("decode a pending batch")?);
             }
             for keys in all {
@@ -409,7 +425,7 @@ impl Base {
                     }
                 }
             }
-            pending.retain(|_, _| false)?;
+            pending.retain(|k, _| only.is_some_and(|s| s != k))?;
         }
         txn.commit()?;
         Ok(n)
@@ -561,6 +577,22 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_batch_the_sink_held_is_resent_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Base::open(&dir.path().join("b.redb")).unwrap();
+        let s = b.scope_id("db/c/").unwrap();
+        b.stage(1, s, &[(Pk::Int(1), Some(11))]).unwrap();
+        b.stage(2, s, &[(Pk::Int(2), Some(21))]).unwrap();
+        assert_eq!(b.unapply(2).unwrap(), 1);
+        b.ack(2).unwrap();
+        assert_eq!(
+            b.range(s, None, None, false).unwrap(),
+            vec![(Pk::Int(1), 11), (Pk::Int(2), UNKNOWN)]
+        );
+        assert_eq!(b.pending_count().unwrap(), 0);
     }
 
     #[test]

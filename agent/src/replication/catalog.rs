@@ -282,14 +282,16 @@ fn same_shape(a: &CollectionSchema, b: &CollectionSchema) -> bool {
 }
 
 /// Makes the sink's Milvus match `cat` for the collections it manages.
-/// Returns human-readable descriptions of what it changed.
+/// Returns human-readable descriptions of what it changed, and the
+/// collections it cannot make so for a permanent reason (with why): those
+/// are held, the rest of the catalog goes on.
 pub async fn reconcile(
     milvus: &Milvus,
     cat: &Catalog,
     managed: &mut BTreeMap<String, Managed>,
     unmanaged: &mut BTreeSet<String>,
     lineage: &str,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Vec<(String, String)>)> {
     let mut changes = Vec::new();
     let existing_dbs: BTreeSet<String> = databases(milvus).await?.into_iter().collect();
     for db in &cat.databases {
@@ -326,118 +328,146 @@ pub async fn reconcile(
     for c in &cat.collections {
         unmanaged.remove(&c.key());
     }
+    let mut held = Vec::new();
     for c in &cat.collections {
-        let (db, name) = (c.info.database.as_str(), c.info.name.as_str());
-        let key = c.key();
-        let exists = milvus.list_collections(db).await?.iter().any(|n| n == name);
-        let mine = managed.get(&key).cloned();
-        let must_create = match (&mine, exists) {
-            (Some(m), true) if m.source_id == c.info.id => false,
-            (Some(_), true) => {
-                milvus.drop_collection(db, name).await?;
-                changes.push(format!("dropped {key}: recreated on the primary"));
-                true
+        if let Err(e) = reconcile_one(milvus, c, managed, lineage, &mut changes).await {
+            if !is_permanent(&e) {
+                return Err(e);
             }
-            (None, true) => {
-                let here = milvus.describe(db, name).await?;
-                if !same_shape(&here.schema, &c.info.schema) {
-                    anyhow::bail!(
-                        "the standby already has a collection {key} with another schema; \
-                         drop it on the standby or exclude it from replication"
-                    );
-                }
-                managed.insert(
-                    key.clone(),
-                    Managed {
-                        source_id: c.info.id,
-                        created_in: String::new(),
-                    },
+            // This collection only: the others go on.
+            held.push((c.key(), format!("{e:#}")));
+        }
+    }
+    Ok((changes, held))
+}
+
+/// Makes one collection of the catalog so on the sink.
+async fn reconcile_one(
+    milvus: &Milvus,
+    c: &CollectionEntry,
+    managed: &mut BTreeMap<String, Managed>,
+    lineage: &str,
+    changes: &mut Vec<String>,
+) -> Result<()> {
+    let (db, name) = (c.info.database.as_str(), c.info.name.as_str());
+    let key = c.key();
+    let exists = milvus.list_collections(db).await?.iter().any(|n| n == name);
+    let mine = managed.get(&key).cloned();
+    let must_create = match (&mine, exists) {
+        (Some(m), true) if m.source_id == c.info.id => false,
+        (Some(_), true) => {
+            milvus.drop_collection(db, name).await?;
+            changes.push(format!("dropped {key}: recreated on the primary"));
+            true
+        }
+        (None, true) => {
+            let here = milvus.describe(db, name).await?;
+            if !same_shape(&here.schema, &c.info.schema) {
+                anyhow::bail!(
+                    "the standby already has a collection {key} with another schema; \
+                     drop it on the standby or exclude it from replication"
                 );
-                changes.push(format!("adopted existing collection {key}"));
-                false
             }
-            (_, false) => true,
-        };
-        if must_create {
-            milvus
-                .create_collection(&c.info)
-                .await
-                .with_context(|| format!("create collection {key}"))?;
             managed.insert(
                 key.clone(),
                 Managed {
                     source_id: c.info.id,
-                    created_in: lineage.to_string(),
+                    created_in: String::new(),
                 },
             );
-            changes.push(format!("created collection {key}"));
+            changes.push(format!("adopted existing collection {key}"));
+            false
         }
-        if !c.info.has_partition_key() {
-            let have: BTreeSet<String> = milvus
-                .list_partitions(db, name)
-                .await?
-                .into_iter()
-                .collect();
-            for p in &c.partitions {
-                if !have.contains(p) {
-                    milvus.create_partition(db, name, p).await?;
-                    changes.push(format!("created partition {key}/{p}"));
-                }
-            }
-            for p in have
-                .iter()
-                .filter(|p| !c.partitions.contains(p) && *p != DEFAULT_PARTITION)
-            {
-                milvus.drop_partition(db, name, p).await?;
-                changes.push(format!("dropped partition {key}/{p}"));
-            }
-        }
-        let have_idx = milvus.list_indexes(db, name).await?;
-        let mut released = false;
-        for i in &have_idx {
-            let wanted = c
-                .indexes
-                .iter()
-                .find(|w| w.index_name == i.index_name && w.field == i.field);
-            if wanted.is_none_or(|w| !same_index(w, i)) {
-                if !released {
-                    milvus.release(db, name).await?;
-                    released = true;
-                }
-                milvus.drop_index(db, name, &i.field, &i.index_name).await?;
-                changes.push(format!("dropped index {key}/{}", i.index_name));
+        (_, false) => true,
+    };
+    if must_create {
+        milvus
+            .create_collection(&c.info)
+            .await
+            .with_context(|| format!("create collection {key}"))?;
+        managed.insert(
+            key.clone(),
+            Managed {
+                source_id: c.info.id,
+                created_in: lineage.to_string(),
+            },
+        );
+        changes.push(format!("created collection {key}"));
+    }
+    if !c.info.has_partition_key() {
+        let have: BTreeSet<String> = milvus
+            .list_partitions(db, name)
+            .await?
+            .into_iter()
+            .collect();
+        for p in &c.partitions {
+            if !have.contains(p) {
+                milvus.create_partition(db, name, p).await?;
+                changes.push(format!("created partition {key}/{p}"));
             }
         }
-        let have_idx = milvus.list_indexes(db, name).await?;
-        for w in &c.indexes {
-            if !have_idx
-                .iter()
-                .any(|i| i.index_name == w.index_name && i.field == w.field)
-            {
-                milvus
-                    .create_index(db, name, &w.creatable())
-                    .await
-                    .with_context(|| format!("create index {} on {key}", w.index_name))?;
-                changes.push(format!("created index {key}/{}", w.index_name));
-            }
-        }
-        // Loading is started, not awaited: writes do not need it, and the
-        // next pass looks again. Load is idempotent in Milvus, and a
-        // partition created after a load stays unloaded (the collection
-        // reports Loading) until load is called again.
-        let state = milvus.load_state(db, name).await?;
-        let loaded = matches!(state, LoadState::Loaded | LoadState::Loading);
-        if c.loaded && (state != LoadState::Loaded || released) {
-            milvus.load(db, name).await?;
-            if state != LoadState::Loading || released {
-                changes.push(format!("loading {key}"));
-            }
-        } else if !c.loaded && loaded {
-            milvus.release(db, name).await?;
-            changes.push(format!("released {key}"));
+        for p in have
+            .iter()
+            .filter(|p| !c.partitions.contains(p) && *p != DEFAULT_PARTITION)
+        {
+            milvus.drop_partition(db, name, p).await?;
+            changes.push(format!("dropped partition {key}/{p}"));
         }
     }
-    Ok(changes)
+    let have_idx = milvus.list_indexes(db, name).await?;
+    let mut released = false;
+    for i in &have_idx {
+        let wanted = c
+            .indexes
+            .iter()
+            .find(|w| w.index_name == i.index_name && w.field == i.field);
+        if wanted.is_none_or(|w| !same_index(w, i)) {
+            if !released {
+                milvus.release(db, name).await?;
+                released = true;
+            }
+            milvus.drop_index(db, name, &i.field, &i.index_name).await?;
+            changes.push(format!("dropped index {key}/{}", i.index_name));
+        }
+    }
+    let have_idx = milvus.list_indexes(db, name).await?;
+    for w in &c.indexes {
+        if !have_idx
+            .iter()
+            .any(|i| i.index_name == w.index_name && i.field == w.field)
+        {
+            milvus
+                .create_index(db, name, &w.creatable())
+                .await
+                .with_context(|| format!("create index {} on {key}", w.index_name))?;
+            changes.push(format!("created index {key}/{}", w.index_name));
+        }
+    }
+    // Loading is started, not awaited: writes do not need it, and the
+    // next pass looks again. Load is idempotent in Milvus, and a
+    // partition created after a load stays unloaded (the collection
+    // reports Loading) until load is called again.
+    let state = milvus.load_state(db, name).await?;
+    let loaded = matches!(state, LoadState::Loaded | LoadState::Loading);
+    if c.loaded && (state != LoadState::Loaded || released) {
+        milvus.load(db, name).await?;
+        if state != LoadState::Loading || released {
+            changes.push(format!("loading {key}"));
+        }
+    } else if !c.loaded && loaded {
+        milvus.release(db, name).await?;
+        changes.push(format!("released {key}"));
+    }
+    Ok(())
+}
+
+/// Whether an error will recur however often it is retried: a schema
+/// conflict, a request Milvus rejects as invalid (not the network, not a
+/// server still starting).
+pub fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<crate::milvus::MilvusError>())
+        .is_none_or(|m| !m.is_retryable())
 }
 
 fn same_index(a: &IndexInfo, b: &IndexInfo) -> bool {

@@ -102,6 +102,8 @@ struct Inner {
     floor: AtomicU64,
     /// Answers the peer's failsafe requests (when witnesses run).
     failsafe: std::sync::OnceLock<Arc<dyn FailsafeResponder>>,
+    /// Collections refused for a permanent reason, with the error.
+    held: std::sync::Mutex<BTreeMap<(String, HeldKind), String>>,
 }
 
 /// Answers a peer's failsafe request (see `dr_witness::role`).
@@ -139,6 +141,7 @@ impl Sink {
                 generation: AtomicU64::new(0),
                 view: std::sync::Mutex::new(None),
                 floor: AtomicU64::new(0),
+                held: Default::default(),
                 failsafe: std::sync::OnceLock::new(),
             }),
         })
@@ -457,9 +460,9 @@ impl Inner {
                         )));
                     }
                     let seq = b.seq;
-                    self.apply(b).await?;
+                    let held = self.apply(b).await?;
                     tx.send(Ok(pb::SinkMessage {
-                        msg: Some(sink_message::Msg::Ack(pb::Ack { seq })),
+                        msg: Some(sink_message::Msg::Ack(pb::Ack { seq, held })),
                     }))
                     .await
                     .map_err(|_| Status::cancelled("stream closed"))?;
@@ -470,7 +473,9 @@ impl Inner {
         Ok(())
     }
 
-    async fn apply(&self, b: pb::ChangeBatch) -> Result<(), Status> {
+    /// Applies one batch; returns the collections it holds (refused for a
+    /// permanent reason: their rows in this batch are not applied).
+    async fn apply(&self, b: pb::ChangeBatch) -> Result<Vec<pb::Held>, Status> {
         let mut cp = self.checkpoint.lock().await;
         let known = cp.epoch.max(self.floor.load(Ordering::SeqCst));
         if b.epoch < known {
@@ -481,26 +486,39 @@ impl Inner {
         }
         if b.seq <= cp.applied_seq {
             // Already applied (a resent batch): acknowledge again.
-            return Ok(());
+            return Ok(vec![]);
         }
         let m = &self.milvus;
         let lineage = cp.lineage.clone();
         let started = std::time::Instant::now();
+        let mut catalog_held = Vec::new();
         if b.catalog {
             let mut cat = catalog::from_ddl(&b.ddl)
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
             cat.unreplicated = b.unreplicated.clone();
             let mut managed = cp.managed.clone();
             let mut unmanaged = cp.unmanaged.clone();
-            let changes = catalog::reconcile(m, &cat, &mut managed, &mut unmanaged, &lineage)
-                .await
-                .map_err(|e| internal(format!("{e:#}")))?;
+            let (changes, refused) =
+                catalog::reconcile(m, &cat, &mut managed, &mut unmanaged, &lineage)
+                    .await
+                    .map_err(|e| internal(format!("{e:#}")))?;
             for c in &changes {
                 info!(change = %c, "catalog");
             }
             cp.managed = managed;
             cp.unmanaged = unmanaged;
-            self.state.lock().unwrap().collections = unmanaged_status(&cp.unmanaged);
+            for c in &cat.collections {
+                let key = c.key();
+                match refused.iter().find(|(k, _)| *k == key) {
+                    Some((_, error)) => self.hold(&key, HeldKind::Catalog, error, &cp),
+                    None => self.resume(&key, HeldKind::Catalog),
+                }
+            }
+            catalog_held = refused
+                .into_iter()
+                .map(|(collection, error)| pb::Held { collection, error })
+                .collect();
+            self.show_collections(&cp);
             cp.pk_fields = cat
                 .collections
                 .iter()
@@ -508,71 +526,24 @@ impl Inner {
                 .collect();
         }
         let key = format!("{}.{}", b.database, b.collection);
-        let partition = (!b.partition.is_empty()).then_some(b.partition.as_str());
-        let mut deleted = 0u64;
-        let mut upserted = 0u64;
-        if let Some(keys) = b
-            .deletes
-            .as_ref()
-            .filter(|k| !k.ints.is_empty() || !k.strs.is_empty())
-        {
-            let pk_field = match cp.pk_fields.get(&key) {
-                Some(f) => f.clone(),
-                None => m
-                    .describe(&b.database, &b.collection)
-                    .await
-                    .map_err(internal)?
-                    .primary_field()
-                    .map(|f| f.name.clone())
-                    .ok_or_else(|| internal("collection without a primary key"))?,
-            };
-            let keys = keys_from_pb(keys);
-            retry("apply deletes", 5, || {
-                m.delete(&b.database, &b.collection, partition, &pk_field, &keys)
-            })
-            .await
-            .map_err(internal)?;
-            deleted += keys.len() as u64;
-        }
-        let may_insert = cp
-            .managed
-            .get(&key)
-            .is_some_and(|mg| !mg.created_in.is_empty() && mg.created_in == lineage);
-        for (rows, insert) in [(&b.inserts, may_insert), (&b.upserts, false)] {
-            let Some(rows) = rows.as_ref().filter(|r| r.num_rows > 0) else {
-                continue;
-            };
-            let fields: Vec<FieldData> = rows
-                .fields
-                .iter()
-                .map(|f| FieldData::decode(f.as_slice()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| Status::invalid_argument(format!("undecodable field data: {e}")))?;
-            let n = u32::try_from(rows.num_rows)
-                .map_err(|_| Status::invalid_argument("too many rows"))?;
-            match crate::milvus::rows::num_rows(&fields) {
-                Ok(k) if k as u64 == rows.num_rows => {}
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "row count does not match the field data",
-                    ))
-                }
+        let mut held: Vec<pb::Held> = Vec::new();
+        let (upserted, deleted) = match self.apply_rows(&b, &cp, &lineage).await {
+            Ok(n) => {
+                self.resume(&key, HeldKind::Rows);
+                n
             }
-            if insert {
-                retry("apply inserts", 5, || {
-                    m.insert(&b.database, &b.collection, partition, fields.clone(), n)
-                })
-                .await
-                .map_err(internal)?;
-            } else {
-                retry("apply upserts", 5, || {
-                    m.upsert(&b.database, &b.collection, partition, fields.clone(), n)
-                })
-                .await
-                .map_err(internal)?;
+            Err(RowsError::Milvus(e)) if !e.is_retryable() => {
+                let error = format!("{e}");
+                self.hold(&key, HeldKind::Rows, &error, &cp);
+                held.push(pb::Held {
+                    collection: key.clone(),
+                    error,
+                });
+                (0, 0)
             }
-            upserted += rows.num_rows;
-        }
+            Err(RowsError::Milvus(e)) => return Err(internal(e)),
+            Err(RowsError::Invalid(s)) => return Err(s),
+        };
         tracing::debug!(
             seq = b.seq, collection = %key, upserted, deleted, catalog = b.catalog,
             ms = started.elapsed().as_millis() as u64, "applied batch"
@@ -589,7 +560,154 @@ impl Inner {
         s.rows_upserted += upserted;
         s.rows_deleted += deleted;
         s.last_error.clear();
-        Ok(())
+        held.extend(catalog_held);
+        Ok(held)
+    }
+
+    /// Applies a batch's deletes and rows to the local Milvus; returns
+    /// (rows upserted or inserted, keys deleted).
+    async fn apply_rows(
+        &self,
+        b: &pb::ChangeBatch,
+        cp: &Checkpoint,
+        lineage: &str,
+    ) -> Result<(u64, u64), RowsError> {
+        let key = format!("{}.{}", b.database, b.collection);
+        let m = &self.milvus;
+        let partition = (!b.partition.is_empty()).then_some(b.partition.as_str());
+        let mut deleted = 0u64;
+        let mut upserted = 0u64;
+        if let Some(keys) = b
+            .deletes
+            .as_ref()
+            .filter(|k| !k.ints.is_empty() || !k.strs.is_empty())
+        {
+            let pk_field = match cp.pk_fields.get(&key) {
+                Some(f) => f.clone(),
+                None => m
+                    .describe(&b.database, &b.collection)
+                    .await?
+                    .primary_field()
+                    .map(|f| f.name.clone())
+                    .ok_or_else(|| {
+                        RowsError::Invalid(internal("collection without a primary key"))
+                    })?,
+            };
+            let keys = keys_from_pb(keys);
+            retry("apply deletes", 5, || {
+                m.delete(&b.database, &b.collection, partition, &pk_field, &keys)
+            })
+            .await?;
+            deleted += keys.len() as u64;
+        }
+        let may_insert = cp
+            .managed
+            .get(&key)
+            .is_some_and(|mg| !mg.created_in.is_empty() && mg.created_in == lineage);
+        for (rows, insert) in [(&b.inserts, may_insert), (&b.upserts, false)] {
+            let Some(rows) = rows.as_ref().filter(|r| r.num_rows > 0) else {
+                continue;
+            };
+            let fields: Vec<FieldData> = rows
+                .fields
+                .iter()
+                .map(|f| FieldData::decode(f.as_slice()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    RowsError::Invalid(Status::invalid_argument(format!(
+                        "undecodable field data: {e}"
+                    )))
+                })?;
+            let n = u32::try_from(rows.num_rows)
+                .map_err(|_| RowsError::Invalid(Status::invalid_argument("too many rows")))?;
+            match crate::milvus::rows::num_rows(&fields) {
+                Ok(k) if k as u64 == rows.num_rows => {}
+                _ => {
+                    return Err(RowsError::Invalid(Status::invalid_argument(
+                        "row count does not match the field data",
+                    )))
+                }
+            }
+            if insert {
+                retry("apply inserts", 5, || {
+                    m.insert(&b.database, &b.collection, partition, fields.clone(), n)
+                })
+                .await?;
+            } else {
+                retry("apply upserts", 5, || {
+                    m.upsert(&b.database, &b.collection, partition, fields.clone(), n)
+                })
+                .await?;
+            }
+            upserted += rows.num_rows;
+        }
+        Ok((upserted, deleted))
+    }
+
+    /// Holds `key` for `kind`: logs at ERROR once (not again while the
+    /// same error recurs), shows it in status.
+    fn hold(&self, key: &str, kind: HeldKind, error: &str, cp: &Checkpoint) {
+        let newly = {
+            let mut held = self.held.lock().unwrap();
+            held.insert((key.to_string(), kind), error.to_string())
+                .as_deref()
+                != Some(error)
+        };
+        if newly {
+            tracing::error!(
+                collection = %key, %error,
+                "the standby refuses this collection ({kind:?}) for a reason retrying will not cure: it is held, the other collections go on; fix the cause (e.g. drop or exclude the conflicting collection) and it resumes by itself"
+            );
+        }
+        self.show_collections(cp);
+    }
+
+    fn resume(&self, key: &str, kind: HeldKind) {
+        if self
+            .held
+            .lock()
+            .unwrap()
+            .remove(&(key.to_string(), kind))
+            .is_some()
+        {
+            info!(collection = %key, "the standby accepts this collection again: resumed");
+        }
+    }
+
+    /// `drctl status` on the sink: held and unmanaged collections.
+    fn show_collections(&self, cp: &Checkpoint) {
+        let mut list = unmanaged_status(&cp.unmanaged);
+        for ((key, _), error) in self.held.lock().unwrap().iter() {
+            if let Some((db, c)) = key.split_once('.') {
+                list.push(pb::CollectionStatus {
+                    database: db.to_string(),
+                    collection: c.to_string(),
+                    state: format!("held: {error}"),
+                    ..Default::default()
+                });
+            }
+        }
+        self.state.lock().unwrap().collections = list;
+    }
+}
+
+/// Why a collection is held on the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum HeldKind {
+    /// Its catalog entry cannot be made so (e.g. another schema here).
+    Catalog,
+    /// Its rows are refused.
+    Rows,
+}
+
+enum RowsError {
+    Milvus(crate::milvus::MilvusError),
+    Invalid(Status),
+}
+
+impl From<crate::milvus::MilvusError> for RowsError {
+    fn from(e: crate::milvus::MilvusError) -> RowsError {
+        RowsError::Milvus(e)
     }
 }
 

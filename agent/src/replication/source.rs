@@ -33,7 +33,13 @@ pub struct SourceConfig {
     pub acting_until: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
     /// How quickly the stream notices a dead path to the sink.
     pub liveness: dr_proto::channel::Liveness,
+    /// How long a collection the sink refused for a permanent reason is
+    /// left out before it is tried again.
+    pub held_retry: Duration,
 }
+
+/// Collections the sink holds: `database.collection` -> (why, retry at).
+type Held = Arc<std::sync::Mutex<BTreeMap<String, (String, Instant)>>>;
 
 /// Runs the source until `shutdown`: reconnects with backoff after any
 /// failure, and resumes from the sink's checkpoint.
@@ -50,9 +56,10 @@ pub async fn run(
         s.epoch = cfg.epoch;
     }
     let mut backoff = cfg.reconnect_backoff;
+    let held: Held = Default::default();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&cfg, &milvus, &base, &state, &shutdown).await {
+        match session(&cfg, &milvus, &base, &state, &held, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -88,6 +95,7 @@ async fn session(
     milvus: &Milvus,
     base: &Arc<Base>,
     state: &SharedState,
+    held: &Held,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let recovered = base.recover_pending()?;
@@ -174,12 +182,14 @@ async fn session(
     });
     let broken = CancellationToken::new();
     let reader = {
-        let (base, state, window, acks, broken) = (
+        let (base, state, window, acks, broken, held, retry) = (
             base.clone(),
             state.clone(),
             window.clone(),
             acks.clone(),
             broken.clone(),
+            held.clone(),
+            cfg.held_retry,
         );
         tokio::spawn(async move {
             let r: Result<()> = async {
@@ -187,6 +197,17 @@ async fn session(
                     let Some(sink_message::Msg::Ack(a)) = m.msg else {
                         bail!("unexpected message from the sink: {m:?}");
                     };
+                    if !a.held.is_empty() {
+                        // Not applied: resend those keys when retried.
+                        base.unapply(a.seq)?;
+                        let mut h = held.lock().unwrap();
+                        for x in a.held {
+                            if !h.contains_key(&x.collection) {
+                                warn!(collection = %x.collection, error = %x.error, retry_in = ?retry, "the standby holds this collection (refused for a permanent reason); the others go on");
+                            }
+                            h.insert(x.collection, (x.error, Instant::now() + retry));
+                        }
+                    }
                     base.ack(a.seq)?;
                     window.add_permits(1);
                     let snap = {
@@ -211,6 +232,7 @@ async fn session(
     let mut sender = Sender {
         cfg,
         base,
+        held: held.clone(),
         client: client.clone(),
         catalog_seq: 0,
         tx,
@@ -254,6 +276,7 @@ async fn session(
 struct Sender<'a> {
     cfg: &'a SourceConfig,
     base: &'a Arc<Base>,
+    held: Held,
     /// For the sink's inventory when the base must be seeded.
     client: ReplicationClient<tonic::transport::Channel>,
     /// Seq of the current pass's catalog batch.
@@ -379,6 +402,26 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
             statuses.push(st);
             continue;
         }
+        let hold = {
+            let mut h = s.held.lock().unwrap();
+            match h.get(&entry.key()) {
+                Some((why, at)) if Instant::now() < *at => Some(format!(
+                    "held: the standby refuses it ({why}); retrying in {}s",
+                    at.saturating_duration_since(Instant::now()).as_secs()
+                )),
+                Some(_) => {
+                    // Time to try again: a refusal puts it back.
+                    h.remove(&entry.key());
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(state) = hold {
+            st.state = state;
+            statuses.push(st);
+            continue;
+        }
         let mut rows_seen = 0;
         for part in entry.scan_partitions() {
             rows_seen += scan_scope(s, milvus, entry, part.as_deref(), ts).await?;
@@ -410,14 +453,16 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
 
 /// Seeds the base's scope `name` with what the sink holds of it (its
 /// inventory), once the sink has applied this pass's catalog (so the
-/// collection it reports is the one this pass replicates into).
+/// collection it reports is the one this pass replicates into). Returns
+/// `false`, seeding nothing, if the sink refused the collection's catalog
+/// entry (it is held).
 async fn seed_scope(
     s: &mut Sender<'_>,
     entry: &CollectionEntry,
     partition: Option<&str>,
     name: &str,
     scope: u64,
-) -> Result<()> {
+) -> Result<bool> {
     let started = Instant::now();
     loop {
         if s.state.lock().unwrap().acked_seq >= s.catalog_seq {
@@ -427,6 +472,9 @@ async fn seed_scope(
             bail!("the standby did not apply the catalog within 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if s.held.lock().unwrap().contains_key(&entry.key()) {
+        return Ok(false);
     }
     let req = pb::InventoryRequest {
         epoch: s.cfg.epoch,
@@ -467,7 +515,7 @@ async fn seed_scope(
         ms = started.elapsed().as_millis() as u64,
         "capture base seeded from the standby's inventory: only differences will be sent"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Scans one scope in key order, one page ahead, and sends its changes.
@@ -489,7 +537,10 @@ async fn scan_scope(
     let seeded_now = if s.base.seeded(&name)? {
         false
     } else {
-        seed_scope(s, entry, partition, &name, scope).await?;
+        if !seed_scope(s, entry, partition, &name, scope).await? {
+            // The standby refused its catalog entry: held, not scanned.
+            return Ok(0);
+        }
         true
     };
     let mut deleted_extra = 0usize;
