@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
 use crate::milvus::{self as mv, rows, Health, Milvus};
-use crate::replication::{catalog, now_ms, SharedState};
+use crate::replication::{catalog, SharedState};
+use dr_proto::now_ms;
 use dr_proto::pb::{self, admin_server::Admin};
 
 /// Upper bound on digest buckets (memory is 12 bytes a bucket).
@@ -137,11 +138,7 @@ impl Admin for AdminService {
         let s = self.state.lock().unwrap().clone();
         Ok(Response::new(pb::StatusReply {
             datacenter: self.datacenter.clone(),
-            role: if s.role.is_empty() {
-                "idle".into()
-            } else {
-                s.role.clone()
-            },
+            role: s.role.as_str().into(),
             epoch: s.epoch,
             peer: self.peer.clone(),
             milvus_healthy: health.healthy,

@@ -61,8 +61,7 @@ pub fn reset_capture_base(cfg: &Config) -> Result<String> {
             Err(e.context("the agent is running: stop it first, then reset the capture base"))
         }
         Err(e) => {
-            let aside =
-                path.with_extension(format!("redb.corrupt-{}", crate::replication::now_ms()));
+            let aside = path.with_extension(format!("redb.corrupt-{}", dr_proto::now_ms()));
             std::fs::rename(&path, &aside)
                 .with_context(|| format!("move the unreadable {} aside", path.display()))?;
             Base::open(&path)?;

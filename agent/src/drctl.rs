@@ -518,7 +518,7 @@ pub async fn verify(cfg: &DrctlConfig, opts: &VerifyOptions) -> Result<VerifyRep
         .unwrap_or_default();
 
     // Settle: the standby must have applied the primary's state as of now.
-    let start = crate::replication::now_ms();
+    let start = dr_proto::now_ms();
     let deadline = tokio::time::Instant::now() + opts.settle;
     let mut settled = false;
     loop {

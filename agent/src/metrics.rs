@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::milvus::Health;
-use crate::replication::{now_ms, SharedState};
+use crate::replication::SharedState;
+use dr_proto::now_ms;
 
 #[derive(Clone)]
 pub struct MetricsSource {
@@ -51,9 +52,9 @@ pub fn render(src: &MetricsSource) -> String {
         .into_iter(),
     );
     let role = Family::<Vec<(String, String)>, Gauge>::default();
-    for r in ["source", "sink", "idle", "fenced"] {
-        role.get_or_create(&vec![("role".into(), r.into())])
-            .set(i64::from(s.role == r || (s.role.is_empty() && r == "idle")));
+    for r in crate::replication::Role::ALL {
+        role.get_or_create(&vec![("role".into(), r.as_str().into())])
+            .set(i64::from(s.role == r));
     }
     reg.register("role", "1 for the role this agent has now", role);
     gauge_f(
@@ -243,7 +244,7 @@ mod tests {
             "{text}"
         );
         *state.lock().unwrap() = ReplicationState {
-            role: "sink".into(),
+            role: crate::replication::Role::Sink,
             applied_snapshot_ms: now_ms() - 90_000,
             ..Default::default()
         };

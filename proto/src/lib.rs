@@ -15,6 +15,15 @@ pub mod logging;
 pub mod statefile;
 pub mod tls;
 
+/// Milliseconds since the Unix epoch (wall clock: for what hosts report to
+/// each other; leases use monotonic clocks).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("milvusdr.v1");

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod deployment;
 pub mod proxy;
 pub mod s3;
 pub mod witness;

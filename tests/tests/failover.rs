@@ -8,12 +8,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use dr_agent::drctl::DrctlConfig;
-use dr_proto::pb;
 use dr_tests::data::{self, Shape};
-use dr_tests::proxy::Proxy;
-use dr_tests::witness::{wait_leader_status, Witnesses};
-use dr_tests::{wait_until, Agent, AgentSpec, MilvusServer, TestEnv};
+use dr_tests::deployment::{deploy, deploy_with, log_time, stopped_acting_after, Deployment};
+use dr_tests::witness::wait_leader_status;
+use dr_tests::{wait_until, MilvusServer};
 use dr_witness::decide::OperatorRequest;
 use tracing::info;
 
@@ -39,221 +37,6 @@ const SIMPLE: Shape = Shape::Simple { dim: 8 };
 const LONG: Duration = Duration::from_secs(120);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// Fields drop in order: processes before the environment's directory.
-struct Deployment {
-    w: Witnesses,
-    a: Agent,
-    b: Agent,
-    /// dc-a's Milvus health endpoint as agents and witnesses see it.
-    health_a: Proxy,
-    _pa: Proxy,
-    /// dc-a's path to dc-b's agent (replication, failsafe).
-    pb: Proxy,
-    ctl: DrctlConfig,
-    env: TestEnv,
-}
-
-fn host_port(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Witnesses and both agents up, dc-a acting as primary at epoch 1 with a
-/// small collection replicating.
-async fn deploy(
-    name: &str,
-    failover: &str,
-    own_primary: Option<&MilvusServer>,
-) -> Result<Deployment> {
-    deploy_with(name, failover, own_primary, "").await
-}
-
-/// [`deploy`], with more YAML for dc-a's agent config.
-async fn deploy_with(
-    name: &str,
-    failover: &str,
-    own_primary: Option<&MilvusServer>,
-    a_yaml: &str,
-) -> Result<Deployment> {
-    let mut env = TestEnv::new(name).await?;
-    if let Some(m) = own_primary {
-        env.endpoints[0] = (m.endpoint(), m.health_url());
-        env.primary = m.client();
-        data::drop_database(&env.primary, name).await?;
-        env.primary.create_database(name).await?;
-    }
-    let health_a = Proxy::start().await?;
-    let target: std::net::SocketAddr = host_port(&env.endpoints[0].1).parse()?;
-    health_a.set_target(target);
-    env.endpoints[0].1 = format!("http://{}/healthz", health_a.addr);
-    data::create(&env.primary, name, "c", SIMPLE).await?;
-    data::insert(
-        &env.primary,
-        name,
-        "c",
-        SIMPLE,
-        &(0..200).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
-
-    let w = Witnesses::start(&env, failover).await?;
-    let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
-    let b = Agent::start(
-        &env,
-        &AgentSpec {
-            dc: "dc-b",
-            peer_address: format!("https://{}", pa.addr),
-            grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {failover}", w.agent_yaml("dc-b")),
-        },
-    )
-    .await?;
-    let a = Agent::start(
-        &env,
-        &AgentSpec {
-            dc: "dc-a",
-            peer_address: format!("https://{}", pb.addr),
-            grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {failover}\n{a_yaml}", w.agent_yaml("dc-a")),
-        },
-    )
-    .await?;
-    pa.set_target(a.grpc);
-    pb.set_target(b.grpc);
-    let mut ctl = env.drctl(&a, &b);
-    ctl.witnesses = w.drctl_map();
-    let d = Deployment {
-        env,
-        w,
-        a,
-        b,
-        health_a,
-        _pa: pa,
-        pb,
-        ctl,
-    };
-    wait_until(LONG, "dc-a to act as primary and replicate", || async {
-        let s = d.ctl.status("dc-a").await.ok()?;
-        let r = s.replication?;
-        (s.role == "source" && s.epoch == 1 && r.applied_snapshot_ms > 0).then_some(())
-    })
-    .await
-    .with_context(|| d.logs())?;
-    Ok(d)
-}
-
-impl Deployment {
-    async fn status(&self, dc: &str) -> Option<pb::StatusReply> {
-        self.ctl.status(dc).await.ok()
-    }
-
-    fn logs(&self) -> String {
-        let mut out = format!(
-            "--- dc-a\n{}\n--- dc-b\n{}\n",
-            self.a.log_tail(),
-            self.b.log_tail()
-        );
-        for p in &self.w.procs {
-            let t = p.log_text();
-            let lines: Vec<&str> = t.lines().collect();
-            out += &format!(
-                "--- witness {}\n{}\n",
-                p.id,
-                lines[lines.len().saturating_sub(25)..].join("\n")
-            );
-        }
-        out
-    }
-
-    /// Asserts over `window` that no failover happens: epoch 1 everywhere,
-    /// dc-b never the source. Every sample must reach dc-b's agent and at
-    /// least one witness: a check that sees nothing proves nothing.
-    async fn assert_no_failover_for(&self, window: Duration) -> Result<()> {
-        let start = Instant::now();
-        let mut samples = 0;
-        while start.elapsed() < window {
-            let b = self
-                .status("dc-b")
-                .await
-                .context("assert_no_failover_for: dc-b's agent did not answer")?;
-            ensure!(
-                b.role != "source",
-                "dc-b became the source: {}\n{}",
-                b.failover,
-                self.logs()
-            );
-            ensure!(b.epoch <= 1, "dc-b is at epoch {}", b.epoch);
-            let mut answered = 0;
-            for (_, r) in self.ctl.witness_status().await {
-                if let Ok(s) = r {
-                    answered += 1;
-                    ensure!(
-                        s.cluster.epoch == 1,
-                        "a witness committed epoch {}",
-                        s.cluster.epoch
-                    );
-                }
-            }
-            ensure!(answered > 0, "assert_no_failover_for: no witness answered");
-            samples += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        ensure!(samples > 0, "assert_no_failover_for: no sample taken");
-        Ok(())
-    }
-}
-
-/// Timestamp (µs since the epoch) of the first log line containing all of
-/// `needles`, from the tracing text format.
-fn log_time(path: &std::path::Path, needles: &[&str]) -> Option<i64> {
-    log_time_after(path, needles, i64::MIN)
-}
-
-/// Like [`log_time`], for the first such line at or after `after_us`.
-fn log_time_after(path: &std::path::Path, needles: &[&str], after_us: i64) -> Option<i64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .filter_map(line_time)
-        .find(|t| *t >= after_us)
-}
-
-/// When an agent (its log) first stopped acting as primary at or after
-/// `after_us`: whichever came first, its lease guard or its runtime loop.
-fn stopped_acting_after(log: &std::path::Path, after_us: i64) -> Option<i64> {
-    [
-        log_time_after(log, &["lease deadline reached"], after_us),
-        log_time_after(log, &["fenced: no longer acting as primary"], after_us),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-}
-
-fn line_time(line: &str) -> Option<i64> {
-    let ts = line.split_whitespace().next()?;
-    // 2026-11-25T07:12:34.123456Z
-    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
-    let (h, mi, s) = (t.next()??, t.next()??, t.next()??);
-    let micros: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3_600 + mi * 60 + s) * 1_000_000) + micros)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epoch() -> Result<()> {
@@ -390,7 +173,7 @@ async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its
     // than confirmation + leases: still no promotion (one witness cannot
     // decide), and dc-a stops acting as soon as its own probes call its
     // Milvus dead: an agent never acts over a dead Milvus.
-    let dead_us = dr_agent::replication::now_ms() * 1000;
+    let dead_us = dr_proto::now_ms() * 1000;
     d.health_a.block(true);
     wait_until(LONG, "dc-a to fence", || async {
         let s = d.status("dc-a").await?;
@@ -506,7 +289,7 @@ async fn a_hanging_promotion_hook_does_not_keep_a_cut_off_primary_acting() -> Re
         started.exists().then_some(())
     })
     .await?;
-    let cut_wall = dr_agent::replication::now_ms();
+    let cut_wall = dr_proto::now_ms();
     d.w.isolate_a(true);
     d.pb.silence(true);
     wait_until(LONG, "dc-b promoted at epoch 2", || async {
@@ -613,7 +396,7 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         (s.replication?.lag_ms < 2_000).then_some(())
     })
     .await?;
-    let killed_wall = dr_agent::replication::now_ms() as u64;
+    let killed_wall = dr_proto::now_ms() as u64;
     let killed = Instant::now();
     own.kill();
     let st = wait_leader_status(

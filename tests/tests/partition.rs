@@ -10,19 +10,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use dr_agent::drctl::DrctlConfig;
-use dr_agent::replication::now_ms;
-use dr_proto::pb;
-use dr_tests::data::{self, Shape};
-use dr_tests::proxy::Proxy;
-use dr_tests::witness::{wait_leader_status, WitnessProc, Witnesses};
-use dr_tests::{wait_until, Agent, AgentSpec, TestEnv};
+use dr_proto::now_ms;
+use dr_tests::deployment::{deploy, log_times, Deployment};
+use dr_tests::wait_until;
+use dr_tests::witness::{wait_leader_status, WitnessProc};
 use dr_witness::service::WitnessStatus;
 use dr_witness::timing::Timing;
 use tracing::info;
 
 const FAST: &str = "{ profile: fast }";
-const SIMPLE: Shape = Shape::Simple { dim: 8 };
 const LONG: Duration = Duration::from_secs(60);
 const HELD: &str = "automatic failover held";
 
@@ -36,126 +32,15 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-// Fields drop in order: processes before the environment's directory.
-struct Deployment {
-    w: Witnesses,
-    a: Agent,
-    b: Agent,
-    /// dc-a's Milvus health endpoint as agents and witnesses see it.
-    health_a: Proxy,
-    _pa: Proxy,
-    _pb: Proxy,
-    ctl: DrctlConfig,
-    _env: TestEnv,
+/// One witness's status, through `drctl`'s client.
+async fn witness(d: &Deployment, id: u64) -> Option<WitnessStatus> {
+    let mut one = d.ctl.clone();
+    one.witnesses.retain(|k, _| *k == id);
+    one.witness_status().await.pop()?.1.ok()
 }
 
-fn host_port(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Witnesses and both agents up (fast profile), dc-a acting as primary at
-/// epoch 1 with a small collection replicating to dc-b.
-async fn deploy(name: &str) -> Result<Deployment> {
-    let mut env = TestEnv::new(name).await?;
-    let health_a = Proxy::start().await?;
-    let target: std::net::SocketAddr = host_port(&env.endpoints[0].1).parse()?;
-    health_a.set_target(target);
-    env.endpoints[0].1 = format!("http://{}/healthz", health_a.addr);
-    data::create(&env.primary, name, "c", SIMPLE).await?;
-    data::insert(
-        &env.primary,
-        name,
-        "c",
-        SIMPLE,
-        &(0..200).collect::<Vec<_>>(),
-        1,
-    )
-    .await?;
-
-    let w = Witnesses::start(&env, FAST).await?;
-    let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
-    let b = Agent::start(
-        &env,
-        &AgentSpec {
-            dc: "dc-b",
-            peer_address: format!("https://{}", pa.addr),
-            grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {FAST}", w.agent_yaml("dc-b")),
-        },
-    )
-    .await?;
-    let a = Agent::start(
-        &env,
-        &AgentSpec {
-            dc: "dc-a",
-            peer_address: format!("https://{}", pb.addr),
-            grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {FAST}", w.agent_yaml("dc-a")),
-        },
-    )
-    .await?;
-    pa.set_target(a.grpc);
-    pb.set_target(b.grpc);
-    let mut ctl = env.drctl(&a, &b);
-    ctl.witnesses = w.drctl_map();
-    let d = Deployment {
-        _env: env,
-        w,
-        a,
-        b,
-        health_a,
-        _pa: pa,
-        _pb: pb,
-        ctl,
-    };
-    wait_until(LONG, "dc-a to act as primary and replicate", || async {
-        let s = d.status("dc-a").await?;
-        let r = s.replication?;
-        (s.role == "source" && s.epoch == 1 && r.applied_snapshot_ms > 0 && r.lag_ms < 2_000)
-            .then_some(())
-    })
-    .await
-    .with_context(|| d.logs())?;
-    Ok(d)
-}
-
-impl Deployment {
-    async fn status(&self, dc: &str) -> Option<pb::StatusReply> {
-        self.ctl.status(dc).await.ok()
-    }
-
-    /// One witness's status, through `drctl`'s client.
-    async fn witness(&self, id: u64) -> Option<WitnessStatus> {
-        let mut one = self.ctl.clone();
-        one.witnesses.retain(|k, _| *k == id);
-        one.witness_status().await.pop()?.1.ok()
-    }
-
-    fn proc(&self, id: u64) -> &WitnessProc {
-        &self.w.procs[(id - 1) as usize]
-    }
-
-    fn logs(&self) -> String {
-        let mut out = format!(
-            "--- dc-a\n{}\n--- dc-b\n{}\n",
-            self.a.log_tail(),
-            self.b.log_tail()
-        );
-        for p in &self.w.procs {
-            let t = p.log_text();
-            let lines: Vec<&str> = t.lines().collect();
-            out += &format!(
-                "--- witness {}\n{}\n",
-                p.id,
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            );
-        }
-        out
-    }
+fn proc(d: &Deployment, id: u64) -> &WitnessProc {
+    &d.w.procs[(id - 1) as usize]
 }
 
 /// A series of a witness's `/metrics`, e.g. `milvus_dr_witness_is_leader`
@@ -174,18 +59,11 @@ async fn metric(p: &WitnessProc, series: &str) -> Option<f64> {
     })
 }
 
-/// Timestamps (ms since the epoch) of the log lines containing all of
-/// `needles`, from the tracing text format (`2026-11-25T07:12:34.123456Z`).
-fn log_times(path: &Path, needles: &[&str]) -> Vec<i64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| {
-            let ts = l.split_whitespace().next()?;
-            chrono::DateTime::parse_from_rfc3339(ts)
-                .ok()
-                .map(|t| t.timestamp_millis())
-        })
+/// [`log_times`] in ms since the epoch.
+fn log_ms(path: &Path, needles: &[&str]) -> Vec<i64> {
+    log_times(path, needles)
+        .into_iter()
+        .map(|us| us / 1000)
         .collect()
 }
 
@@ -200,13 +78,13 @@ fn unconfirmed_within() -> Duration {
 async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> Result<()> {
     let _g = SERIAL.lock().await;
     let t = timing();
-    let d = deploy("pt_leader").await?;
+    let d = deploy("pt_leader", FAST, None).await?;
 
     info!("phase 1: a confirmed leader is cut off from both peers, silently");
     let first = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
     let old = first.id;
     let i = (old - 1) as usize;
-    ensure!(metric(d.proc(old), "milvus_dr_witness_is_leader").await == Some(1.0));
+    ensure!(metric(proc(&d, old), "milvus_dr_witness_is_leader").await == Some(1.0));
     let cut_wall = now_ms();
     let cut = Instant::now();
     d.w.silence_peers(i, true);
@@ -216,7 +94,7 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
         unconfirmed_within() + ms(1_000),
         "the cut-off leader to stop naming itself leader",
         || async {
-            let s = d.witness(old).await?;
+            let s = witness(&d, old).await?;
             (s.leader != Some(old) && !s.leader_confirmed).then_some(s)
         },
     )
@@ -229,8 +107,8 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
         "expected Raft to still call witness {old} leader, got {}",
         gone.raft_state
     );
-    let logged = log_times(
-        &d.proc(old).log,
+    let logged = log_ms(
+        &proc(&d, old).log,
         &["Raft leader without a quorum acknowledgement"],
     )
     .into_iter()
@@ -242,8 +120,8 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
         "unconfirmed only {stopped_after:?} after the cut (bound {:?})",
         unconfirmed_within()
     );
-    ensure!(metric(d.proc(old), "milvus_dr_witness_is_leader").await == Some(0.0));
-    ensure!(metric(d.proc(old), "milvus_dr_witness_leader_unconfirmed").await == Some(1.0));
+    ensure!(metric(proc(&d, old), "milvus_dr_witness_is_leader").await == Some(0.0));
+    ensure!(metric(proc(&d, old), "milvus_dr_witness_leader_unconfirmed").await == Some(1.0));
 
     info!("phase 3: the other two elect a confirmed leader in a newer term");
     let new = wait_leader_status(&d.ctl, LONG, "a new leader among the other two", |s| {
@@ -261,8 +139,7 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
     .await
     .with_context(|| d.logs())?;
     ensure!(done.id != old);
-    let iso = d
-        .witness(old)
+    let iso = witness(&d, old)
         .await
         .context("the cut-off witness answers drctl")?;
     ensure!(
@@ -277,7 +154,7 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
     d.w.silence_peers(i, false);
     let healed = Instant::now();
     wait_until(LONG, "the old leader to follow at epoch 2", || async {
-        let s = d.witness(old).await?;
+        let s = witness(&d, old).await?;
         (s.raft_state == "Follower" && s.cluster.epoch == 2 && s.leader.is_some_and(|l| l != old))
             .then_some(())
     })
@@ -290,7 +167,7 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
         (Instant::now() >= until).then_some(())
     })
     .await?;
-    let log = d.proc(old).log_text();
+    let log = proc(&d, old).log_text();
     for bad in [HELD, "could not commit", "commit timed out"] {
         ensure!(
             !log.contains(bad),
@@ -298,7 +175,7 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
             d.logs()
         );
     }
-    ensure!(metric(d.proc(old), "milvus_dr_witness_alerts_total").await == Some(0.0));
+    ensure!(metric(proc(&d, old), "milvus_dr_witness_alerts_total").await == Some(0.0));
     println!(
         "witness {old} cut off: unconfirmed {:.2}s later by its log (status showed it after {:.2}s; bound {:.1}s); witness {} elected in term {} > {} after {:.2}s; after the heal it followed within {:.2}s",
         stopped_after.as_secs_f64(),
@@ -325,10 +202,10 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
 async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result<()> {
     let _g = SERIAL.lock().await;
     let t = timing();
-    let d = deploy("pt_commit").await?;
+    let d = deploy("pt_commit", FAST, None).await?;
     let leader = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
     let l = (leader.id - 1) as usize;
-    let lp = d.proc(leader.id);
+    let lp = proc(&d, leader.id);
 
     info!("phase 1: both agents lose the witnesses, silently");
     for p in d.w.for_a.iter().chain(&d.w.front) {
@@ -337,7 +214,7 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     // `drctl` goes through the same (silent) proxies: watch the logs and
     // the metrics, which the witnesses serve directly.
     wait_until(LONG, "the failover held for the silent standby", || async {
-        let held = log_times(&lp.log, &[HELD, "standby agent dc-b"]);
+        let held = log_ms(&lp.log, &[HELD, "standby agent dc-b"]);
         (!held.is_empty()).then_some(())
     })
     .await
@@ -365,7 +242,7 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     info!("phase 2: dc-b's agent reaches the leader again; the failover commits");
     d.w.front[l].silence(false);
     let committed = wait_until(LONG, "the failover to dc-b to commit", || async {
-        log_times(&lp.log, &["committed", "failover to dc-b"])
+        log_ms(&lp.log, &["committed", "failover to dc-b"])
             .first()
             .copied()
     })
@@ -373,7 +250,7 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     .with_context(|| d.logs())?;
     // The leader has applied the new epoch and judged dc-b once.
     let judged = wait_until(LONG, "the leader to judge the new primary", || async {
-        log_times(&lp.log, &["leader decision state"])
+        log_ms(&lp.log, &["leader decision state"])
             .into_iter()
             .find(|ts| *ts >= committed)
     })
@@ -408,12 +285,12 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     })
     .await?;
     for p in &d.w.procs {
-        let late: Vec<i64> = log_times(&p.log, &[HELD])
+        let late: Vec<i64> = log_ms(&p.log, &[HELD])
             .into_iter()
             .filter(|ts| *ts >= committed)
             .collect();
         ensure!(
-            late.is_empty() && log_times(&p.log, &["primary dc-b is down"]).is_empty(),
+            late.is_empty() && log_ms(&p.log, &["primary dc-b is down"]).is_empty(),
             "witness {} alerted {:?} ms after the commit:\n{}",
             p.id,
             late.iter().map(|ts| ts - committed).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use dr_agent::drctl::{self, DrctlConfig};
 use dr_agent::milvus::{Pk, PkType};
-use dr_agent::replication::now_ms;
+use dr_proto::now_ms;
 use dr_proto::pb;
 use dr_tests::data::{self, Shape};
 use dr_tests::{proxy::Proxy, start_pair, wait_until, Agent, TestEnv};

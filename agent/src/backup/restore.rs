@@ -489,7 +489,7 @@ async fn write_batch(
             Err(e) => return Err(e.into()),
         }
     }
-    crate::replication::retry("restore upsert", 6, || {
+    crate::milvus::retry("restore upsert", 6, || {
         target.upsert(db, name, partition, fields.clone(), n as u32)
     })
     .await?;

@@ -14,7 +14,8 @@ use super::create::{self, CreateOptions};
 use super::{notify, Settings, SharedStats, Store};
 use crate::config::{Config, RunOn};
 use crate::milvus::Milvus;
-use crate::replication::{now_ms, SharedState};
+use crate::replication::SharedState;
+use dr_proto::now_ms;
 
 /// The next run after `after`, in the configured zone.
 pub fn next_run(schedule: &str, timezone: &str, after: DateTime<Utc>) -> Result<DateTime<Utc>> {
@@ -122,9 +123,9 @@ pub async fn run(
         }
         let (epoch, role) = {
             let st = state.lock().unwrap();
-            ((st.epoch > 0).then_some(st.epoch), st.role.clone())
+            ((st.epoch > 0).then_some(st.epoch), st.role)
         };
-        if cfg.backup.run_on == RunOn::Primary && role != "source" {
+        if cfg.backup.run_on == RunOn::Primary && role != crate::replication::Role::Source {
             info!(role = %role, "scheduled backup skipped: this datacenter is not the acting primary (backup.run_on: primary)");
             stats.lock().unwrap().skipped += 1;
             continue;

@@ -105,7 +105,7 @@ pub fn spawn_prober(
                 },
             };
             if h.healthy {
-                last_ok_ms.store(crate::replication::now_ms(), Ordering::Relaxed);
+                last_ok_ms.store(dr_proto::now_ms(), Ordering::Relaxed);
             }
             {
                 let mut cur = health.lock().unwrap();

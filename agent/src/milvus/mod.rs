@@ -1073,7 +1073,7 @@ pub fn scan_pages(
             .unwrap_or_default();
         let mut after: Option<Pk> = None;
         loop {
-            let page = crate::replication::retry("scan page", 5, || {
+            let page = retry("scan page", 5, || {
                 milvus.query_page(
                     &info,
                     partition.as_deref(),
@@ -1120,6 +1120,29 @@ pub fn scan_pages(
         }
     });
     rx
+}
+
+/// Retries `f` with exponential backoff while its error is retryable,
+/// up to `attempts` tries.
+pub async fn retry<T, F, Fut>(what: &str, attempts: u32, mut f: F) -> Result<T, MilvusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, MilvusError>>,
+{
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && n < attempts => {
+                tracing::warn!(error = %e, attempt = n, "{what} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,19 +21,46 @@ use std::sync::{Arc, Mutex};
 
 use dr_proto::pb;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// What this agent is doing in replication right now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not started yet (no witness view, or not the configured primary).
+    #[default]
+    Idle,
+    /// Acting as primary: capturing and streaming to the peer.
+    Source,
+    /// Standby: applying what the primary's agent streams.
+    Sink,
+    /// Named primary by the witnesses but not acting (no valid lease, or
+    /// its Milvus is unhealthy).
+    Fenced,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Source, Role::Sink, Role::Idle, Role::Fenced];
+
+    /// The name on the wire (`StatusReply.role`) and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Idle => "idle",
+            Role::Source => "source",
+            Role::Sink => "sink",
+            Role::Fenced => "fenced",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The live state of replication on this agent, shared by the source or
 /// sink task, the admin API and the metrics endpoint.
 #[derive(Debug, Default, Clone)]
 pub struct ReplicationState {
-    pub role: String,
+    pub role: Role,
     pub epoch: u64,
     pub connected: bool,
     pub sent_seq: u64,
@@ -81,33 +108,6 @@ impl ReplicationState {
 }
 
 pub type SharedState = Arc<Mutex<ReplicationState>>;
-
-/// Retries `f` with exponential backoff while its error is retryable,
-/// up to `attempts` tries.
-pub async fn retry<T, F, Fut>(
-    what: &str,
-    attempts: u32,
-    mut f: F,
-) -> Result<T, crate::milvus::MilvusError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::milvus::MilvusError>>,
-{
-    let mut delay = std::time::Duration::from_millis(100);
-    let mut n = 0;
-    loop {
-        n += 1;
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && n < attempts => {
-                tracing::warn!(error = %e, attempt = n, "{what} failed; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(10));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use super::base::keys_from_pb;
 use super::catalog::{self, Managed};
-use super::{retry, SharedState};
+use super::SharedState;
+use crate::milvus::retry;
 use crate::milvus::Milvus;
 use dr_proto::pb::{self, replication_server::Replication, sink_message, source_message};
 
@@ -123,7 +124,7 @@ impl Sink {
         let checkpoint = Checkpoint::load(&path)?;
         {
             let mut s = state.lock().unwrap();
-            s.role = "sink".into();
+            s.role = super::Role::Sink;
             s.epoch = checkpoint.epoch;
             s.acked_seq = checkpoint.applied_seq;
             s.applied_snapshot_ms = checkpoint.applied_snapshot_ms;

@@ -12,8 +12,10 @@ use tracing::{debug, info, warn};
 
 use super::base::{self, Base, Change};
 use super::catalog::{self, Catalog, CollectionEntry, Filter};
-use super::{now_ms, retry, SharedState};
+use super::SharedState;
+use crate::milvus::retry;
 use crate::milvus::{self as mv, rows, Milvus, Pk};
+use dr_proto::now_ms;
 use dr_proto::pb::{self, replication_client::ReplicationClient, sink_message, source_message};
 
 /// Everything the source needs.
@@ -52,7 +54,7 @@ pub async fn run(
 ) {
     {
         let mut s = state.lock().unwrap();
-        s.role = "source".into();
+        s.role = super::Role::Source;
         s.epoch = cfg.epoch;
     }
     let mut backoff = cfg.reconnect_backoff;

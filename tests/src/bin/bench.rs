@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use dr_agent::replication::now_ms;
+use dr_proto::now_ms;
 use dr_tests::bench::{self, env_num};
 use dr_tests::data::{self, Shape};
 use dr_tests::{peak_rss_mib, start_pair, wait_until, TestEnv};

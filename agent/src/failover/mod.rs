@@ -17,9 +17,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+mod guard;
+
+use guard::{lease_guard, SOURCE_STOP_GRACE};
+
 use crate::milvus::{Health, Milvus};
 use crate::replication::sink::{FailsafeResponder, Sink};
-use crate::replication::{base::Base, now_ms, source, SharedState};
+use crate::replication::{base::Base, source, Role, SharedState};
+use dr_proto::now_ms;
 use dr_proto::pb::{replication_client::ReplicationClient, witness_client::WitnessClient, Json};
 use dr_witness::decide::HeartbeatReply;
 use dr_witness::model::Cluster;
@@ -143,45 +148,6 @@ struct SourceRun {
     guard: JoinHandle<()>,
 }
 
-/// How long a stopping source may take to finish on its own before it is
-/// aborted (its state is crash-safe: unacknowledged keys are resent).
-const SOURCE_STOP_GRACE: Duration = Duration::from_millis(500);
-
-/// Stops the source at the lease deadline, whatever the runtime loop is
-/// waiting for: cancels it and aborts its task. Returns when it fired or
-/// the source was stopped otherwise.
-async fn lease_guard(
-    epoch: u64,
-    mut until: watch::Receiver<Option<Instant>>,
-    stop: CancellationToken,
-    task: tokio::task::AbortHandle,
-) {
-    loop {
-        let deadline = *until.borrow_and_update();
-        let now = Instant::now();
-        match deadline {
-            Some(t) if now < t => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(t.into()) => {}
-                    r = until.changed() => if r.is_err() { return },
-                    _ = stop.cancelled() => return,
-                }
-            }
-            _ => {
-                let late_ms = deadline.map_or(0, |t| now.saturating_duration_since(t).as_millis());
-                stop.cancel();
-                task.abort();
-                warn!(
-                    epoch,
-                    late_ms,
-                    "lease deadline reached (or lease released): not acting as primary; the replication source is stopped"
-                );
-                return;
-            }
-        }
-    }
-}
-
 /// Starts the failover runtime; returns the shared role logic (for the
 /// failsafe RPC) and the task.
 pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>, JoinHandle<()>)> {
@@ -250,7 +216,7 @@ async fn run(
     let mut next_beat = Instant::now();
     {
         let mut s = rt.state.lock().unwrap();
-        s.role = "sink".into();
+        s.role = Role::Sink;
     }
     loop {
         tokio::select! {
@@ -491,7 +457,11 @@ async fn execute(
                 .unwrap()
                 .cluster()
                 .is_some_and(|c| c.primary == rt.datacenter);
-            rt.state.lock().unwrap().role = if named_primary { "fenced" } else { "sink" }.into();
+            rt.state.lock().unwrap().role = if named_primary {
+                Role::Fenced
+            } else {
+                Role::Sink
+            };
         }
         Action::Drain { epoch } => {
             let (state, fo) = (rt.state.clone(), fo.clone());
@@ -534,7 +504,7 @@ async fn execute(
             stop_source(source).await;
             rt.sink.set_view(epoch, &primary);
             let mut s = rt.state.lock().unwrap();
-            s.role = "sink".into();
+            s.role = Role::Sink;
             s.epoch = s.epoch.max(epoch);
         }
         Action::SwitchDns { epoch } => {
