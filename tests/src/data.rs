@@ -509,6 +509,22 @@ pub async fn read_all(m: &Milvus, db: &str, coll: &str) -> Result<BTreeMap<Pk, u
     Ok(out)
 }
 
+/// How `b` differs from `a`, for a failure message; `None` if identical.
+pub fn describe_diff(a: &BTreeMap<Pk, u64>, b: &BTreeMap<Pk, u64>) -> Option<String> {
+    let (missing, extra, changed) = diff(a, b);
+    (!missing.is_empty() || !extra.is_empty() || !changed.is_empty()).then(|| {
+        format!(
+            "{} missing (e.g. {:?}), {} extra (e.g. {:?}), {} changed (e.g. {:?})",
+            missing.len(),
+            missing.first(),
+            extra.len(),
+            extra.first(),
+            changed.len(),
+            changed.first()
+        )
+    })
+}
+
 /// Rows that differ between two reads: (missing in b, extra in b, changed).
 pub fn diff(a: &BTreeMap<Pk, u64>, b: &BTreeMap<Pk, u64>) -> (Vec<Pk>, Vec<Pk>, Vec<Pk>) {
     let missing = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();

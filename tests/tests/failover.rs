@@ -481,32 +481,27 @@ async fn assert_identical(d: &Deployment, step: &str) -> Result<(usize, usize)> 
     let mut sizes = (0, 0);
     for (i, coll) in ["c", "s"].into_iter().enumerate() {
         let why = std::sync::Mutex::new(String::new());
-        let (a, b) = wait_until(LONG, &format!("{step}: {coll} identical on both"), || async {
-            let read = |m, dc| {
-                let (why, db) = (&why, &db);
-                async move {
-                    data::read_all(m, db, coll)
-                        .await
-                        .map_err(|e| *why.lock().unwrap() = format!("{dc}: {e:#}"))
-                        .ok()
+        let (a, b) = wait_until(
+            LONG,
+            &format!("{step}: {coll} identical on both"),
+            || async {
+                let read = |m, dc| {
+                    let (why, db) = (&why, &db);
+                    async move {
+                        data::read_all(m, db, coll)
+                            .await
+                            .map_err(|e| *why.lock().unwrap() = format!("{dc}: {e:#}"))
+                            .ok()
+                    }
+                };
+                let a = read(&d.env.primary, "dc-a").await?;
+                let b = read(&d.env.standby, "dc-b").await?;
+                if let Some(d) = data::describe_diff(&a, &b) {
+                    *why.lock().unwrap() = format!("dc-b: {d}");
                 }
-            };
-            let a = read(&d.env.primary, "dc-a").await?;
-            let b = read(&d.env.standby, "dc-b").await?;
-            if a != b {
-                let (missing, extra, changed) = data::diff(&a, &b);
-                *why.lock().unwrap() = format!(
-                    "dc-b lacks {} rows (e.g. {:?}), has {} extra (e.g. {:?}), {} differ (e.g. {:?})",
-                    missing.len(),
-                    missing.first(),
-                    extra.len(),
-                    extra.first(),
-                    changed.len(),
-                    changed.first()
-                );
-            }
-            (a == b).then_some((a, b))
-        })
+                (a == b).then_some((a, b))
+            },
+        )
         .await
         .with_context(|| format!("last difference: {}", why.lock().unwrap()))
         .with_context(|| d.logs())?;

@@ -240,6 +240,7 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     .with_context(|| d.logs())?;
 
     info!("phase 2: dc-b's agent reaches the leader again; the failover commits");
+    let healed = now_ms();
     d.w.front[l].silence(false);
     let committed = wait_until(LONG, "the failover to dc-b to commit", || async {
         log_ms(&lp.log, &["committed", "failover to dc-b"])
@@ -248,6 +249,15 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     })
     .await
     .with_context(|| d.logs())?;
+    // Held only for want of fresh heartbeats from the standby: it commits
+    // within a lease and four heartbeats of the heal (the stalled
+    // connection is dropped and a new one carries the next heartbeat).
+    let commit_after_heal = committed - healed;
+    let bound = (t.lease_ms + 4 * t.heartbeat_ms) as i64;
+    ensure!(
+        commit_after_heal <= bound,
+        "committed {commit_after_heal} ms after the heal, over the {bound} ms bound"
+    );
     // The leader has applied the new epoch and judged dc-b once.
     let judged = wait_until(LONG, "the leader to judge the new primary", || async {
         log_ms(&lp.log, &["leader decision state"])
@@ -312,7 +322,7 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
         p.silence(false);
     }
     println!(
-        "failover committed while 2 of 3 witnesses saw dc-b down past the window; the leader judged dc-b {judged} ms after the commit, their paths healed {peers_healed} ms after it; no alert within {} ms of it",
+        "failover held for want of the standby's heartbeats committed {commit_after_heal} ms after its path healed (bound {bound} ms), while 2 of 3 witnesses saw dc-b down past the window; the leader judged dc-b {judged} ms after the commit, their paths healed {peers_healed} ms after it; no alert within {} ms of it",
         t.lease_ms
     );
     Ok(())

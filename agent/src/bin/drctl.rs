@@ -108,11 +108,16 @@ fn out(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
-fn load(config: &Option<PathBuf>) -> anyhow::Result<DrctlConfig> {
-    let path = config.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("no drctl config: pass --config FILE or set DRCTL_CONFIG")
-    })?;
-    DrctlConfig::load(path)
+/// The drctl config, or the exit code after saying why it is unusable.
+fn load(config: &Option<PathBuf>) -> Result<DrctlConfig, ExitCode> {
+    let loaded = config
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no drctl config: pass --config FILE or set DRCTL_CONFIG"))
+        .and_then(|path| DrctlConfig::load(path));
+    loaded.map_err(|e| {
+        eprintln!("drctl: {e:#}");
+        ExitCode::from(2)
+    })
 }
 
 fn main() -> ExitCode {
@@ -158,10 +163,7 @@ fn main() -> ExitCode {
         } => rt.block_on(async {
             let cfg = match load(&args.config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("drctl: {e:#}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             match cfg.drop_unmanaged(&datacenter, &collection).await {
                 Ok(msg) => {
@@ -177,10 +179,7 @@ fn main() -> ExitCode {
         Cmd::Status { json } => rt.block_on(async {
             let cfg = match load(&args.config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("drctl: {e:#}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let mut all = Vec::new();
             for dc in cfg.agents.keys() {
@@ -218,10 +217,7 @@ fn main() -> ExitCode {
         } => rt.block_on(async {
             let cfg = match load(&args.config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("drctl: {e:#}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let opts = drctl::VerifyOptions {
                 buckets,
@@ -254,10 +250,7 @@ fn main() -> ExitCode {
                     eprintln!("drctl: no witnesses in the drctl config; add witnesses: {{1: https://..., 2: ..., 3: ...}}");
                     return ExitCode::from(2);
                 }
-                Err(e) => {
-                    eprintln!("drctl: {e:#}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let req = match cmd {
                 WitnessCmd::Status { json } => {
