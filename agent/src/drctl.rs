@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use crate::tls::TlsFiles;
 use dr_proto::pb::{self, admin_client::AdminClient, witness_client::WitnessClient};
 use dr_witness::decide::OperatorRequest;
+use dr_witness::model::Outcome;
 use dr_witness::service::WitnessStatus;
 
 /// `drctl.yaml`: which agents to talk to, with which operator certificate.
@@ -334,11 +335,21 @@ pub async fn await_switchover(cfg: &DrctlConfig, from_epoch: u64, to: &str) -> R
             .max_by_key(|s| s.cluster.version);
         if let Some(s) = newest {
             if s.cluster.epoch > from_epoch {
+                // The entry that raised the epoch past ours.
                 let evidence = s
                     .audit
                     .iter()
                     .rev()
-                    .find(|a| a.what.contains("complete") || a.what.contains("failover"))
+                    .find(|a| {
+                        a.epoch > from_epoch
+                            && matches!(
+                                a.outcome,
+                                Some(
+                                    Outcome::SwitchoverComplete { .. }
+                                        | Outcome::FailoverCommitted { .. }
+                                )
+                            )
+                    })
                     .map(|a| format!("{}: {}", a.what, a.evidence))
                     .unwrap_or_default();
                 return Ok(format!(
@@ -354,8 +365,10 @@ pub async fn await_switchover(cfg: &DrctlConfig, from_epoch: u64, to: &str) -> R
                     .audit
                     .iter()
                     .rev()
-                    .find(|a| a.what.contains("aborted"))
-                    .map(|a| a.evidence.clone())
+                    .find_map(|a| match &a.outcome {
+                        Some(Outcome::SwitchoverAborted { why }) => Some(why.clone()),
+                        _ => None,
+                    })
                     .unwrap_or_else(|| "no reason recorded".into());
                 bail!("the switchover to {to} was aborted: {why}");
             }

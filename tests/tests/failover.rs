@@ -13,6 +13,7 @@ use dr_tests::deployment::{deploy, deploy_with, log_time, stopped_acting_after, 
 use dr_tests::witness::wait_leader_status;
 use dr_tests::{wait_until, MilvusServer};
 use dr_witness::decide::OperatorRequest;
+use dr_witness::model::Outcome;
 use tracing::info;
 
 const FAST: &str = "{ profile: fast }";
@@ -83,7 +84,7 @@ async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epo
     let done = after
         .audit
         .iter()
-        .find(|a| a.what.contains("switchover to dc-b complete"))
+        .find(|a| a.outcome == Some(Outcome::SwitchoverComplete { to: "dc-b".into() }))
         .context("the completion is audited")?;
     ensure!(
         done.evidence.contains("nothing lost"),
@@ -135,7 +136,7 @@ async fn leader_killed_switchover_commits_and_all_witnesses_restart_with_the_epo
     ensure!(back
         .audit
         .iter()
-        .any(|a| a.what.contains("switchover to dc-b complete")));
+        .any(|a| a.outcome == Some(Outcome::SwitchoverComplete { to: "dc-b".into() })));
     // And dc-b goes on as primary, renewing its lease with the new leader.
     wait_until(
         LONG,
@@ -411,7 +412,9 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     let entry = st
         .audit
         .iter()
-        .find(|a| a.what.starts_with("failover to dc-b"))
+        .find(|a| {
+            matches!(&a.outcome, Some(Outcome::FailoverCommitted { to, forced: false }) if to == "dc-b")
+        })
         .context("the failover is audited")?;
     let committed_after = entry.wall_ms.saturating_sub(killed_wall);
     println!(

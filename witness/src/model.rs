@@ -38,6 +38,20 @@ pub struct AuditEntry {
     pub what: String,
     /// The facts the decision rested on, or why it was rejected.
     pub evidence: String,
+    /// What a role change came to, for programs (`what` is for people).
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+}
+
+/// The result of an applied role-change command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A planned switchover made `to` primary.
+    SwitchoverComplete { to: Dc },
+    /// A planned switchover was abandoned; the primary did not change.
+    SwitchoverAborted { why: String },
+    /// An unplanned failover made `to` primary.
+    FailoverCommitted { to: Dc, forced: bool },
 }
 
 /// The replicated state.
@@ -73,11 +87,27 @@ impl WitnessState {
             Ok(()) => (cmd.describe(), cmd.evidence().to_string()),
             Err(e) => (format!("rejected: {}", cmd.describe()), e.clone()),
         };
+        let outcome = match (cmd, &res) {
+            (Command::CompleteSwitchover { to, .. }, Ok(())) => {
+                Some(Outcome::SwitchoverComplete { to: to.clone() })
+            }
+            (Command::AbortSwitchover { evidence, .. }, Ok(())) => {
+                Some(Outcome::SwitchoverAborted {
+                    why: evidence.clone(),
+                })
+            }
+            (Command::Failover { to, forced, .. }, Ok(())) => Some(Outcome::FailoverCommitted {
+                to: to.clone(),
+                forced: *forced,
+            }),
+            _ => None,
+        };
         self.audit.push(AuditEntry {
             wall_ms: cmd.wall_ms(),
             epoch: self.cluster.epoch,
             what,
             evidence,
+            outcome,
         });
         if self.audit.len() > AUDIT_KEEP {
             let drop = self.audit.len() - AUDIT_KEEP;
@@ -403,6 +433,61 @@ mod tests {
         );
         // A planned switchover demotes nobody.
         assert!(c.needs_resync.is_empty());
+    }
+
+    #[test]
+    fn role_changes_record_their_outcome_for_programs() {
+        let mut c = init();
+        let sw = |cmd: &str, epoch| match cmd {
+            "begin" => Command::BeginSwitchover {
+                from_epoch: epoch,
+                to: "b".into(),
+                wall_ms: 2,
+                evidence: String::new(),
+            },
+            "abort" => Command::AbortSwitchover {
+                from_epoch: epoch,
+                wall_ms: 3,
+                evidence: "drain timed out".into(),
+            },
+            _ => Command::CompleteSwitchover {
+                from_epoch: epoch,
+                to: "b".into(),
+                wall_ms: 4,
+                evidence: String::new(),
+            },
+        };
+        c.apply(&sw("begin", 1)).unwrap();
+        assert_eq!(c.audit.last().unwrap().outcome, None);
+        c.apply(&sw("abort", 1)).unwrap();
+        assert_eq!(
+            c.audit.last().unwrap().outcome,
+            Some(Outcome::SwitchoverAborted {
+                why: "drain timed out".into()
+            })
+        );
+        c.apply(&sw("begin", 1)).unwrap();
+        c.apply(&sw("complete", 1)).unwrap();
+        let done = c.audit.last().unwrap();
+        assert_eq!(
+            (done.epoch, done.outcome.clone()),
+            (2, Some(Outcome::SwitchoverComplete { to: "b".into() }))
+        );
+        // A rejected command has no outcome.
+        assert!(c.apply(&sw("complete", 1)).is_err());
+        assert_eq!(c.audit.last().unwrap().outcome, None);
+        c.apply(&failover(2, "a")).unwrap();
+        assert_eq!(
+            c.audit.last().unwrap().outcome,
+            Some(Outcome::FailoverCommitted {
+                to: "a".into(),
+                forced: false
+            })
+        );
+        // Entries written before outcomes existed still read.
+        let old: AuditEntry =
+            serde_json::from_str(r#"{"wall_ms":1,"epoch":1,"what":"w","evidence":"e"}"#).unwrap();
+        assert_eq!(old.outcome, None);
     }
 
     #[test]
