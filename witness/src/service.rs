@@ -129,10 +129,7 @@ pub struct Service {
 }
 
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    dr_proto::now_ms().max(0) as u64
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Response<Json>, Status> {
