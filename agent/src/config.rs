@@ -350,14 +350,7 @@ pub struct Alerts {
     pub webhooks: Vec<Webhook>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Webhook {
-    /// `slack`, `pagerduty` or `generic`.
-    pub kind: String,
-    /// Environment variable holding the URL (or routing key for PagerDuty).
-    pub url_env: String,
-}
+pub use dr_proto::alert::Webhook;
 
 fn d_request_timeout() -> Duration {
     Duration::from_secs(60)
@@ -655,16 +648,7 @@ impl Config {
                 "give hooks time to run, e.g. 120s",
             ));
         }
-        for (i, w) in self.alerts.webhooks.iter().enumerate() {
-            if !matches!(w.kind.as_str(), "slack" | "pagerduty" | "generic") {
-                return Err(err(
-                    format!("alerts.webhooks[{i}].kind"),
-                    format!("unknown kind '{}'", w.kind),
-                    "use slack, pagerduty or generic",
-                ));
-            }
-        }
-        Ok(())
+        dr_proto::alert::validate("alerts.webhooks", &self.alerts.webhooks)
     }
 
     fn validate_backup(&self) -> Result<(), ConfigError> {

@@ -12,9 +12,10 @@
 
 pub mod admin;
 pub mod agent;
+pub mod alert;
 pub mod backup;
+pub mod client;
 pub mod config;
-pub mod drctl;
 pub mod failover;
 pub mod health;
 pub use dr_proto::logging;

@@ -10,6 +10,7 @@
 // everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod alert;
 pub mod channel;
 pub mod logging;
 pub mod statefile;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use dr_agent::drctl::DrctlConfig;
+use dr_agent::client::DrctlConfig;
 use dr_proto::pb;
 
 use crate::data::{self, Shape};
@@ -50,15 +50,17 @@ pub async fn deploy(
     failover: &str,
     own_primary: Option<&MilvusServer>,
 ) -> Result<Deployment> {
-    deploy_with(name, failover, own_primary, "").await
+    deploy_with(name, failover, own_primary, "", "").await
 }
 
-/// [`deploy`], with more YAML for dc-a's agent config.
+/// [`deploy`], with more YAML for dc-a's agent config and for every
+/// witness's config.
 pub async fn deploy_with(
     name: &str,
     failover: &str,
     own_primary: Option<&MilvusServer>,
     a_yaml: &str,
+    witness_yaml: &str,
 ) -> Result<Deployment> {
     let mut env = TestEnv::new(name).await?;
     if let Some(m) = own_primary {
@@ -82,7 +84,7 @@ pub async fn deploy_with(
     )
     .await?;
 
-    let w = Witnesses::start(&env, failover).await?;
+    let w = Witnesses::start_with(&env, failover, witness_yaml).await?;
     let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
     let b = Agent::start(
         &env,

@@ -15,6 +15,7 @@ pub mod data;
 pub mod deployment;
 pub mod proxy;
 pub mod s3;
+pub mod webhook;
 pub mod witness;
 
 use std::io::{Read, Write};
@@ -24,7 +25,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dr_agent::drctl::{AgentRef, DrctlConfig, DrctlTls};
+use dr_agent::client::{AgentRef, DrctlConfig, DrctlTls};
 use dr_agent::milvus::{Connection, Milvus};
 
 pub fn repo_root() -> PathBuf {

@@ -10,7 +10,8 @@ use std::process::Child;
 use std::time::Duration;
 
 use anyhow::Result;
-use dr_witness::service::{Bound, WitnessStatus};
+use dr_witness::api::WitnessStatus;
+use dr_witness::service::Bound;
 
 use crate::proxy::Proxy;
 use crate::{keep_log, spawn_bound, wait_until, TestEnv};
@@ -64,6 +65,15 @@ impl Witnesses {
     /// Writes the configs and starts all three. `failover_yaml` is the
     /// `failover:` section body shared with the agents.
     pub async fn start(env: &TestEnv, failover_yaml: &str) -> Result<Witnesses> {
+        Self::start_with(env, failover_yaml, "").await
+    }
+
+    /// [`Witnesses::start`], with more YAML for every witness's config.
+    pub async fn start_with(
+        env: &TestEnv,
+        failover_yaml: &str,
+        extra_yaml: &str,
+    ) -> Result<Witnesses> {
         let mut front = vec![];
         let mut for_a = vec![];
         for _ in 0..3 {
@@ -106,6 +116,7 @@ initial_primary: dc-a
 tls: {{ ca: "{certs}/ca.pem", cert: "{certs}/witness-{id}.pem", key: "{certs}/witness-{id}.key" }}
 failover: {failover_yaml}
 raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_ms: 1000 }}
+{extra_yaml}
 "#,
                 state = state_dir.display(),
                 ah = env.endpoints[0].1,
@@ -207,7 +218,7 @@ raft: {{ heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_m
 /// status of some reachable witness that names itself leader, confirmed by
 /// a quorum.
 pub async fn wait_leader_status<F>(
-    drctl: &dr_agent::drctl::DrctlConfig,
+    drctl: &dr_agent::client::DrctlConfig,
     deadline: Duration,
     what: &str,
     pred: F,

@@ -159,7 +159,7 @@ async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its
     // dc-a probes its Milvus with the shipped defaults (every 5 s, three
     // failures), which the failover profile shortens to its heartbeat.
     let monitoring = "monitoring: { health_interval: 5s, failure_threshold: 3 }";
-    let mut d = deploy_with("fo_quorum", &profile, None, monitoring).await?;
+    let mut d = deploy_with("fo_quorum", &profile, None, monitoring, "").await?;
     d.w.procs[0].kill9();
     d.w.procs[1].kill9();
     // The primary cannot renew through a majority: it keeps acting only on
@@ -285,7 +285,7 @@ async fn a_hanging_promotion_hook_does_not_keep_a_cut_off_primary_acting() -> Re
         "hooks: {{ on_promote: \"touch {} && sleep 3600\" }}",
         started.display()
     );
-    let d = deploy_with("fo_hook", FAST_WIDE_BUDGET, None, &hook).await?;
+    let d = deploy_with("fo_hook", FAST_WIDE_BUDGET, None, &hook, "").await?;
     wait_until(LONG, "dc-a's promotion hook running", || async {
         started.exists().then_some(())
     })
@@ -560,7 +560,7 @@ async fn switch_to(d: &Deployment, to: &str, epoch: u64) -> Result<()> {
             by: String::new(),
         })
         .await?;
-    dr_agent::drctl::await_switchover(&d.ctl, epoch - 1, to).await?;
+    dr_agent::client::await_switchover(&d.ctl, epoch - 1, to).await?;
     wait_until(
         LONG,
         &format!("{to} the source at epoch {epoch}"),
@@ -669,17 +669,16 @@ async fn after_a_silent_partition_heals_every_witness_hears_both_datacenters_wit
     let (profile, timing) = measured_profile();
     let d = deploy("fo_heal", &profile, None).await?;
     let bound = Duration::from_millis(timing.lease_ms + 4 * timing.heartbeat_ms);
-    let healthy_everywhere =
-        |all: &[(u64, anyhow::Result<dr_witness::service::WitnessStatus>)]| {
-            all.len() == 3
-                && all.iter().all(|(_, r)| {
-                    r.as_ref().is_ok_and(|s| {
-                        ["dc-a", "dc-b"]
-                            .iter()
-                            .all(|dc| s.observation.get(*dc).is_some_and(|v| v.healthy))
-                    })
+    let healthy_everywhere = |all: &[(u64, anyhow::Result<dr_witness::api::WitnessStatus>)]| {
+        all.len() == 3
+            && all.iter().all(|(_, r)| {
+                r.as_ref().is_ok_and(|s| {
+                    ["dc-a", "dc-b"]
+                        .iter()
+                        .all(|dc| s.observation.get(*dc).is_some_and(|v| v.healthy))
                 })
-        };
+            })
+    };
     wait_until(
         LONG,
         "every witness sees both datacenters healthy",

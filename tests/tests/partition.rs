@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use dr_proto::now_ms;
-use dr_tests::deployment::{deploy, log_times, Deployment};
+use dr_tests::deployment::{deploy, deploy_with, log_times, Deployment};
 use dr_tests::wait_until;
 use dr_tests::witness::{wait_leader_status, WitnessProc};
-use dr_witness::service::WitnessStatus;
+use dr_witness::api::WitnessStatus;
 use dr_witness::timing::Timing;
 use tracing::info;
 
@@ -202,7 +202,12 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
 async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result<()> {
     let _g = SERIAL.lock().await;
     let t = timing();
-    let d = deploy("pt_commit", FAST, None).await?;
+    // The witnesses alert through the shared sender to a local receiver
+    // (the literal Slack-compatible `webhook_url` form).
+    let hook = dr_tests::webhook::Receiver::start().await?;
+    let alerts = format!("alerts: {{ webhook_url: \"{}\" }}", hook.url);
+    let d = deploy_with("pt_commit", FAST, None, "", &alerts).await?;
+    let text = |b: &serde_json::Value| b["text"].as_str().unwrap_or_default().to_string();
     let leader = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
     let l = (leader.id - 1) as usize;
     let lp = proc(&d, leader.id);
@@ -219,6 +224,17 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     })
     .await
     .with_context(|| d.logs())?;
+    // The leader's alert reaches the webhook, with its evidence.
+    let trigger = hook
+        .wait_for(LONG, "the held-failover alert at the webhook", |b| {
+            text(b).contains("automatic failover held") && text(b).contains("standby agent dc-b")
+        })
+        .await?;
+    ensure!(
+        text(&trigger).contains(&format!("milvus-dr witness-{}:", leader.id)),
+        "raised by the leader, witness {}: {trigger}",
+        leader.id
+    );
     wait_until(
         LONG,
         "every witness to see dc-b down past the window",
@@ -318,6 +334,23 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
             seen.ago_ms
         );
     }
+    // The hold is over: the alert is resolved, and nothing else was raised.
+    hook.wait_for(LONG, "the held-failover alert resolved", |b| {
+        text(b).contains("resolved: automatic failover held")
+    })
+    .await?;
+    let bodies = hook.bodies();
+    let resolved_at = bodies
+        .iter()
+        .position(|b| text(b).contains("resolved:"))
+        .context("resolve")?;
+    ensure!(
+        bodies[resolved_at + 1..].is_empty()
+            && bodies
+                .iter()
+                .all(|b| !text(b).contains("primary dc-b is down")),
+        "alerts after the resolve or about dc-b: {bodies:?}"
+    );
     for p in &d.w.for_a {
         p.silence(false);
     }

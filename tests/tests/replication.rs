@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use dr_agent::drctl::{self, DrctlConfig};
+use dr_agent::client::{self, DrctlConfig};
 use dr_agent::milvus::{Pk, PkType};
 use dr_proto::now_ms;
 use dr_proto::pb;
@@ -95,9 +95,9 @@ async fn initial_sync_beyond_the_query_window_is_exact() -> Result<()> {
     );
 
     info!("phase: drctl verify agrees");
-    let report = drctl::verify(
+    let report = client::verify(
         &ctl,
-        &drctl::VerifyOptions {
+        &client::VerifyOptions {
             buckets: 256,
             limit: 10,
             settle: Duration::from_secs(60),
@@ -477,7 +477,7 @@ async fn verify_names_a_row_changed_directly_on_the_standby() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: drctl::VerifyReport = serde_json::from_slice(&out.stdout)?;
+    let report: client::VerifyReport = serde_json::from_slice(&out.stdout)?;
     let c = &report.collections[0];
     assert!(!report.identical && !c.identical);
     assert_eq!(c.different, vec!["42".to_string()]);

@@ -276,8 +276,8 @@ tls: { ca: ca.pem, cert: a.pem, key: a.key }
 async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()> {
     use dr_proto::pb::{witness_client::WitnessClient, Json, RaftRpc};
     use dr_witness::decide::{AgentHeartbeat, OperatorRequest};
-    use dr_witness::service::HeartbeatRequest;
     use dr_witness::timing::Timing;
+    use dr_witness::wire::HeartbeatRequest;
 
     let env = TestEnv::new("t_witness_api").await?;
     let w = dr_tests::witness::Witnesses::start(&env, "{ profile: fast }").await?;
@@ -299,9 +299,7 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
         drained_snapshot_wall_ms: None,
         lag_ms: None,
     };
-    let body = |v: &HeartbeatRequest| Json {
-        body: serde_json::to_vec(v).unwrap(),
-    };
+    let body = |v: &HeartbeatRequest| dr_proto::pb::AgentHeartbeat::from(v.clone());
 
     // An agent may not speak Raft, push observations or run operator commands.
     let mut agent = client("agent.dc-a").await?;
@@ -338,20 +336,39 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("timing"), "{}", e.message());
-    let e = agent
-        .heartbeat(Json {
-            body: b"{not json".to_vec(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A malformed heartbeat is refused naming what is wrong.
+    let good = body(&HeartbeatRequest {
+        heartbeat: hb("dc-a"),
+        timing: Timing::fast(),
+    });
+    let malformed = [
+        (
+            dr_proto::pb::AgentHeartbeat {
+                timing: None,
+                ..good.clone()
+            },
+            "timing is missing",
+        ),
+        (
+            dr_proto::pb::AgentHeartbeat {
+                seq: 0,
+                ..good.clone()
+            },
+            "seq is 0",
+        ),
+    ];
+    for (beat, says) in malformed {
+        let e = agent.heartbeat(beat).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(says), "{}", e.message());
+    }
     let ok = agent
         .heartbeat(body(&HeartbeatRequest {
             heartbeat: hb("dc-a"),
             timing: Timing::fast(),
         }))
         .await?;
-    let reply: dr_witness::decide::HeartbeatReply = serde_json::from_slice(&ok.into_inner().body)?;
+    let reply = dr_witness::decide::HeartbeatReply::try_from(ok.into_inner())?;
     assert_eq!(reply.seq, 1);
 
     // A witness may not claim another witness's observations; an unknown
@@ -380,7 +397,7 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
             body: b"{}".to_vec(),
         })
         .await?;
-    let st: dr_witness::service::WitnessStatus = serde_json::from_slice(&st.into_inner().body)?;
+    let st: dr_witness::api::WitnessStatus = serde_json::from_slice(&st.into_inner().body)?;
     assert_eq!(st.id, 1);
     Ok(())
 }

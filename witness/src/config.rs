@@ -113,8 +113,13 @@ impl Default for RaftTimers {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
-    /// Webhook (Slack-compatible JSON `{"text": ...}`) for held failovers
-    /// and decisions.
+    /// Slack, PagerDuty or generic webhooks, as in the agent's config
+    /// (`{ kind, url_env }`): held failovers are alerted, and resolved when
+    /// the hold ends.
+    #[serde(default)]
+    pub webhooks: Vec<dr_proto::alert::Webhook>,
+    /// A Slack-compatible webhook URL given literally (older configs; the
+    /// same as a `slack` entry in `webhooks`).
     #[serde(default)]
     pub webhook_url: Option<String>,
 }
@@ -249,7 +254,7 @@ impl WitnessConfig {
                 "use a range, e.g. 1000..2000",
             ));
         }
-        Ok(())
+        dr_proto::alert::validate("alerts.webhooks", &self.alerts.webhooks)
     }
 }
 

@@ -14,9 +14,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
-use crate::config::witness_identity;
+use crate::api::channel_with_timing;
 use crate::store::{NodeId, TypeConfig};
 use crate::timing::Timing;
 use dr_proto::pb::{witness_client::WitnessClient, RaftRpc};
@@ -30,25 +30,6 @@ pub struct Network {
     /// Preferred over the address recorded in the Raft membership, which is
     /// whatever the group was initialised with.
     pub addresses: BTreeMap<NodeId, String>,
-}
-
-/// A lazily connected channel to witness `id` at `addr`, for short-lived
-/// clients (`drctl`): [`channel_with_timing`] with the default timing.
-pub fn channel(tls: &dr_proto::tls::TlsFiles, id: u64, addr: &str) -> anyhow::Result<Channel> {
-    channel_with_timing(tls, id, addr, &Timing::default())
-}
-
-/// A lazily connected channel to witness `id` at `addr` that notices a
-/// path gone silent (packets dropped, nothing closed) within about a lease
-/// and reconnects promptly once it heals (see [`dr_proto::channel`]).
-pub fn channel_with_timing(
-    tls: &dr_proto::tls::TlsFiles,
-    id: u64,
-    addr: &str,
-    timing: &Timing,
-) -> anyhow::Result<Channel> {
-    let tls: ClientTlsConfig = tls.client_config(&witness_identity(id))?;
-    dr_proto::channel::lazy(addr, tls, timing.liveness())
 }
 
 pub struct Client {

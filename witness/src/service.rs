@@ -17,73 +17,34 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
+use crate::api::{channel_with_timing, AgentSeen, WitnessStatus};
 use crate::config::{witness_identity, WitnessConfig};
 use crate::decide::{
     Action, AgentHeartbeat, Decider, HeartbeatReply, Input, LeaseAnswer, Observation, Observer,
     OperatorRequest, Verdict,
 };
-use crate::model::{AuditEntry, Cluster, Command, WitnessState};
-use crate::network::{channel_with_timing, Network};
+use crate::model::{Command, WitnessState};
+use crate::network::Network;
 use crate::store::{self, LogStore, NodeId, Raft, StateMachine};
 use crate::timing::{Millis, Timing};
+use crate::wire::HeartbeatRequest;
+use dr_proto::alert::{self, Alert, Severity};
 use dr_proto::pb::{
+    self as pb,
     witness_client::WitnessClient,
     witness_server::{Witness as WitnessApi, WitnessServer},
     Json, RaftRpc,
 };
 use dr_proto::tls::TlsFiles;
 
-/// What an agent sends: its heartbeat and the timing it runs with (which
-/// must equal the witnesses').
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeartbeatRequest {
-    pub heartbeat: AgentHeartbeat,
-    pub timing: Timing,
-}
+/// The alert key of a held automatic failover.
+const FAILOVER_HELD: &str = "failover_held";
 
 /// An observation pushed from one witness to the others.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObservationPush {
     pub from: NodeId,
     pub observation: Observation,
-}
-
-/// The last heartbeat a witness received from an agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentSeen {
-    pub ago_ms: u64,
-    pub heartbeat: AgentHeartbeat,
-}
-
-/// `drctl witness status`: one witness's view.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WitnessStatus {
-    pub id: NodeId,
-    /// The leader as this witness knows it. A witness that Raft still
-    /// calls leader but that no quorum acknowledged within a lease does
-    /// not name itself (see `leader_confirmed`).
-    pub leader: Option<NodeId>,
-    /// This witness is the leader and a quorum acknowledged it within the
-    /// last lease: it is the one deciding. `raft_state` "Leader" without
-    /// this is an unconfirmed leader (cut off from its peers, deciding
-    /// nothing). Absent from older witnesses' status: false.
-    #[serde(default)]
-    pub leader_confirmed: bool,
-    /// On a Raft leader: how long ago a quorum last acknowledged it.
-    #[serde(default)]
-    pub quorum_ack_ms: Option<u64>,
-    pub term: u64,
-    pub raft_state: String,
-    pub cluster: Cluster,
-    /// This witness's latest observation of each datacenter.
-    pub observation: Observation,
-    pub agents: BTreeMap<String, AgentSeen>,
-    /// On the leader: what it is deciding and why.
-    pub verdict: Verdict,
-    /// On the leader: how long the primary's lease may still be valid.
-    pub lease_remaining_ms: Option<u64>,
-    pub audit: Vec<AuditEntry>,
-    pub timing: Timing,
 }
 
 /// Addresses the witness actually bound.
@@ -113,6 +74,7 @@ struct Inner {
     started: Instant,
     peers: BTreeMap<NodeId, WitnessClient<tonic::transport::Channel>>,
     http: reqwest::Client,
+    alerts: alert::Sender,
     metrics: Mutex<Counters>,
 }
 
@@ -177,7 +139,18 @@ impl Inner {
                 Action::Alert { reason } => {
                     self.metrics.lock().unwrap().alerts += 1;
                     error!(alert = %reason, "automatic failover held");
-                    self.alert(format!("milvus-dr: automatic failover held: {reason}"));
+                    // The decider alerts once per holding rule: each is news.
+                    let cluster = self.state.borrow().cluster.clone();
+                    self.alerts.update(Alert {
+                        key: FAILOVER_HELD.into(),
+                        severity: Severity::Critical,
+                        summary: "automatic failover held".into(),
+                        detail: serde_json::json!({
+                            "reason": reason,
+                            "epoch": cluster.epoch,
+                            "primary": cluster.primary,
+                        }),
+                    });
                     let me = self.clone();
                     let cmd = Command::Note {
                         wall_ms: wall_ms(),
@@ -191,29 +164,6 @@ impl Inner {
             }
         }
         operator
-    }
-
-    fn alert(&self, text: String) {
-        if let Some(url) = self.cfg.alerts.webhook_url.clone() {
-            let http = self.http.clone();
-            tokio::spawn(async move {
-                for attempt in 0..3u32 {
-                    match http
-                        .post(&url)
-                        .json(&serde_json::json!({ "text": text }))
-                        .send()
-                        .await
-                        .and_then(|r| r.error_for_status())
-                    {
-                        Ok(_) => return,
-                        Err(e) => {
-                            warn!(error = %e, attempt, "alert webhook failed");
-                            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                        }
-                    }
-                }
-            });
-        }
     }
 
     async fn propose(self: &Arc<Self>, cmd: Command) {
@@ -374,8 +324,17 @@ impl Inner {
             let before = core.decider.verdict().clone();
             actions.extend(core.decider.step(now, Input::Tick { wall_ms: wall_ms() }));
             let after = core.decider.verdict().clone();
-            if before != after && after != Verdict::NotLeader {
+            // Logged when its kind changes: a reason's figures change every
+            // tick while a failover is held or forming.
+            if std::mem::discriminant(&before) != std::mem::discriminant(&after)
+                && after != Verdict::NotLeader
+            {
                 info!(verdict = ?after, "leader decision state");
+            }
+            if !matches!(after, Verdict::Held(_) | Verdict::NotLeader)
+                && self.alerts.resolve(FAILOVER_HELD)
+            {
+                info!(verdict = ?after, "failover no longer held: alert resolved");
             }
         }
         self.run_actions(actions);
@@ -484,10 +443,13 @@ impl WitnessApi for Service {
         json(&())
     }
 
-    async fn heartbeat(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::AgentHeartbeat>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let inner = &self.inner;
         let who = dr_proto::tls::authorize(&request, &inner.agent_names())?;
-        let req: HeartbeatRequest = parse(request.get_ref(), "heartbeat")?;
+        let req = HeartbeatRequest::try_from(request.into_inner())?;
         let dc = inner.cfg.dc_of_identity(&who).unwrap_or_default();
         if req.heartbeat.dc != dc {
             return Err(Status::permission_denied(format!(
@@ -530,7 +492,7 @@ impl WitnessApi for Service {
         reply.cluster = Some(inner.state.borrow().cluster.clone()).filter(|c| c.epoch > 0);
         let confirmed = inner.core.lock().unwrap().leader;
         reply.leader = inner.named_leader(&inner.raft.metrics().borrow(), confirmed);
-        json(&reply)
+        Ok(Response::new(reply.into()))
     }
 
     async fn status(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
@@ -674,6 +636,16 @@ pub async fn run(
         http: reqwest::Client::builder()
             .build()
             .context("HTTP client for probes")?,
+        alerts: alert::Sender::new(
+            &witness_identity(cfg.id),
+            &cfg.alerts.webhooks,
+            cfg.alerts
+                .webhook_url
+                .iter()
+                .map(alert::Target::slack)
+                .collect(),
+            alert::Retry::default(),
+        ),
         metrics: Mutex::new(Counters::default()),
         cfg,
     });

@@ -17,16 +17,14 @@
 //!
 //! Modules: [`store`] (S3, multipart uploads), [`columns`] (Milvus columns ↔
 //! Arrow/Parquet), [`manifest`], [`create`], [`verify`], [`restore`],
-//! [`retention`], [`lock`], [`schedule`] (the agent's cron task),
-//! [`notify`] (webhook alerts), [`progress`].
+//! [`retention`], [`lock`], [`schedule`] (the agent's cron task, alerting
+//! through [`crate::alert`]), [`progress`].
 
-pub mod cli;
 pub mod columns;
 pub mod create;
 pub mod drill;
 pub mod lock;
 pub mod manifest;
-pub mod notify;
 pub mod progress;
 pub mod restore;
 pub mod retention;

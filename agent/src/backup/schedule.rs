@@ -1,6 +1,7 @@
 //! The agent's backup schedule: a cron expression in a time zone. Each run
 //! backs up, verifies (unless disabled) and applies retention under the
-//! backup lock; a failed run is logged at ERROR, counted, and alerted.
+//! backup lock; a failed run is logged at ERROR, counted, and alerted (the
+//! alert resolved by the next run that succeeds).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::create::{self, CreateOptions};
-use super::{notify, Settings, SharedStats, Store};
+use super::{Settings, SharedStats, Store};
+use crate::alert::{self, Sender};
 use crate::config::{Config, RunOn};
 use crate::milvus::Milvus;
 use crate::replication::SharedState;
@@ -36,6 +38,7 @@ pub async fn run_once(
     milvus: &Milvus,
     epoch: Option<u64>,
     stats: &SharedStats,
+    alerts: &Sender,
 ) -> bool {
     let settings = Settings::from_config(cfg);
     let opts = CreateOptions {
@@ -70,18 +73,13 @@ pub async fn run_once(
     match (r, failure) {
         (Ok(rep), _) => {
             info!(backup = %rep.manifest.id, rows = rep.manifest.total_rows, bytes = rep.manifest.total_bytes, seconds = format!("{:.1}", rep.seconds), verified = rep.verified, pruned = rep.pruned.len(), "scheduled backup done");
+            alerts.resolve(alert::BACKUP_FAILED);
             true
         }
         (Err(_), detail) => {
             let detail = detail.unwrap_or_default();
             error!(error = %detail, "scheduled backup FAILED");
-            notify::alert(
-                &cfg.alerts.webhooks,
-                &cfg.datacenter,
-                "scheduled backup failed",
-                &detail,
-            )
-            .await;
+            alerts.raise(alert::backup_failed("scheduled backup", &detail));
             false
         }
     }
@@ -106,6 +104,7 @@ pub async fn run(
             return;
         }
     };
+    let alerts = alert::sender(&cfg);
     info!(schedule = %cfg.backup.schedule, timezone = %cfg.backup.timezone, bucket = %s3.bucket, "backup schedule active");
     loop {
         let next = match next_run(&cfg.backup.schedule, &cfg.backup.timezone, Utc::now()) {
@@ -135,7 +134,7 @@ pub async fn run(
                 info!("shutdown during a scheduled backup: the run is abandoned (no manifest is written)");
                 return;
             }
-            _ = run_once(&cfg, &store, &milvus, epoch, &stats) => {}
+            _ = run_once(&cfg, &store, &milvus, epoch, &stats, &alerts) => {}
         }
     }
 }

@@ -25,12 +25,12 @@ use crate::milvus::{Health, Milvus};
 use crate::replication::sink::{FailsafeResponder, Sink};
 use crate::replication::{base::Base, source, Role, SharedState};
 use dr_proto::now_ms;
-use dr_proto::pb::{replication_client::ReplicationClient, witness_client::WitnessClient, Json};
+use dr_proto::pb::{self, replication_client::ReplicationClient, witness_client::WitnessClient};
 use dr_witness::decide::HeartbeatReply;
 use dr_witness::model::Cluster;
 use dr_witness::role::{Action, AgentRole, FailsafeAnswer, Input};
-use dr_witness::service::HeartbeatRequest;
 use dr_witness::timing::{Millis, Timing};
+use dr_witness::wire::HeartbeatRequest;
 
 /// The role logic, shared by the runtime loop and the failsafe RPC.
 pub struct Failover {
@@ -172,7 +172,7 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
     });
     let mut witnesses = BTreeMap::new();
     for (id, addr) in &rt.witnesses {
-        let ch = dr_witness::network::channel_with_timing(&rt.tls, *id, addr, &rt.timing)
+        let ch = dr_witness::api::channel_with_timing(&rt.tls, *id, addr, &rt.timing)
             .with_context(|| format!("witness {id} at {addr}"))?;
         witnesses.insert(*id, WitnessClient::new(ch));
     }
@@ -335,30 +335,25 @@ async fn execute(
     } = local;
     match action {
         Action::SendHeartbeat(hb) => {
-            let req = HeartbeatRequest {
+            let beat = pb::AgentHeartbeat::from(HeartbeatRequest {
                 heartbeat: hb,
                 timing: rt.timing,
-            };
-            let Ok(body) = serde_json::to_vec(&req) else {
-                return;
-            };
+            });
             for (id, client) in witnesses {
-                let (mut client, body, fo, id) = (client.clone(), body.clone(), fo.clone(), *id);
+                let (mut client, beat, fo, id) = (client.clone(), beat.clone(), fo.clone(), *id);
                 let ttl = Duration::from_millis(rt.timing.heartbeat_ms);
                 tokio::spawn(async move {
-                    let mut req = tonic::Request::new(Json { body });
+                    let mut req = tonic::Request::new(beat);
                     req.set_timeout(ttl);
                     match client.heartbeat(req).await {
-                        Ok(r) => {
-                            match serde_json::from_slice::<HeartbeatReply>(&r.into_inner().body) {
-                                Ok(reply) => {
-                                    fo.step(Input::Reply(reply));
-                                }
-                                Err(e) => {
-                                    warn!(witness = id, error = %e, "unreadable heartbeat reply")
-                                }
+                        Ok(r) => match HeartbeatReply::try_from(r.into_inner()) {
+                            Ok(reply) => {
+                                fo.step(Input::Reply(reply));
                             }
-                        }
+                            Err(e) => {
+                                warn!(witness = id, error = %e, "invalid heartbeat reply ignored")
+                            }
+                        },
                         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                             error!(witness = id, error = %s.message(), "witness refused the heartbeat")
                         }
@@ -374,12 +369,10 @@ async fn execute(
             let sent_at = fo.now();
             let ttl = Duration::from_millis(rt.timing.heartbeat_ms);
             tokio::spawn(async move {
-                let body =
-                    serde_json::to_vec(&serde_json::json!({ "epoch": epoch })).unwrap_or_default();
-                let mut req = tonic::Request::new(Json { body });
+                let mut req = tonic::Request::new(pb::FailsafeRequest { epoch });
                 req.set_timeout(ttl);
                 match peer.failsafe(req).await {
-                    Ok(r) => match serde_json::from_slice::<FailsafeAnswer>(&r.into_inner().body) {
+                    Ok(r) => match FailsafeAnswer::try_from(r.into_inner()) {
                         Ok(answer) => {
                             if !answer.ok {
                                 warn!(
@@ -393,7 +386,7 @@ async fn execute(
                                 answer,
                             });
                         }
-                        Err(e) => warn!(error = %e, "unreadable failsafe answer"),
+                        Err(e) => warn!(error = %e, "invalid failsafe answer ignored"),
                     },
                     Err(s) => tracing::debug!(error = %s.message(), "failsafe request failed"),
                 }

@@ -231,22 +231,18 @@ type Out = mpsc::Sender<Result<pb::SinkMessage, Status>>;
 impl Replication for Sink {
     type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SinkMessage, Status>>;
 
-    async fn failsafe(&self, request: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
+    async fn failsafe(
+        &self,
+        request: Request<pb::FailsafeRequest>,
+    ) -> Result<Response<pb::FailsafeReply>, Status> {
         crate::tls::authorize(&request, &self.inner.peer_identity)?;
-        #[derive(serde::Deserialize)]
-        struct Ask {
-            epoch: u64,
-        }
-        let ask: Ask = serde_json::from_slice(&request.get_ref().body)
-            .map_err(|e| Status::invalid_argument(format!("malformed failsafe request: {e}")))?;
+        let epoch = dr_witness::wire::failsafe_epoch(request.get_ref())?;
         let Some(r) = self.inner.failsafe.get() else {
             return Err(Status::failed_precondition(
                 "this agent runs without witnesses: no failsafe",
             ));
         };
-        let answer = r.failsafe_asked(ask.epoch);
-        let body = serde_json::to_vec(&answer).map_err(internal)?;
-        Ok(Response::new(pb::Json { body }))
+        Ok(Response::new(r.failsafe_asked(epoch).into()))
     }
 
     type InventoryStream =

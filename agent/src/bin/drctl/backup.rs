@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use super::create::{self, CreateOptions};
-use super::restore::{Rename, RestoreOptions};
-use super::{drill, notify, restore, retention, verify, BackupError, Settings, Store};
-use crate::config::Config;
-use crate::milvus::{Connection, Milvus};
+use dr_agent::alert;
+use dr_agent::backup::create::{self, CreateOptions};
+use dr_agent::backup::restore::{Rename, RestoreOptions};
+use dr_agent::backup::{drill, restore, retention, verify, BackupError, Settings, Store};
+use dr_agent::config::Config;
+use dr_agent::milvus::{Connection, Milvus};
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -119,7 +120,7 @@ fn default_checkpoint_dir() -> PathBuf {
 
 fn target(cfg: &Config, uri: &Option<String>) -> Result<Milvus> {
     match uri {
-        None => crate::agent::milvus_for(&cfg.local().milvus),
+        None => dr_agent::agent::milvus_for(&cfg.local().milvus),
         Some(u) => Ok(Milvus::connect(Connection {
             endpoint: u.clone(),
             health_url: None,
@@ -137,7 +138,7 @@ pub async fn run(args: BackupArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("drctl backup: {e:#}");
-            if super::is_lock_conflict(&e) {
+            if dr_agent::backup::is_lock_conflict(&e) {
                 ExitCode::from(3)
             } else {
                 ExitCode::from(2)
@@ -167,11 +168,11 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
             prune,
             json: as_json,
         } => {
-            let milvus = crate::agent::milvus_for(&cfg.local().milvus)?;
+            let milvus = dr_agent::agent::milvus_for(&cfg.local().milvus)?;
             let opts = CreateOptions {
                 only: collections,
                 // The epoch the local agent last saw (none without witnesses).
-                epoch: crate::failover::persisted_view(&cfg.state_dir)?.map(|v| v.epoch),
+                epoch: dr_agent::failover::persisted_view(&cfg.state_dir)?.map(|v| v.epoch),
                 holder: format!(
                     "drctl on {} (pid {})",
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into()),
@@ -215,13 +216,10 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
                     ) {
                         let detail = format!("{e:#}");
                         tracing::error!(error = %detail, "backup FAILED");
-                        notify::alert(
-                            &cfg.alerts.webhooks,
-                            &cfg.datacenter,
-                            "on-demand backup failed",
-                            &detail,
-                        )
-                        .await;
+                        let alert = alert::backup_failed("on-demand backup", &detail);
+                        alert::sender(&cfg)
+                            .send_now(alert::Event::Trigger(alert))
+                            .await;
                     }
                     Err(e)
                 }
@@ -256,7 +254,7 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
                             .unwrap_or_else(|| "-".into())
                     ));
                 }
-                if let Some(h) = super::lock::holder(&store).await? {
+                if let Some(h) = dr_agent::backup::lock::holder(&store).await? {
                     print(&format!("running now: {h}\n"));
                 }
             }
@@ -325,7 +323,8 @@ async fn run_inner(args: BackupArgs) -> Result<ExitCode> {
             json: as_json,
         } => {
             let holder = format!("drctl prune (pid {})", std::process::id());
-            let lock = super::lock::Lock::acquire(&store, &holder, settings.lock_lease).await?;
+            let lock =
+                dr_agent::backup::lock::Lock::acquire(&store, &holder, settings.lock_lease).await?;
             let r = retention::prune(&store, &settings, dry_run, None, &lock).await;
             lock.release().await;
             let decisions = r?;

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dr_agent::drctl::{self, DrctlConfig};
+use dr_agent::client::{self, DrctlConfig};
+
+mod backup;
+mod render;
 use dr_witness::decide::OperatorRequest;
 
 /// Operate milvus-dr: status, verify, certificates.
@@ -54,7 +57,7 @@ enum Cmd {
         cmd: WitnessCmd,
     },
     /// Backups to S3: create, list, verify, restore, drill, prune.
-    Backup(dr_agent::backup::cli::BackupArgs),
+    Backup(backup::BackupArgs),
     /// Certificates for a development deployment.
     Certs {
         #[command(subcommand)]
@@ -156,7 +159,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Backup(b) => rt.block_on(dr_agent::backup::cli::run(b)),
+        Cmd::Backup(b) => rt.block_on(backup::run(b)),
         Cmd::DropUnmanaged {
             datacenter,
             collection,
@@ -183,7 +186,7 @@ fn main() -> ExitCode {
             };
             let mut all = Vec::new();
             for dc in cfg.agents.keys() {
-                all.push(drctl::to_agent_status(dc, cfg.status(dc).await));
+                all.push(render::to_agent_status(dc, cfg.status(dc).await));
             }
             let witnesses = cfg.witness_status().await;
             if json {
@@ -197,10 +200,10 @@ fn main() -> ExitCode {
                 let doc = serde_json::json!({ "agents": all, "witnesses": w });
                 out(&(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"));
             } else {
-                out(&drctl::status_table(&all));
+                out(&render::status_table(&all));
                 if !witnesses.is_empty() {
                     out("\n");
-                    out(&drctl::witness_table(&witnesses));
+                    out(&render::witness_table(&witnesses));
                 }
             }
             if all.iter().all(|s| s.reachable) {
@@ -219,17 +222,17 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let opts = drctl::VerifyOptions {
+            let opts = client::VerifyOptions {
                 buckets,
                 limit,
                 settle,
             };
-            match drctl::verify(&cfg, &opts).await {
+            match client::verify(&cfg, &opts).await {
                 Ok(r) => {
                     if json {
                         out(&(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"));
                     } else {
-                        out(&drctl::verify_text(&r));
+                        out(&render::verify_text(&r));
                     }
                     if r.identical {
                         ExitCode::SUCCESS
@@ -265,7 +268,7 @@ fn main() -> ExitCode {
                             .collect();
                         out(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
                     } else {
-                        out(&drctl::witness_table(&all));
+                        out(&render::witness_table(&all));
                     }
                     let up = all.iter().filter(|(_, r)| r.is_ok()).count();
                     return if up > all.len() / 2 { ExitCode::SUCCESS } else { ExitCode::from(1) };
@@ -280,12 +283,12 @@ fn main() -> ExitCode {
                 }
                 WitnessCmd::MarkResynced { datacenter } => OperatorRequest::MarkResynced { dc: datacenter, by: String::new() },
             };
-            let before = drctl::newest_cluster(&cfg).await;
+            let before = client::newest_cluster(&cfg).await;
             match cfg.witness_command(&req).await {
                 Ok(msg) => {
                     out(&format!("{msg}\n"));
                     if let (OperatorRequest::Switchover { to, .. }, Some(b)) = (&req, before) {
-                        return match drctl::await_switchover(&cfg, b.epoch, to).await {
+                        return match client::await_switchover(&cfg, b.epoch, to).await {
                             Ok(text) => {
                                 out(&format!("{text}\n"));
                                 ExitCode::SUCCESS

@@ -1,0 +1,35 @@
+//! The agent's alerts, through the one sender every milvus-dr program uses
+//! ([`dr_proto::alert`]: Slack, PagerDuty and generic webhooks, retries
+//! with backoff, de-duplication of repeats, resolves). This module names
+//! what the agent alerts about; the source of every alert is the agent's
+//! datacenter.
+
+use serde_json::json;
+
+use crate::config::Config;
+pub use dr_proto::alert::{Alert, Event, Retry, Sender, Severity};
+
+/// A backup run failed (resolved by the next successful run of the same
+/// process).
+pub const BACKUP_FAILED: &str = "backup_failed";
+
+/// The sender for this agent's configured webhooks (`alerts.webhooks`).
+/// Starts its workers on the current tokio runtime.
+pub fn sender(cfg: &Config) -> Sender {
+    Sender::new(
+        &cfg.datacenter,
+        &cfg.alerts.webhooks,
+        vec![],
+        Retry::default(),
+    )
+}
+
+/// `what` ("scheduled backup", "on-demand backup") failed with `error`.
+pub fn backup_failed(what: &str, error: &str) -> Alert {
+    Alert {
+        key: BACKUP_FAILED.into(),
+        severity: Severity::Error,
+        summary: format!("{what} failed"),
+        detail: json!({ "error": error }),
+    }
+}
