@@ -208,6 +208,13 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    let alerts = crate::alert::sender(&cfg);
+    let dns = crate::dns::Switcher::from_config(&cfg, alerts.clone())
+        .await
+        .context("dns")?;
+    if let Some(d) = &dns {
+        info!(provider = %d.provider.describe(), values = ?d.values.iter().map(ToString::to_string).collect::<Vec<_>>(), "DNS switching on: the service name follows the primary");
+    }
     let source_stop = CancellationToken::new();
     let base_source_cfg = || -> Result<source::SourceConfig> {
         let peer = cfg.peer();
@@ -250,6 +257,7 @@ pub async fn run(
                 sink: sink_handle.clone(),
                 on_promote: cfg.hooks.on_promote.clone(),
                 hook_timeout: cfg.hooks.timeout,
+                dns: dns.clone(),
             },
             source_stop.clone(),
         )?;
@@ -260,6 +268,10 @@ pub async fn run(
         // Without witnesses, the configured initial primary is the source
         // at epoch 1.
         let base = Arc::new(Base::open(&capture_base_path(&cfg))?);
+        if let Some(d) = dns.clone() {
+            let stop = source_stop.child_token();
+            tokio::spawn(async move { d.run(1, stop).await });
+        }
         Some(tokio::spawn(source::run(
             base_source_cfg()?,
             milvus.clone(),
@@ -278,6 +290,7 @@ pub async fn run(
             m,
             st,
             backup_stats,
+            alerts.clone(),
             shutdown.clone(),
         ));
     }

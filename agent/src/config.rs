@@ -307,6 +307,20 @@ pub struct Dns {
     pub record: Option<String>,
     #[serde(default = "d_ttl")]
     pub ttl: u32,
+    /// What the name holds while each datacenter is primary: addresses
+    /// (A/AAAA records) or one host name (a CNAME).
+    #[serde(default)]
+    pub values: BTreeMap<String, Vec<String>>,
+    /// Where the TXT marker (`"epoch=N dc=X"`) lives. Default:
+    /// `_milvus-dr.<record>` (a CNAME may not share its name).
+    #[serde(default)]
+    pub marker: Option<String>,
+    #[serde(default)]
+    pub rfc2136: Option<Rfc2136>,
+    #[serde(default)]
+    pub route53: Option<Route53>,
+    #[serde(default)]
+    pub verify: DnsVerify,
 }
 
 impl Default for Dns {
@@ -315,8 +329,102 @@ impl Default for Dns {
             provider: d_dns_provider(),
             record: None,
             ttl: d_ttl(),
+            values: BTreeMap::new(),
+            marker: None,
+            rfc2136: None,
+            route53: None,
+            verify: DnsVerify::default(),
         }
     }
+}
+
+impl Dns {
+    /// The marker's name (absolute).
+    pub fn marker_name(&self) -> String {
+        match (&self.marker, &self.record) {
+            (Some(m), _) => crate::dns::fqdn(m),
+            (None, Some(r)) => crate::dns::fqdn(&format!("_milvus-dr.{r}")),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// `dns.rfc2136`: dynamic updates to the zone's primary server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rfc2136 {
+    /// The primary server, `host:port`.
+    pub server: String,
+    /// The zone, e.g. `example.net.`.
+    pub zone: String,
+    /// The TSIG key as `tsig-keygen -a hmac-sha256 NAME` writes it.
+    pub tsig_key_file: PathBuf,
+    #[serde(default = "d_dns_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `dns.route53`: one hosted zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route53 {
+    pub hosted_zone_id: String,
+    /// Another endpoint (an emulator); default AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "d_region")]
+    pub region: String,
+    /// Static credentials (else the AWS default chain), as for S3.
+    #[serde(default)]
+    pub access_key_id_env: Option<String>,
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// How long to wait for a change to be INSYNC.
+    #[serde(default = "d_insync_timeout", with = "humantime_serde")]
+    pub insync_timeout: Duration,
+}
+
+/// `dns.verify`: proving a switch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsVerify {
+    /// Authoritative servers (`host:port`) that must all answer the new
+    /// value. Default: the RFC 2136 server; none for Route 53.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default = "d_verify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Call Milvus through the name after the switch (CheckHealth and
+    /// ListDatabases).
+    #[serde(default = "d_true")]
+    pub service_check: bool,
+    /// Milvus's port behind the name. Default: this agent's Milvus port.
+    #[serde(default)]
+    pub milvus_port: Option<u16>,
+}
+
+impl Default for DnsVerify {
+    fn default() -> Self {
+        Self {
+            nameservers: vec![],
+            timeout: d_verify_timeout(),
+            service_check: true,
+            milvus_port: None,
+        }
+    }
+}
+
+fn d_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_insync_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_verify_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -614,15 +722,7 @@ impl Config {
         }
         match self.dns.provider.as_str() {
             "none" => {}
-            "route53" | "rfc2136" => {
-                if self.dns.record.is_none() {
-                    return Err(err(
-                        "dns.record",
-                        "a DNS provider is set but no record name",
-                        "set dns.record to the name clients use, e.g. milvus.example.net.",
-                    ));
-                }
-            }
+            p @ ("route53" | "rfc2136") => self.validate_dns(p)?,
             other => {
                 return Err(err(
                     "dns.provider",
@@ -649,6 +749,55 @@ impl Config {
             ));
         }
         dr_proto::alert::validate("alerts.webhooks", &self.alerts.webhooks)
+    }
+
+    fn validate_dns(&self, provider: &str) -> Result<(), ConfigError> {
+        let d = &self.dns;
+        if d.record.is_none() {
+            return Err(err(
+                "dns.record",
+                "a DNS provider is set but no record name",
+                "set dns.record to the name clients use, e.g. milvus.example.net.",
+            ));
+        }
+        let values = d
+            .values
+            .get(&self.datacenter)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if values.is_empty() {
+            return Err(err(
+                format!("dns.values.{}", self.datacenter),
+                "no value for this datacenter",
+                "list the addresses (or one host name) the name must hold while this datacenter is primary",
+            ));
+        }
+        let names = values
+            .iter()
+            .filter(|v| v.parse::<std::net::IpAddr>().is_err())
+            .count();
+        if names > 0 && values.len() > 1 {
+            return Err(err(
+                format!("dns.values.{}", self.datacenter),
+                "mixes a host name with other values",
+                "give addresses, or exactly one host name (a CNAME)",
+            ));
+        }
+        if provider == "rfc2136" && d.rfc2136.is_none() {
+            return Err(err(
+                "dns.rfc2136",
+                "provider rfc2136 without its section",
+                "add dns.rfc2136 with server, zone and tsig_key_file",
+            ));
+        }
+        if provider == "route53" && d.route53.is_none() {
+            return Err(err(
+                "dns.route53",
+                "provider route53 without its section",
+                "add dns.route53 with hosted_zone_id",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_backup(&self) -> Result<(), ConfigError> {
@@ -792,24 +941,8 @@ impl MilvusEndpoint {
 }
 
 fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 fn check_url(field: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
@@ -920,6 +1053,42 @@ tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
         assert_eq!(e.field, "backup.s3");
         assert!(e.fix.contains("secret_access_key_env"), "{e}");
         with("backup: { enabled: true, schedule: '30 2 * * 1-5', timezone: Europe/Berlin, s3: { bucket: b, endpoint: 'http://127.0.0.1:9000', force_path_style: true } }").unwrap();
+    }
+
+    #[test]
+    fn dns_errors_name_the_field() {
+        let with = |extra: &str| {
+            Config::parse(&format!("{SAMPLE}{extra}\n"))
+                .unwrap()
+                .validate()
+        };
+        let rfc = "rfc2136: { server: 'ns:53', zone: example.net., tsig_key_file: /k }";
+        assert_eq!(
+            with(&format!(
+                "dns: {{ provider: rfc2136, values: {{ dc-a: [10.0.0.1] }}, {rfc} }}"
+            ))
+            .unwrap_err()
+            .field,
+            "dns.record"
+        );
+        let e = with(&format!(
+            "dns: {{ provider: rfc2136, record: m.example.net., values: {{ dc-b: [10.0.0.2] }}, {rfc} }}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "dns.values.dc-a");
+        let e = with(
+            "dns: { provider: rfc2136, record: m.example.net., values: { dc-a: [10.0.0.1] } }",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "dns.rfc2136");
+        let e = with("dns: { provider: route53, record: m.example.net., values: { dc-a: [lb.example.net, 10.0.0.1] }, route53: { hosted_zone_id: Z1 } }")
+            .unwrap_err();
+        assert_eq!(e.field, "dns.values.dc-a");
+        with(&format!(
+            "dns: {{ provider: rfc2136, record: m.example.net., values: {{ dc-a: [10.0.0.1], dc-b: [10.0.0.2] }}, {rfc} }}"
+        ))
+        .unwrap();
+        with("dns: { provider: route53, record: m.example.net., values: { dc-a: [lb-a.example.net] }, route53: { hosted_zone_id: Z1 } }").unwrap();
     }
 
     #[test]

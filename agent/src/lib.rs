@@ -13,9 +13,11 @@
 pub mod admin;
 pub mod agent;
 pub mod alert;
+pub mod aws;
 pub mod backup;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod failover;
 pub mod health;
 pub use dr_proto::logging;

@@ -14,6 +14,9 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v curl >/dev/null || need_apt+=(curl)
+# BIND 9: the authoritative DNS server the agents switch by RFC 2136 (tests
+# and demo).
+[ -x /usr/sbin/named ] || need_apt+=(bind9)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -38,6 +41,14 @@ have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("p
 if [ "$have" != "$PYARROW_VERSION" ]; then
   echo "setup: installing pyarrow==$PYARROW_VERSION into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
+fi
+
+# moto: a local emulator of the Route 53 API, answering the real AWS SDK.
+MOTO_VERSION=5.2.5
+have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null || true)
+if [ "$have" != "$MOTO_VERSION" ]; then
+  echo "setup: installing moto[server]==$MOTO_VERSION into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
 # Extract the server binaries now (not in the middle of a test run).

@@ -50,17 +50,26 @@ pub async fn deploy(
     failover: &str,
     own_primary: Option<&MilvusServer>,
 ) -> Result<Deployment> {
-    deploy_with(name, failover, own_primary, "", "").await
+    deploy_with(name, failover, own_primary, Extra::default()).await
 }
 
-/// [`deploy`], with more YAML for dc-a's agent config and for every
-/// witness's config.
+/// More YAML for the configs of a [`deploy_with`] deployment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// dc-a's agent only.
+    pub a: &'a str,
+    /// Both agents.
+    pub agents: &'a str,
+    /// Every witness.
+    pub witnesses: &'a str,
+}
+
+/// [`deploy`], with more YAML for the agents' and witnesses' configs.
 pub async fn deploy_with(
     name: &str,
     failover: &str,
     own_primary: Option<&MilvusServer>,
-    a_yaml: &str,
-    witness_yaml: &str,
+    extra: Extra<'_>,
 ) -> Result<Deployment> {
     let mut env = TestEnv::new(name).await?;
     if let Some(m) = own_primary {
@@ -84,7 +93,7 @@ pub async fn deploy_with(
     )
     .await?;
 
-    let w = Witnesses::start_with(&env, failover, witness_yaml).await?;
+    let w = Witnesses::start_with(&env, failover, extra.witnesses).await?;
     let (pa, pb) = (Proxy::start().await?, Proxy::start().await?);
     let b = Agent::start(
         &env,
@@ -92,7 +101,11 @@ pub async fn deploy_with(
             dc: "dc-b",
             peer_address: format!("https://{}", pa.addr),
             grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {failover}", w.agent_yaml("dc-b")),
+            extra_yaml: &format!(
+                "{}\nfailover: {failover}\n{}",
+                w.agent_yaml("dc-b"),
+                extra.agents
+            ),
         },
     )
     .await?;
@@ -102,7 +115,12 @@ pub async fn deploy_with(
             dc: "dc-a",
             peer_address: format!("https://{}", pb.addr),
             grpc_port: 0,
-            extra_yaml: &format!("{}\nfailover: {failover}\n{a_yaml}", w.agent_yaml("dc-a")),
+            extra_yaml: &format!(
+                "{}\nfailover: {failover}\n{}{}",
+                w.agent_yaml("dc-a"),
+                extra.agents,
+                extra.a
+            ),
         },
     )
     .await?;

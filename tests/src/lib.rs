@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod data;
 pub mod deployment;
+pub mod dns;
 pub mod proxy;
 pub mod s3;
 pub mod webhook;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use dr_tests::data::{self, Shape};
-use dr_tests::deployment::{deploy, deploy_with, log_time, stopped_acting_after, Deployment};
+use dr_tests::deployment::{
+    deploy, deploy_with, log_time, stopped_acting_after, Deployment, Extra,
+};
+use dr_tests::dns::Bind;
 use dr_tests::witness::wait_leader_status;
 use dr_tests::{wait_until, MilvusServer};
 use dr_witness::decide::OperatorRequest;
@@ -159,7 +162,16 @@ async fn without_a_witness_majority_nobody_is_promoted_and_the_primary_keeps_its
     // dc-a probes its Milvus with the shipped defaults (every 5 s, three
     // failures), which the failover profile shortens to its heartbeat.
     let monitoring = "monitoring: { health_interval: 5s, failure_threshold: 3 }";
-    let mut d = deploy_with("fo_quorum", &profile, None, monitoring, "").await?;
+    let mut d = deploy_with(
+        "fo_quorum",
+        &profile,
+        None,
+        Extra {
+            a: monitoring,
+            ..Default::default()
+        },
+    )
+    .await?;
     d.w.procs[0].kill9();
     d.w.procs[1].kill9();
     // The primary cannot renew through a majority: it keeps acting only on
@@ -285,7 +297,16 @@ async fn a_hanging_promotion_hook_does_not_keep_a_cut_off_primary_acting() -> Re
         "hooks: {{ on_promote: \"touch {} && sleep 3600\" }}",
         started.display()
     );
-    let d = deploy_with("fo_hook", FAST_WIDE_BUDGET, None, &hook, "").await?;
+    let d = deploy_with(
+        "fo_hook",
+        FAST_WIDE_BUDGET,
+        None,
+        Extra {
+            a: &hook,
+            ..Default::default()
+        },
+    )
+    .await?;
     wait_until(LONG, "dc-a's promotion hook running", || async {
         started.exists().then_some(())
     })
@@ -390,7 +411,42 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     let failover = format!("{{ profile: {profile} }}");
     let dir = tempfile::tempdir()?;
     let mut own = MilvusServer::start_private(&dir.path().join("milvus-a"))?;
-    let d = deploy("fo_kill", &failover, Some(&own)).await?;
+    // The service name, switched by RFC 2136 on a real BIND 9: each
+    // datacenter has its own loopback address; each agent proves the
+    // service through the name (its Milvus port behind that address).
+    let bind = Bind::start(&dir.path().join("bind"), "").await?;
+    let dns = bind.agent_yaml(
+        "svc",
+        &[("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")],
+        &format!(
+            "  verify: {{ nameservers: [\"{}\"], timeout: 30s }}\n",
+            bind.addr
+        ),
+    );
+    let d = deploy_with(
+        "fo_kill",
+        &failover,
+        Some(&own),
+        Extra {
+            agents: &dns,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ask = |v: &'static str| {
+        let addr = bind.addr;
+        move || async move {
+            let ans = dr_tests::dns::answer(addr, "svc").await.ok()?;
+            (ans == [v]).then_some(())
+        }
+    };
+    wait_until(
+        LONG,
+        "the name to answer dc-a at epoch 1",
+        ask("127.0.0.11"),
+    )
+    .await
+    .with_context(|| d.logs())?;
     // Let the standby be fully caught up so the data-loss budget holds.
     wait_until(LONG, "the standby caught up", || async {
         let s = d.status("dc-a").await?;
@@ -429,6 +485,22 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     })
     .await
     .with_context(|| d.logs())?;
+    // Clients are moved: the name answers dc-b, switched by dc-b's agent
+    // at epoch 2, and dc-b proved the service through it.
+    wait_until(LONG, "the name to answer dc-b", ask("127.0.0.12"))
+        .await
+        .with_context(|| d.logs())?;
+    let moved_after = dr_proto::now_ms() as u64 - killed_wall;
+    let b_log = std::fs::read_to_string(&d.b.log)?;
+    ensure!(
+        b_log.contains("DNS: switched") && b_log.contains("service verified through the name"),
+        "dc-b switched and verified the name:\n{}",
+        d.b.log_tail()
+    );
+    println!(
+        "profile {profile}: the name answered the new primary {:.2}s after the primary Milvus was killed",
+        moved_after as f64 / 1000.0
+    );
     // Rows written before the kill are on the new primary.
     let n = data::read_all(&d.env.standby, &d.env.name, "c")
         .await?

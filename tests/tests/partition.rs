@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use dr_proto::now_ms;
-use dr_tests::deployment::{deploy, deploy_with, log_times, Deployment};
+use dr_tests::deployment::{deploy, deploy_with, log_times, Deployment, Extra};
 use dr_tests::wait_until;
 use dr_tests::witness::{wait_leader_status, WitnessProc};
 use dr_witness::api::WitnessStatus;
@@ -206,7 +206,16 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
     // (the literal Slack-compatible `webhook_url` form).
     let hook = dr_tests::webhook::Receiver::start().await?;
     let alerts = format!("alerts: {{ webhook_url: \"{}\" }}", hook.url);
-    let d = deploy_with("pt_commit", FAST, None, "", &alerts).await?;
+    let d = deploy_with(
+        "pt_commit",
+        FAST,
+        None,
+        Extra {
+            witnesses: &alerts,
+            ..Default::default()
+        },
+    )
+    .await?;
     let text = |b: &serde_json::Value| b["text"].as_str().unwrap_or_default().to_string();
     let leader = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
     let l = (leader.id - 1) as usize;

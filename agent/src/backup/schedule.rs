@@ -91,6 +91,7 @@ pub async fn run(
     milvus: Milvus,
     state: SharedState,
     stats: SharedStats,
+    alerts: Sender,
     shutdown: CancellationToken,
 ) {
     let Some(s3) = cfg.backup.s3.clone() else {
@@ -104,7 +105,6 @@ pub async fn run(
             return;
         }
     };
-    let alerts = alert::sender(&cfg);
     info!(schedule = %cfg.backup.schedule, timezone = %cfg.backup.timezone, bucket = %s3.bucket, "backup schedule active");
     loop {
         let next = match next_run(&cfg.backup.schedule, &cfg.backup.timezone, Utc::now()) {

@@ -34,13 +34,6 @@ pub struct Store {
     part_size: usize,
 }
 
-fn read_secret_file(p: &Path) -> Result<String> {
-    Ok(std::fs::read_to_string(p)
-        .with_context(|| format!("read {}", p.display()))?
-        .trim()
-        .to_string())
-}
-
 /// Why an S3 call failed, in one line (the SDK's Display is terse).
 pub fn describe<E: ProvideErrorMetadata + std::error::Error>(
     e: &aws_sdk_s3::error::SdkError<E>,
@@ -97,56 +90,19 @@ impl Store {
     /// from the configured environment variables or files; otherwise the
     /// AWS default chain applies.
     pub async fn connect(s3: &S3, part_size: usize) -> Result<Store> {
-        use aws_config::retry::RetryConfig;
-        use aws_config::timeout::TimeoutConfig;
-        use aws_config::{BehaviorVersion, Region};
-        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-
-        crate::tls::install_crypto_provider();
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(s3.region.clone()))
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(5)
-                    .with_initial_backoff(Duration::from_millis(200)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(300))
-                    .build(),
-            );
-        let creds = match (
-            &s3.access_key_id_env,
-            &s3.secret_access_key_env,
-            &s3.access_key_id_file,
-            &s3.secret_access_key_file,
-        ) {
-            (Some(k), Some(s), _, _) => Some((
-                std::env::var(k).with_context(|| format!("read the S3 access key id from ${k}"))?,
-                std::env::var(s)
-                    .with_context(|| format!("read the S3 secret access key from ${s}"))?,
-            )),
-            (_, _, Some(k), Some(s)) => Some((read_secret_file(k)?, read_secret_file(s)?)),
-            _ => None,
+        let creds = crate::aws::Credentials {
+            access_key_id_env: s3.access_key_id_env.as_deref(),
+            secret_access_key_env: s3.secret_access_key_env.as_deref(),
+            access_key_id_file: s3.access_key_id_file.as_ref(),
+            secret_access_key_file: s3.secret_access_key_file.as_ref(),
         };
-        if let Some((id, secret)) = creds {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "milvus-dr-config",
-            ));
-        }
-        if let Some(ep) = &s3.endpoint {
-            loader = loader.endpoint_url(ep.clone());
-        }
-        let sdk = loader.load().await;
+        let sdk = crate::aws::sdk_config(
+            &s3.region,
+            s3.endpoint.as_deref(),
+            &creds,
+            Duration::from_secs(300),
+        )
+        .await?;
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(s3.force_path_style)
             .request_checksum_calculation(

@@ -117,6 +117,9 @@ pub struct Runtime {
     pub sink: Sink,
     pub on_promote: Option<String>,
     pub hook_timeout: Duration,
+    /// Moves the service name here when this agent starts acting as
+    /// primary at an epoch (stopped with the source).
+    pub dns: Option<crate::dns::Switcher>,
 }
 
 fn view_path(dir: &std::path::Path) -> PathBuf {
@@ -434,6 +437,12 @@ async fn execute(
                 stop.clone(),
                 task.abort_handle(),
             ));
+            if let Some(dns) = rt.dns.clone() {
+                // Beside the source, stopped with it: only an agent acting
+                // as primary at this epoch (holding the lease) switches.
+                let until_stopped = stop.child_token();
+                tokio::spawn(async move { dns.run(epoch, until_stopped).await });
+            }
             *source = Some(SourceRun {
                 epoch,
                 stop,
