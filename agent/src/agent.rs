@@ -178,6 +178,7 @@ pub async fn run(
         })
     };
     let backup_stats: crate::backup::SharedStats = Default::default();
+    let lease: crate::metrics::Lease = Default::default();
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
         MetricsSource {
@@ -185,6 +186,7 @@ pub async fn run(
             state: state.clone(),
             health: health.clone(),
             backup: backup_stats.clone(),
+            lease: timing.is_some().then(|| lease.clone()),
         },
         server_shutdown.clone(),
     ));
@@ -261,6 +263,7 @@ pub async fn run(
             },
             source_stop.clone(),
         )?;
+        let _ = lease.set(fo.acting_until());
         sink_handle.set_failsafe(fo);
         failover_task = Some(task);
         None

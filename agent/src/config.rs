@@ -385,6 +385,31 @@ pub struct Route53 {
     /// How long to wait for a change to be INSYNC.
     #[serde(default = "d_insync_timeout", with = "humantime_serde")]
     pub insync_timeout: Duration,
+    /// For `drctl dns plan/apply`: failover routing records whose Route 53
+    /// health checks probe each agent's `/dr/primary`.
+    #[serde(default)]
+    pub failover_records: Option<FailoverRecords>,
+}
+
+/// `dns.route53.failover_records`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRecords {
+    /// Per datacenter: `http://<agent ip>:<metrics port>/dr/primary`.
+    pub health_checks: BTreeMap<String, String>,
+    /// Seconds between probes: 10 or 30.
+    #[serde(default = "d_request_interval")]
+    pub request_interval_s: i32,
+    /// Failed probes before unhealthy (1..=10).
+    #[serde(default = "d_hc_failures")]
+    pub failure_threshold: i32,
+}
+
+fn d_request_interval() -> i32 {
+    10
+}
+fn d_hc_failures() -> i32 {
+    1
 }
 
 /// `dns.verify`: proving a switch.

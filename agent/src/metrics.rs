@@ -24,6 +24,51 @@ pub struct MetricsSource {
     pub state: SharedState,
     pub health: Arc<Mutex<Health>>,
     pub backup: crate::backup::SharedStats,
+    /// With witnesses: the lease (until when this agent may act as
+    /// primary), set once the failover runtime starts. `None`: no
+    /// witnesses, the initial primary acts without a lease.
+    pub lease: Option<Lease>,
+}
+
+/// Until when this agent may act as primary (set once failover starts).
+pub type Lease = Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<Option<std::time::Instant>>>>;
+
+/// `GET /dr/primary`: 200 only while this agent acts as the replication
+/// source at its epoch and (with witnesses) holds an unexpired lease; 503
+/// otherwise. For health checks that route clients (Route 53 failover
+/// records, load balancers) without calling any control plane.
+pub fn primary_answer(src: &MetricsSource) -> (u16, String) {
+    let (role, epoch) = {
+        let st = src.state.lock().unwrap();
+        (st.role, st.epoch)
+    };
+    let dc = &src.datacenter;
+    if role != crate::replication::Role::Source {
+        return (
+            503,
+            format!("{dc} is not primary (role {role}, epoch {epoch})\n"),
+        );
+    }
+    match &src.lease {
+        None => (
+            200,
+            format!("{dc} is primary at epoch {epoch} (no witnesses)\n"),
+        ),
+        Some(lease) => {
+            let until = lease.get().and_then(|rx| *rx.borrow());
+            let now = std::time::Instant::now();
+            match until {
+                Some(t) if t > now => (
+                    200,
+                    format!(
+                        "{dc} is primary at epoch {epoch}, lease valid for {} ms\n",
+                        (t - now).as_millis()
+                    ),
+                ),
+                _ => (503, format!("{dc} holds no valid lease at epoch {epoch}\n")),
+            }
+        }
+    }
 }
 
 fn gauge_f(reg: &mut Registry, name: &str, help: &str, v: f64) {
@@ -190,6 +235,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use axum::{routing::get, Router};
+    let primary_src = src.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -202,6 +248,20 @@ pub async fn serve(
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
                         render(&src),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/dr/primary",
+            get(move || {
+                let src = primary_src.clone();
+                async move {
+                    let (code, text) = primary_answer(&src);
+                    (
+                        axum::http::StatusCode::from_u16(code)
+                            .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE),
+                        text,
                     )
                 }
             }),
@@ -233,6 +293,7 @@ mod tests {
                 detail: "ok".into(),
             })),
             backup: Default::default(),
+            lease: None,
         };
         let text = render(&src);
         assert!(
@@ -258,6 +319,55 @@ mod tests {
         assert!(
             text.contains("milvus_dr_role{datacenter=\"dc-b\",role=\"sink\"} 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn dr_primary_is_200_only_for_the_acting_source_with_a_valid_lease() {
+        use crate::replication::Role;
+        use std::time::{Duration, Instant};
+        let state: SharedState = Default::default();
+        let lease: Lease = Default::default();
+        let mut src = MetricsSource {
+            datacenter: "dc-a".into(),
+            state: state.clone(),
+            health: Arc::new(Mutex::new(Health {
+                healthy: true,
+                detail: "ok".into(),
+            })),
+            backup: Default::default(),
+            lease: Some(lease.clone()),
+        };
+        let set = |role: Role, epoch: u64| {
+            let mut st = state.lock().unwrap();
+            st.role = role;
+            st.epoch = epoch;
+        };
+        set(Role::Sink, 3);
+        assert_eq!(primary_answer(&src).0, 503, "a standby");
+        set(Role::Source, 3);
+        assert_eq!(
+            primary_answer(&src).0,
+            503,
+            "failover not started: no lease known"
+        );
+        let (tx, rx) = tokio::sync::watch::channel(Some(Instant::now() + Duration::from_secs(5)));
+        lease.set(rx).unwrap();
+        let (code, text) = primary_answer(&src);
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains("epoch 3"), "{text}");
+        tx.send_replace(Some(Instant::now() - Duration::from_millis(1)));
+        assert_eq!(primary_answer(&src).0, 503, "the lease ran out");
+        tx.send_replace(None);
+        assert_eq!(primary_answer(&src).0, 503, "not acting");
+        set(Role::Fenced, 3);
+        assert_eq!(primary_answer(&src).0, 503, "fenced");
+        src.lease = None;
+        set(Role::Source, 1);
+        assert_eq!(
+            primary_answer(&src).0,
+            200,
+            "no witnesses: the initial primary"
         );
     }
 }

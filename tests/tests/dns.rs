@@ -100,7 +100,7 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
         verify_at(&bind),
         no_alerts(),
     );
-    let out = b.run(2, CancellationToken::new()).await;
+    let out = b.run(2, CancellationToken::new()).await.map(|r| r.outcome);
     ensure!(out == Some(Outcome::Switched), "{out:?}");
     let now = p.read().await?;
     ensure!(now.values == vec![addr("127.0.0.12")], "{now:?}");
@@ -120,7 +120,10 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
     );
 
     info!("the same epoch again: nothing to do");
-    ensure!(b.run(2, CancellationToken::new()).await == Some(Outcome::AlreadyCurrent));
+    ensure!(
+        b.run(2, CancellationToken::new()).await.map(|r| r.outcome)
+            == Some(Outcome::AlreadyCurrent)
+    );
 
     info!("an old primary at epoch 1 does not touch a name switched at epoch 2");
     let a = switcher(
@@ -130,7 +133,7 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
         verify_at(&bind),
         no_alerts(),
     );
-    let out = a.run(1, CancellationToken::new()).await;
+    let out = a.run(1, CancellationToken::new()).await.map(|r| r.outcome);
     ensure!(
         matches!(&out, Some(Outcome::Newer(m)) if m.epoch == 2),
         "{out:?}"
@@ -205,7 +208,8 @@ async fn rfc2136_server_down_is_retried_and_alerted_then_switched_when_it_return
         verify_at(&bind),
         webhook_alerts(&hook),
     );
-    let run = tokio::spawn(async move { b.run(2, CancellationToken::new()).await });
+    let run =
+        tokio::spawn(async move { b.run(2, CancellationToken::new()).await.map(|r| r.outcome) });
     let alert = hook
         .wait_for(LONG, "the DNS switch alert", |v| {
             v["event"] == "dns_switch_failed"
@@ -248,7 +252,7 @@ async fn a_switch_stops_retrying_when_the_agent_stops_acting_as_primary() -> Res
     let stop = CancellationToken::new();
     let run = tokio::spawn({
         let stop = stop.clone();
-        async move { b.run(2, stop).await }
+        async move { b.run(2, stop).await.map(|r| r.outcome) }
     });
     // Lease lost while the server is down: the task gives up.
     stop.cancel();
@@ -360,7 +364,7 @@ async fn route53_switches_in_one_batch_waits_insync_and_retries_api_errors() -> 
 
     info!("dc-b switches at epoch 2 through the Route 53 API");
     let b = switcher(p.clone(), "dc-b", "127.0.0.12", quiet.clone(), no_alerts());
-    ensure!(b.run(2, CancellationToken::new()).await == Some(Outcome::Switched));
+    ensure!(b.run(2, CancellationToken::new()).await.map(|r| r.outcome) == Some(Outcome::Switched));
     let after = p.read().await?;
     ensure!(after.values == vec![addr("127.0.0.12")], "{after:?}");
     ensure!(
@@ -404,7 +408,8 @@ async fn route53_switches_in_one_batch_waits_insync_and_retries_api_errors() -> 
         quiet,
         webhook_alerts(&hook),
     );
-    let run = tokio::spawn(async move { a.run(3, CancellationToken::new()).await });
+    let run =
+        tokio::spawn(async move { a.run(3, CancellationToken::new()).await.map(|r| r.outcome) });
     hook.wait_for(LONG, "the DNS switch alert", |v| {
         v["event"] == "dns_switch_failed"
     })
@@ -426,5 +431,154 @@ async fn route53_switches_in_one_batch_waits_insync_and_retries_api_errors() -> 
             .then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// `drctl dns plan` and `apply`: Route 53 failover records, each tied to a
+/// health check of its agent's `/dr/primary`; applying twice changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drctl_dns_apply_creates_failover_records_with_health_checks_once() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let moto = Moto::start(dir.path()).await?;
+    let (kid, secret) = (dir.path().join("kid"), dir.path().join("secret"));
+    std::fs::write(&kid, "testing")?;
+    std::fs::write(&secret, "testing")?;
+    let creds = dr_agent::aws::Credentials {
+        access_key_id_file: Some(&kid),
+        secret_access_key_file: Some(&secret),
+        ..Default::default()
+    };
+    let sdk = dr_agent::aws::sdk_config(
+        "us-east-1",
+        Some(&moto.endpoint),
+        &creds,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let admin = aws_sdk_route53::Client::new(&sdk);
+    let zone_id = admin
+        .create_hosted_zone()
+        .name(ZONE)
+        .caller_reference(format!("t{}", dr_proto::now_ms()))
+        .send()
+        .await?
+        .hosted_zone()
+        .context("zone")?
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"datacenter: dc-a
+initial_primary: dc-a
+state_dir: {state}
+datacenters:
+  dc-a: {{ milvus: {{ endpoint: "http://127.0.0.1:19530" }}, agent: "https://127.0.0.1:7443" }}
+  dc-b: {{ milvus: {{ endpoint: "http://127.0.0.1:19531" }}, agent: "https://127.0.0.1:7444" }}
+listen: {{ grpc: "127.0.0.1:7443", metrics: "127.0.0.1:9464" }}
+tls: {{ ca: ca.pem, cert: a.pem, key: a.key }}
+dns:
+  provider: route53
+  record: svc.{ZONE}
+  ttl: 10
+  values: {{ dc-a: ["10.1.0.10"], dc-b: ["10.2.0.10"] }}
+  route53:
+    hosted_zone_id: "{zone_id}"
+    endpoint: "{ep}"
+    access_key_id_file: "{kid}"
+    secret_access_key_file: "{secret}"
+    failover_records:
+      health_checks: {{ dc-a: "http://10.1.0.5:9464/dr/primary", dc-b: "http://10.2.0.5:9464/dr/primary" }}
+"#,
+            state = dir.path().join("state").display(),
+            ep = moto.endpoint,
+            kid = kid.display(),
+            secret = secret.display(),
+        ),
+    )?;
+    let drctl = |cmd: &str| {
+        std::process::Command::new(dr_tests::bin("drctl"))
+            .args(["dns", cmd, "--agent-config"])
+            .arg(&config)
+            .output()
+    };
+    let plan = drctl("plan")?;
+    ensure!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout)?;
+    ensure!(
+        plan["records"][0]["failover"] == "PRIMARY" && plan["records"][0]["datacenter"] == "dc-a",
+        "{plan}"
+    );
+    ensure!(plan["records"][1]["failover"] == "SECONDARY", "{plan}");
+    // Planning calls nothing.
+    ensure!(admin
+        .list_health_checks()
+        .send()
+        .await?
+        .health_checks()
+        .is_empty());
+
+    for round in 0..2 {
+        let out = drctl("apply")?;
+        ensure!(
+            out.status.success(),
+            "apply {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let checks = admin.list_health_checks().send().await?;
+    let checks = checks.health_checks();
+    ensure!(
+        checks.len() == 2,
+        "applied twice, two health checks: {checks:?}"
+    );
+    let mut probed: Vec<String> = checks
+        .iter()
+        .filter_map(|c| c.health_check_config())
+        .map(|c| {
+            format!(
+                "{}:{}{}",
+                c.ip_address().unwrap_or_default(),
+                c.port().unwrap_or_default(),
+                c.resource_path().unwrap_or_default()
+            )
+        })
+        .collect();
+    probed.sort();
+    ensure!(
+        probed == ["10.1.0.5:9464/dr/primary", "10.2.0.5:9464/dr/primary"],
+        "{probed:?}"
+    );
+    let sets = admin
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await?;
+    let ours: Vec<_> = sets
+        .resource_record_sets()
+        .iter()
+        .filter(|s| s.name().starts_with("svc."))
+        .collect();
+    ensure!(ours.len() == 2, "{ours:?}");
+    for s in ours {
+        let f = s
+            .failover()
+            .map(|f| f.as_str().to_string())
+            .unwrap_or_default();
+        let v = s.resource_records()[0].value();
+        ensure!(
+            (f == "PRIMARY" && v == "10.1.0.10") || (f == "SECONDARY" && v == "10.2.0.10"),
+            "{s:?}"
+        );
+        ensure!(s.health_check_id().is_some(), "{s:?}");
+    }
     Ok(())
 }

@@ -237,6 +237,9 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
 {
     let _g = SERIAL.lock().await;
     let d = deploy("fo_cut", FAST_WIDE_BUDGET, None).await?;
+    // The routing health check: 200 on the lease holder only.
+    ensure!(dr_primary(&d.a).await == Some(200), "dc-a holds the lease");
+    ensure!(dr_primary(&d.b).await == Some(503), "dc-b is the standby");
     let cut = Instant::now();
     d.w.isolate_a(true);
     wait_until(LONG, "dc-b promoted at epoch 2", || async {
@@ -265,6 +268,12 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
         fenced < promoted,
         "dc-a fenced at {fenced} µs, dc-b acted at {promoted} µs"
     );
+    // Cut off and fenced, dc-a no longer answers 200; dc-b does.
+    ensure!(dr_primary(&d.a).await == Some(503), "fenced dc-a");
+    wait_until(LONG, "dc-b's /dr/primary to answer 200", || async {
+        (dr_primary(&d.b).await == Some(200)).then_some(())
+    })
+    .await?;
     // dc-a learns the new epoch from its peer and follows it as the sink.
     wait_until(LONG, "dc-a the sink at epoch 2", || async {
         let s = d.status("dc-a").await?;
@@ -282,6 +291,13 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
     );
     d.w.isolate_a(false);
     Ok(())
+}
+
+/// `GET /dr/primary` on an agent's metrics listener: the status code.
+async fn dr_primary(a: &dr_tests::Agent) -> Option<u16> {
+    let url = format!("http://{}/dr/primary", a.metrics);
+    let r = reqwest::get(&url).await.ok()?;
+    Some(r.status().as_u16())
 }
 
 /// A promotion hook that never returns does not keep a primary acting
@@ -497,9 +513,30 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         "dc-b switched and verified the name:\n{}",
         d.b.log_tail()
     );
+    // The switch and its proof are in the witnesses' audit.
+    let st = wait_leader_status(&d.ctl, LONG, "the DNS switch audited", |s| {
+        s.audit
+            .iter()
+            .any(|a| a.what == "dc-b at epoch 2: DNS switched")
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let audited = st
+        .audit
+        .iter()
+        .find(|a| a.what == "dc-b at epoch 2: DNS switched")
+        .context("audit entry")?;
+    ensure!(
+        audited
+            .evidence
+            .contains("service verified through the name"),
+        "{}",
+        audited.evidence
+    );
     println!(
-        "profile {profile}: the name answered the new primary {:.2}s after the primary Milvus was killed",
-        moved_after as f64 / 1000.0
+        "profile {profile}: the name answered the new primary {:.2}s after the primary Milvus was killed; audit: {}",
+        moved_after as f64 / 1000.0,
+        audited.evidence
     );
     // Rows written before the kill are on the new primary.
     let n = data::read_all(&d.env.standby, &d.env.name, "c")

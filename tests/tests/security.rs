@@ -371,6 +371,22 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
     let reply = dr_witness::decide::HeartbeatReply::try_from(ok.into_inner())?;
     assert_eq!(reply.seq, 1);
 
+    // Reports: an agent only for its own datacenter, well formed.
+    let report = |dc: &str, what: &str| dr_proto::pb::AgentReport {
+        dc: dc.into(),
+        epoch: 1,
+        what: what.into(),
+        evidence: "e".into(),
+    };
+    let e = agent
+        .report(report("dc-b", "DNS switched"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = agent.report(report("dc-a", "")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    agent.report(report("dc-a", "DNS switched")).await?;
+
     // A witness may not claim another witness's observations; an unknown
     // Raft RPC kind is refused.
     let mut w2 = client("witness-2").await?;
@@ -390,8 +406,10 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 
-    // The operator can read the status.
+    // The operator can read the status, not report as an agent.
     let mut op = client("operator").await?;
+    let e = op.report(report("dc-a", "DNS switched")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     let st = op
         .status(Json {
             body: b"{}".to_vec(),

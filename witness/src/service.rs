@@ -495,6 +495,39 @@ impl WitnessApi for Service {
         Ok(Response::new(reply.into()))
     }
 
+    async fn report(
+        &self,
+        request: Request<pb::AgentReport>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let inner = &self.inner;
+        let who = dr_proto::tls::authorize(&request, &inner.agent_names())?;
+        let r = request.into_inner();
+        let dc = inner.cfg.dc_of_identity(&who).unwrap_or_default();
+        if r.dc != dc {
+            return Err(Status::permission_denied(format!(
+                "{who} may only report for datacenter {dc}, not {}",
+                r.dc
+            )));
+        }
+        if r.what.is_empty() || r.what.len() > 200 || r.evidence.len() > 4_000 {
+            return Err(Status::invalid_argument(
+                "invalid AgentReport: `what` must be 1..=200 bytes and `evidence` at most 4000",
+            ));
+        }
+        if !inner.core.lock().unwrap().leader {
+            return Ok(Response::new(pb::ReportReply { recorded: false }));
+        }
+        info!(%dc, epoch = r.epoch, what = %r.what, "agent report");
+        inner
+            .propose(Command::Note {
+                wall_ms: wall_ms(),
+                what: format!("{dc} at epoch {}: {}", r.epoch, r.what),
+                evidence: r.evidence,
+            })
+            .await;
+        Ok(Response::new(pb::ReportReply { recorded: true }))
+    }
+
     async fn status(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
         let mut allowed = self.inner.cfg.tls.operator_identities.clone();
         allowed.extend(self.inner.agent_names());

@@ -185,6 +185,24 @@ pub enum Outcome {
     Newer(Marker),
 }
 
+/// What a switch came to, for the witnesses' audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchReport {
+    pub outcome: Outcome,
+    /// The steps, with their times since the switch started.
+    pub evidence: String,
+}
+
+impl SwitchReport {
+    pub fn what(&self) -> String {
+        match &self.outcome {
+            Outcome::Switched => "DNS switched".into(),
+            Outcome::AlreadyCurrent => "DNS already pointed here".into(),
+            Outcome::Newer(m) => format!("DNS not switched: marked for epoch {}", m.epoch),
+        }
+    }
+}
+
 /// Switches the name for one epoch, and proves it.
 #[derive(Clone)]
 pub struct Switcher {
@@ -225,29 +243,45 @@ impl Switcher {
     /// Switches the name to this datacenter for `epoch`, retrying until it
     /// is done, refused by a newer epoch, or `stop` is cancelled (this
     /// agent stopped acting as primary). Then verifies it.
-    pub async fn run(&self, epoch: u64, stop: CancellationToken) -> Option<Outcome> {
+    pub async fn run(&self, epoch: u64, stop: CancellationToken) -> Option<SwitchReport> {
         let started = Instant::now();
         let outcome = self.switch(epoch, &stop).await?;
+        let switched_ms = started.elapsed().as_millis() as u64;
+        let mut evidence = format!(
+            "{} -> {:?} via {} after {switched_ms} ms",
+            self.dc,
+            self.values
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            self.provider.describe()
+        );
         match &outcome {
             Outcome::Newer(m) => {
                 warn!(epoch, newer = m.epoch, by = %m.dc, "DNS: the name is already switched for a newer epoch; not touching it");
-                return Some(outcome);
+                return Some(SwitchReport { outcome, evidence });
             }
             Outcome::AlreadyCurrent => {
                 info!(epoch, "DNS: the name already points here at this epoch")
             }
             Outcome::Switched => {
-                info!(epoch, ms = started.elapsed().as_millis() as u64, provider = %self.provider.describe(), "DNS: switched")
+                info!(epoch, ms = switched_ms, provider = %self.provider.describe(), "DNS: switched")
             }
         }
         tokio::select! {
-            _ = stop.cancelled() => return Some(outcome),
+            _ = stop.cancelled() => return Some(SwitchReport { outcome, evidence }),
             r = self.verify.run(&self.values) => match r {
-                Ok(steps) => info!(epoch, ms = started.elapsed().as_millis() as u64, "DNS: {steps}"),
-                Err(e) => error!(epoch, error = %format!("{e:#}"), "DNS: the switch is not yet visible or the service not reachable through the name"),
+                Ok(steps) => {
+                    info!(epoch, ms = started.elapsed().as_millis() as u64, "DNS: {steps}");
+                    evidence = format!("{evidence}; {steps}");
+                }
+                Err(e) => {
+                    error!(epoch, error = %format!("{e:#}"), "DNS: the switch is not yet visible or the service not reachable through the name");
+                    evidence = format!("{evidence}; NOT VERIFIED: {e:#}");
+                }
             },
         }
-        Some(outcome)
+        Some(SwitchReport { outcome, evidence })
     }
 
     /// The compare-and-swap loop. `None` when stopped before it was done.

@@ -268,3 +268,210 @@ impl Provider for Route53 {
         }
     }
 }
+
+/// Route 53 without the control plane at failover time (AWS's advice for
+/// DR: the record API lives in one region): failover routing records, one
+/// per datacenter (PRIMARY for `initial_primary`, SECONDARY for the other),
+/// each tied to a Route 53 health check of that agent's `/dr/primary`,
+/// which answers 200 only while the agent holds a valid lease as primary.
+/// Route 53 then answers with whichever datacenter is primary; nothing is
+/// called when a failover happens.
+pub mod failover_records {
+    use super::*;
+    use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType, ResourceRecordSetFailover};
+    use serde::Serialize;
+
+    /// One datacenter's part of the plan.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct Planned {
+        pub datacenter: String,
+        /// PRIMARY or SECONDARY.
+        pub failover: String,
+        pub set_identifier: String,
+        pub values: Vec<String>,
+        pub record_type: String,
+        /// What Route 53 probes: `http://ip:port/dr/primary`.
+        pub health_check_url: String,
+        /// Idempotency key of the health check.
+        pub caller_reference: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct Plan {
+        pub hosted_zone_id: String,
+        pub record: String,
+        pub ttl: u32,
+        pub request_interval_s: i32,
+        pub failure_threshold: i32,
+        pub records: Vec<Planned>,
+    }
+
+    /// The plan for `cfg` (validated: both datacenters have values and a
+    /// health check URL).
+    pub fn plan(cfg: &crate::config::Config) -> anyhow::Result<Plan> {
+        let dns = &cfg.dns;
+        let r53 = dns
+            .route53
+            .as_ref()
+            .context("dns.route53 is missing; fix: add it with hosted_zone_id")?;
+        let fr = r53.failover_records.as_ref().context(
+            "dns.route53.failover_records is missing; fix: add health_checks: { dc: http://ip:port/dr/primary } for both datacenters",
+        )?;
+        let record = fqdn(dns.record.as_deref().context("dns.record is missing")?);
+        let mut records = vec![];
+        for dc in cfg.datacenters.keys() {
+            let values = dns.values.get(dc).cloned().unwrap_or_default();
+            anyhow::ensure!(
+                !values.is_empty(),
+                "dns.values.{dc}: no value; fix: list the addresses the name holds while {dc} is primary"
+            );
+            let url = fr.health_checks.get(dc).with_context(|| {
+                format!("dns.route53.failover_records.health_checks.{dc} is missing; fix: http://<agent ip>:<metrics port>/dr/primary")
+            })?;
+            let t = match Value::parse(&values[0]) {
+                Value::Addr(std::net::IpAddr::V4(_)) => "A",
+                Value::Addr(std::net::IpAddr::V6(_)) => "AAAA",
+                Value::Name(_) => "CNAME",
+            };
+            records.push(Planned {
+                datacenter: dc.clone(),
+                failover: if *dc == cfg.initial_primary {
+                    "PRIMARY".into()
+                } else {
+                    "SECONDARY".into()
+                },
+                set_identifier: format!("milvus-dr-{dc}"),
+                values,
+                record_type: t.into(),
+                health_check_url: url.clone(),
+                caller_reference: format!("milvus-dr-{}-{dc}", record.trim_end_matches('.')),
+            });
+        }
+        Ok(Plan {
+            hosted_zone_id: r53.hosted_zone_id.clone(),
+            record,
+            ttl: dns.ttl,
+            request_interval_s: fr.request_interval_s,
+            failure_threshold: fr.failure_threshold,
+            records,
+        })
+    }
+
+    /// `http://ip:port/path` -> (ip, port, path).
+    fn split_url(url: &str) -> anyhow::Result<(String, i32, String)> {
+        let rest = url.strip_prefix("http://").with_context(|| {
+            format!("{url}: Route 53 health checks here are plain HTTP: http://ip:port/dr/primary")
+        })?;
+        let (host_port, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = host_port
+            .rsplit_once(':')
+            .with_context(|| format!("{url}: no port"))?;
+        Ok((
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse()?,
+            format!("/{path}"),
+        ))
+    }
+
+    /// Creates the health checks (or updates the ones an earlier apply
+    /// made, found by caller reference) and UPSERTs the failover records. Returns each datacenter's health check
+    /// id.
+    pub async fn apply(r53: &Route53, plan: &Plan) -> anyhow::Result<Vec<(String, String)>> {
+        // Health checks made by an earlier apply, found by caller reference.
+        let mut existing = vec![];
+        let mut marker: Option<String> = None;
+        loop {
+            let page = r53
+                .client
+                .list_health_checks()
+                .set_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!(r53.error("ListHealthChecks", e)))?;
+            existing.extend(page.health_checks().iter().cloned());
+            match page.next_marker() {
+                Some(m) if page.is_truncated() => marker = Some(m.to_string()),
+                _ => break,
+            }
+        }
+        let mut ids = vec![];
+        let mut changes = vec![];
+        for p in &plan.records {
+            let (ip, port, path) = split_url(&p.health_check_url)?;
+            let id = match existing
+                .iter()
+                .find(|h| h.caller_reference() == p.caller_reference)
+            {
+                // Ours already: brought to the plan (address, path, threshold).
+                Some(h) => {
+                    r53.client
+                        .update_health_check()
+                        .health_check_id(h.id())
+                        .ip_address(&ip)
+                        .port(port)
+                        .resource_path(&path)
+                        .failure_threshold(plan.failure_threshold)
+                        .send()
+                        .await
+                        .map_err(|e| anyhow::anyhow!(r53.error("UpdateHealthCheck", e)))?;
+                    h.id().to_string()
+                }
+                None => r53
+                    .client
+                    .create_health_check()
+                    .caller_reference(&p.caller_reference)
+                    .health_check_config(
+                        HealthCheckConfig::builder()
+                            .r#type(HealthCheckType::Http)
+                            .ip_address(ip)
+                            .port(port)
+                            .resource_path(path)
+                            .request_interval(plan.request_interval_s)
+                            .failure_threshold(plan.failure_threshold)
+                            .build()?,
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!(r53.error("CreateHealthCheck", e)))?
+                    .health_check()
+                    .map(|h| h.id().to_string())
+                    .context("no health check id")?,
+            };
+            let t = RrType::from(p.record_type.as_str());
+            let set = ResourceRecordSet::builder()
+                .name(&plan.record)
+                .r#type(t)
+                .ttl(i64::from(plan.ttl))
+                .set_identifier(&p.set_identifier)
+                .failover(ResourceRecordSetFailover::from(p.failover.as_str()))
+                .health_check_id(&id)
+                .set_resource_records(Some(
+                    p.values
+                        .iter()
+                        .map(|v| ResourceRecord::builder().value(v).build())
+                        .collect::<Result<Vec<_>, _>>()?,
+                ))
+                .build()?;
+            changes.push(
+                Change::builder()
+                    .action(ChangeAction::Upsert)
+                    .resource_record_set(set)
+                    .build()?,
+            );
+            ids.push((p.datacenter.clone(), id));
+        }
+        r53.client
+            .change_resource_record_sets()
+            .hosted_zone_id(&plan.hosted_zone_id)
+            .change_batch(
+                ChangeBatch::builder()
+                    .comment("milvus-dr: failover records")
+                    .set_changes(Some(changes))
+                    .build()?,
+            )
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!(r53.error("ChangeResourceRecordSets", e)))?;
+        Ok(ids)
+    }
+}

@@ -43,6 +43,11 @@ pub struct Failover {
 }
 
 impl Failover {
+    /// Until when this agent may act as primary (`None`: not acting).
+    pub fn acting_until(&self) -> watch::Receiver<Option<Instant>> {
+        self.acting_until.subscribe()
+    }
+
     fn now(&self) -> Millis {
         self.started.elapsed().as_millis() as Millis
     }
@@ -304,6 +309,36 @@ async fn retry_persist(
 
 /// Stops the source: cancels it, and aborts it if it has not finished
 /// within a short grace; it never stays running detached.
+/// Tells every witness what this agent did at `epoch`; the leader records
+/// it in the audit. Best effort (logged).
+async fn report(
+    witnesses: &BTreeMap<u64, WitnessClient<tonic::transport::Channel>>,
+    dc: &str,
+    epoch: u64,
+    what: String,
+    evidence: String,
+) {
+    let req = pb::AgentReport {
+        dc: dc.to_string(),
+        epoch,
+        what,
+        evidence,
+    };
+    let mut recorded = false;
+    for (id, c) in witnesses {
+        let mut c = c.clone();
+        match c.report(req.clone()).await {
+            Ok(r) => recorded |= r.into_inner().recorded,
+            Err(s) => tracing::debug!(witness = id, error = %s.message(), "report failed"),
+        }
+    }
+    if recorded {
+        info!(epoch, what = %req.what, "reported to the witnesses' audit");
+    } else {
+        warn!(epoch, what = %req.what, evidence = %req.evidence, "no witness leader recorded the report (it is in this log)");
+    }
+}
+
 async fn stop_source(source: &mut Option<SourceRun>) {
     if let Some(s) = source.take() {
         s.stop.cancel();
@@ -441,7 +476,12 @@ async fn execute(
                 // Beside the source, stopped with it: only an agent acting
                 // as primary at this epoch (holding the lease) switches.
                 let until_stopped = stop.child_token();
-                tokio::spawn(async move { dns.run(epoch, until_stopped).await });
+                let (witnesses, dc) = (witnesses.clone(), rt.datacenter.clone());
+                tokio::spawn(async move {
+                    if let Some(r) = dns.run(epoch, until_stopped).await {
+                        report(&witnesses, &dc, epoch, r.what(), r.evidence).await;
+                    }
+                });
             }
             *source = Some(SourceRun {
                 epoch,

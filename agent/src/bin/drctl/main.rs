@@ -58,10 +58,31 @@ enum Cmd {
     },
     /// Backups to S3: create, list, verify, restore, drill, prune.
     Backup(backup::BackupArgs),
+    /// Route 53 failover records whose health checks probe each agent's
+    /// /dr/primary (no API call at failover time).
+    Dns {
+        #[command(subcommand)]
+        cmd: DnsCmd,
+    },
     /// Certificates for a development deployment.
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Print the health checks and records `apply` would create (JSON).
+    Plan {
+        /// An agent's YAML config (dns.route53.failover_records, dns.values).
+        #[arg(long, env = "DR_AGENT_CONFIG")]
+        agent_config: PathBuf,
+    },
+    /// Create the health checks (idempotent) and UPSERT the records.
+    Apply {
+        #[arg(long, env = "DR_AGENT_CONFIG")]
+        agent_config: PathBuf,
     },
 }
 
@@ -103,6 +124,38 @@ enum CertsCmd {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+}
+
+async fn dns(cmd: DnsCmd) -> ExitCode {
+    use dr_agent::dns::route53::{failover_records, Route53};
+    let (path, apply) = match &cmd {
+        DnsCmd::Plan { agent_config } => (agent_config, false),
+        DnsCmd::Apply { agent_config } => (agent_config, true),
+    };
+    let run = async {
+        let cfg = dr_agent::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plan = failover_records::plan(&cfg)?;
+        if !apply {
+            out(&format!("{}\n", serde_json::to_string_pretty(&plan)?));
+            return Ok(());
+        }
+        let r53 = Route53::from_config(&cfg.dns).await?;
+        for (dc, id) in failover_records::apply(&r53, &plan).await? {
+            out(&format!("{dc}: health check {id}\n"));
+        }
+        out(&format!(
+            "{}: failover records applied in zone {}\n",
+            plan.record, plan.hosted_zone_id
+        ));
+        anyhow::Ok(())
+    };
+    match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drctl dns: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Prints without panicking when stdout is closed (`drctl status | head`).
@@ -160,6 +213,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Backup(b) => rt.block_on(backup::run(b)),
+        Cmd::Dns { cmd } => rt.block_on(dns(cmd)),
         Cmd::DropUnmanaged {
             datacenter,
             collection,
