@@ -286,6 +286,14 @@ pub async fn run(
         None
     };
 
+    tokio::spawn(crate::alert::watch::run(
+        state.clone(),
+        alerts.clone(),
+        cfg.monitoring.lag_alert,
+        cfg.datacenter.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
     if cfg.backup.enabled {
         let (c, m, st) = (cfg.clone(), milvus.clone(), state.clone());
         tokio::spawn(crate::backup::schedule::run(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the local demo: agents first (SIGTERM), then the S3 store, the
+# Stops the local demo: agents first (SIGTERM), then BIND, the S3 store, the
 # witnesses and the Milvus servers;
 # SIGKILL for anything still running after 20 s. Keeps the data unless
 # --purge is given.
@@ -21,6 +21,7 @@ stop() {
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
 }
 stop $(pids agents)
+stop $(pids dns)
 stop $(pids s3)
 stop $(pids witnesses)
 stop $(pids milvus)

@@ -17,6 +17,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 # BIND 9: the authoritative DNS server the agents switch by RFC 2136 (tests
 # and demo).
 [ -x /usr/sbin/named ] || need_apt+=(bind9)
+command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

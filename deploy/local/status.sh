@@ -8,7 +8,7 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 python3 - "$demo/state.json" <<'PY'
 import json, os, sys
 s = json.load(open(sys.argv[1]))
-for kind in ("milvus", "witnesses", "agents", "s3"):
+for kind in ("milvus", "witnesses", "agents", "s3", "dns"):
     for dc, p in s.get(kind, {}).items():
         alive = os.path.exists(f"/proc/{p['pid']}")
         print(f"{kind:<9} {dc:<5}  pid {p['pid']:<8} {'up  ' if alive else 'DOWN'}  {p.get('grpc') or p.get('endpoint')}")

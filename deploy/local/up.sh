@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local demo: two real Milvus servers (dc-a primary, dc-b standby), three
-# dr-witnesses (the Raft quorum, fast failover profile) and two dr-agents,
+# dr-witnesses (the Raft quorum, fast failover profile), two dr-agents and
+# BIND 9 serving the service name milvus.demo.test (switched by the agents),
 # all on free loopback ports with mutual TLS; sample data and a mixed
 # workload, then `drctl status`, `drctl verify` and a backup to a local S3
 # store (s3s-fs). Everything stays
@@ -52,13 +53,21 @@ done
 a_grpc=$(json "$demo/milvus-dc-a/server.json" grpc_port); a_http=$(json "$demo/milvus-dc-a/server.json" http_port)
 b_grpc=$(json "$demo/milvus-dc-b/server.json" grpc_port); b_http=$(json "$demo/milvus-dc-b/server.json" http_port)
 
-# Free loopback ports for 3 witnesses and 2 agents (all configs list them).
-read -r w1 w2 w3 a_port b_port < <(python3 - <<'PY'
+# Free loopback ports for 3 witnesses, 2 agents and the DNS server (UDP
+# and TCP both free for that one).
+read -r w1 w2 w3 a_port b_port dns_port < <(python3 - <<'PY'
 import socket
 socks = [socket.socket() for _ in range(5)]
 for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+    t = socket.socket()
+    try:
+        t.bind(("127.0.0.1", u.getsockname()[1])); break
+    except OSError:
+        u.close(); t.close()
+print(" ".join(str(s.getsockname()[1]) for s in socks), u.getsockname()[1])
+for s in socks + [u, t]: s.close()
 PY
 )
 A_ADDR="https://127.0.0.1:$a_port"; B_ADDR="https://127.0.0.1:$b_port"
@@ -87,6 +96,38 @@ done
 for id in 1 2 3; do wait_file "$demo/witness-$id/bound.json"; done
 echo "up: witnesses running on ports $w1 $w2 $w3"
 
+# The service name: BIND 9, authoritative for demo.test, which the agents
+# switch by RFC 2136 (TSIG-signed compare-and-swap). Each datacenter has
+# its own loopback address (dc-a 127.0.0.11, dc-b 127.0.0.12), so the
+# record's value really changes; behind it is that datacenter's Milvus.
+mkdir -p "$demo/dns"
+[ -s "$demo/dns/dr-key.key" ] || /usr/sbin/tsig-keygen -a hmac-sha256 dr-key > "$demo/dns/dr-key.key"
+[ -s "$demo/dns/demo.test.zone" ] || printf '$TTL 60\n@ IN SOA ns.demo.test. admin.demo.test. 1 60 60 600 5\n@ IN NS ns.demo.test.\nns IN A 127.0.0.1\n' > "$demo/dns/demo.test.zone"
+cat > "$demo/dns/named.conf" <<CONF
+options {
+    directory "$demo/dns";
+    pid-file "$demo/dns/named.pid";
+    listen-on port $dns_port { 127.0.0.1; };
+    listen-on-v6 { none; };
+    recursion no;
+    dnssec-validation no;
+    notify no;
+};
+controls { };
+include "$demo/dns/dr-key.key";
+zone "demo.test" {
+    type primary;
+    file "$demo/dns/demo.test.zone";
+    update-policy { grant dr-key zonesub ANY; };
+};
+CONF
+setsid nohup /usr/sbin/named -g -u root -c "$demo/dns/named.conf" > "$demo/dns/named.log" 2>&1 < /dev/null &
+started+=($!)
+echo $! > "$demo/dns/pid"
+for _ in $(seq 1 300); do dig +short +time=1 +tries=1 @127.0.0.1 -p "$dns_port" demo.test SOA 2>/dev/null | grep -q . && break; sleep 0.1; done
+dig +short +time=1 +tries=1 @127.0.0.1 -p "$dns_port" demo.test SOA | grep -q . || { echo "up: BIND did not start (see $demo/dns/named.log)" >&2; exit 1; }
+echo "up: BIND 9 serving demo.test on 127.0.0.1:$dns_port"
+
 # The backup store: a real S3 protocol server (s3s-fs) over a local folder.
 rm -f "$demo/s3/bound.json"
 setsid nohup "$bin/s3-server" --root "$demo/s3/data" --bound "$demo/s3/bound.json" > "$demo/s3.log" 2>&1 < /dev/null &
@@ -114,6 +155,12 @@ replication: { poll_interval: 500ms }
 witnesses: $witnesses
 failover: $failover
 backup: { enabled: true, schedule: "0 2 * * *", timezone: UTC, retention_days: 30, s3: $s3 }
+dns:
+  provider: rfc2136
+  record: milvus.demo.test.
+  ttl: 5
+  values: { dc-a: ["127.0.0.11"], dc-b: ["127.0.0.12"] }
+  rfc2136: { server: "127.0.0.1:$dns_port", zone: demo.test., tsig_key_file: "$demo/dns/dr-key.key" }
 YAML
 }
 start_agent() { # dc
@@ -136,11 +183,12 @@ witnesses: $witnesses
 tls: { ca: certs/ca.pem, cert: certs/operator.pem, key: certs/operator.key }
 YAML
 
-python3 - "$demo" <<'PY'
+python3 - "$demo" "$dns_port" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 def j(p): return json.load(open(os.path.join(d, p)))
-state = {"milvus": {}, "witnesses": {}, "agents": {}, "s3": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+state = {"milvus": {}, "witnesses": {}, "agents": {}, "s3": {}, "dns": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+state["dns"]["bind"] = {"pid": int(open(os.path.join(d, "dns/pid")).read()), "endpoint": f"127.0.0.1:{sys.argv[2]}", "zone": "demo.test.", "name": "milvus.demo.test.", "values": {"dc-a": "127.0.0.11", "dc-b": "127.0.0.12"}, "log": os.path.join(d, "dns/named.log")}
 s3 = j("s3/bound.json")
 state["s3"]["store"] = {"pid": s3["pid"], "endpoint": s3["endpoint"], "bucket": s3["bucket"], "log": os.path.join(d, "s3.log")}
 for i in (1, 2, 3):
@@ -156,6 +204,11 @@ PY
 trap - ERR
 echo "up: agents running; state in $demo/state.json"
 "$bin/drctl" --config "$demo/drctl.yaml" witness status >/dev/null || true
+# The primary's agent switches the name to its address once it acts.
+primary=$("$bin/drctl" --config "$demo/drctl.yaml" status --json 2>/dev/null | python3 -c "import json,sys; print(next((a['datacenter'] for a in json.load(sys.stdin)['agents'] if a.get('role') == 'source'), 'dc-a'))" || echo dc-a)
+want=$([ "$primary" = dc-b ] && echo 127.0.0.12 || echo 127.0.0.11)
+for _ in $(seq 1 300); do [ "$(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A)" = "$want" ] && break; sleep 0.1; done
+echo "up: milvus.demo.test -> $(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A) ($primary, switched by its agent)"
 
 echo "up: loading sample data and running a mixed workload on the primary"
 "$bin/demo-workload" --endpoint "http://127.0.0.1:$a_grpc" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
@@ -173,6 +226,7 @@ echo "  $bin/drctl --config $demo/drctl.yaml status"
 echo "  curl -s \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['agents']['dc-b']['metrics'])\") | grep lag"
 echo "  $bin/drctl --config $demo/drctl.yaml witness status"
 echo "  $bin/drctl --config $demo/drctl.yaml witness switchover --to dc-b     # planned, loses nothing"
+echo "  dig +short @127.0.0.1 -p $dns_port milvus.demo.test A                 # the service name follows the primary"
 echo "  kill \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['milvus']['dc-a']['pid'])\")   # primary Milvus dies: failover in ~6 s"
 echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml list              # backups: verify ID, restore ID --rename-suffix _r, drill, prune --dry-run"
 echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml drill             # restore the newest backup under scratch names, check, drop"

@@ -4,6 +4,8 @@
 //! what the agent alerts about; the source of every alert is the agent's
 //! datacenter.
 
+pub mod watch;
+
 use serde_json::json;
 
 use crate::config::Config;

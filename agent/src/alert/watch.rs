@@ -1,0 +1,168 @@
+//! Conditions the agent watches and alerts on while they hold, resolved
+//! when they clear: replication lag over `monitoring.lag_alert` (raised by
+//! the acting primary, whose writes are at risk) and collections held on a
+//! permanent apply error.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Alert, Sender, Severity};
+use crate::replication::{ReplicationState, Role, SharedState};
+
+/// Replication lag over `monitoring.lag_alert`.
+pub const LAG: &str = "replication_lag";
+/// A collection held on a permanent apply error.
+pub const HELD: &str = "replication_held";
+
+/// What should be active now: each key with its alert, or `None` (clear).
+pub fn evaluate(
+    st: &ReplicationState,
+    now_ms: i64,
+    lag_alert: Duration,
+    dc: &str,
+) -> Vec<(&'static str, Option<Alert>)> {
+    let lag = if st.role == Role::Source {
+        // Unknown until the standby first acknowledges a pass (the stream
+        // state shows a standby that never connected).
+        st.lag_ms(now_ms)
+            .filter(|l| *l as u128 > lag_alert.as_millis())
+    } else {
+        None
+    };
+    let lag = lag.map(|l| Alert {
+        key: LAG.into(),
+        severity: Severity::Error,
+        summary: format!(
+            "replication from {dc} lags {:.1} s (over the {:.0} s alert threshold)",
+            l as f64 / 1000.0,
+            lag_alert.as_secs_f64()
+        ),
+        detail: json!({
+            "lag_ms": l,
+            "epoch": st.epoch,
+            "connected": st.connected,
+            "applied_snapshot_ms": st.applied_snapshot_ms,
+            "last_error": st.last_error,
+        }),
+    });
+    let held: Vec<String> = st
+        .collections
+        .iter()
+        .filter(|c| c.state.starts_with("held"))
+        .map(|c| format!("{}.{}: {}", c.database, c.collection, c.state))
+        .collect();
+    let held = (!held.is_empty()).then(|| Alert {
+        key: HELD.into(),
+        severity: Severity::Error,
+        summary: format!(
+            "{} collection(s) held on a permanent apply error; the others keep replicating",
+            held.len()
+        ),
+        detail: json!({ "collections": held, "epoch": st.epoch }),
+    });
+    vec![(LAG, lag), (HELD, held)]
+}
+
+/// Raises and resolves [`evaluate`]'s alerts every `every` until `stop`.
+pub async fn run(
+    state: SharedState,
+    alerts: Sender,
+    lag_alert: Duration,
+    dc: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let now = dr_proto::now_ms();
+        let conditions = {
+            let st = state.lock().unwrap();
+            evaluate(&st, now, lag_alert, &dc)
+        };
+        for (key, alert) in conditions {
+            match alert {
+                Some(a) => {
+                    if alerts.raise(a.clone()) {
+                        tracing::error!(alert = key, summary = %a.summary, "alert raised");
+                    }
+                }
+                None => {
+                    if alerts.resolve(key) {
+                        tracing::info!(alert = key, "alert resolved");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dr_proto::pb;
+
+    fn source(applied: i64) -> ReplicationState {
+        ReplicationState {
+            role: Role::Source,
+            epoch: 3,
+            applied_snapshot_ms: applied,
+            ..Default::default()
+        }
+    }
+
+    fn active(v: &[(&'static str, Option<Alert>)]) -> Vec<&'static str> {
+        v.iter()
+            .filter(|(_, a)| a.is_some())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    #[test]
+    fn lag_is_alerted_by_the_primary_over_the_threshold_only() {
+        let t = Duration::from_secs(60);
+        assert!(active(&evaluate(&source(100_000), 150_000, t, "dc-a")).is_empty());
+        let v = evaluate(&source(100_000), 170_001, t, "dc-a");
+        assert_eq!(active(&v), vec![LAG]);
+        let a = v[0].1.as_ref().unwrap();
+        assert!(a.summary.contains("lags 70.0 s"), "{}", a.summary);
+        assert_eq!(a.detail["epoch"], 3);
+        // A standby's own view does not page (the primary does).
+        let standby = ReplicationState {
+            role: Role::Sink,
+            ..source(100_000)
+        };
+        assert!(active(&evaluate(&standby, 999_999, t, "dc-b")).is_empty());
+    }
+
+    #[test]
+    fn held_collections_are_alerted_until_none_is_held() {
+        let mut st = source(100_000);
+        st.collections = vec![
+            pb::CollectionStatus {
+                database: "db".into(),
+                collection: "x".into(),
+                state: "held: schema conflict".into(),
+                ..Default::default()
+            },
+            pb::CollectionStatus {
+                database: "db".into(),
+                collection: "c".into(),
+                state: "replicating".into(),
+                ..Default::default()
+            },
+        ];
+        let v = evaluate(&st, 100_500, Duration::from_secs(60), "dc-a");
+        assert_eq!(active(&v), vec![HELD]);
+        assert_eq!(
+            v[1].1.as_ref().unwrap().detail["collections"][0],
+            "db.x: held: schema conflict"
+        );
+        st.collections.truncate(0);
+        assert!(active(&evaluate(&st, 100_500, Duration::from_secs(60), "dc-a")).is_empty());
+    }
+}
