@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use dr_proto::now_ms;
-use dr_tests::deployment::{deploy, deploy_with, log_times, Deployment, Extra};
+use dr_tests::deployment::{deploy_with, log_times, Deployment, Extra};
 use dr_tests::wait_until;
 use dr_tests::witness::{wait_leader_status, WitnessProc};
 use dr_witness::api::WitnessStatus;
@@ -78,7 +78,19 @@ fn unconfirmed_within() -> Duration {
 async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> Result<()> {
     let _g = SERIAL.lock().await;
     let t = timing();
-    let d = deploy("pt_leader", FAST, None).await?;
+    let hook = dr_tests::webhook::Receiver::start().await?;
+    let alerts = format!("alerts: {{ webhook_url: \"{}\" }}", hook.url);
+    let d = deploy_with(
+        "pt_leader",
+        FAST,
+        None,
+        Extra {
+            witnesses: &alerts,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let text = |b: &serde_json::Value| b["text"].as_str().unwrap_or_default().to_string();
 
     info!("phase 1: a confirmed leader is cut off from both peers, silently");
     let first = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
@@ -123,6 +135,15 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
     ensure!(metric(proc(&d, old), "milvus_dr_witness_is_leader").await == Some(0.0));
     ensure!(metric(proc(&d, old), "milvus_dr_witness_leader_unconfirmed").await == Some(1.0));
 
+    // It says so: no confirmed leader for over a lease.
+    let lost = hook
+        .wait_for(LONG, "the quorum-lost alert of the cut-off witness", |b| {
+            text(b).contains(&format!("milvus-dr witness-{old}:"))
+                && text(b).contains("knows no confirmed leader")
+        })
+        .await?;
+    ensure!(!text(&lost).contains("resolved"), "{lost}");
+
     info!("phase 3: the other two elect a confirmed leader in a newer term");
     let new = wait_leader_status(&d.ctl, LONG, "a new leader among the other two", |s| {
         s.id != old && s.term > first.term
@@ -139,6 +160,18 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
     .await
     .with_context(|| d.logs())?;
     ensure!(done.id != old);
+    // The new leader pages about the committed failover and what is left
+    // to do (dc-a must be resynchronised).
+    let committed = hook
+        .wait_for(LONG, "the failover-committed alert", |b| {
+            text(b).contains("failover committed: dc-b is primary at epoch 2")
+        })
+        .await?;
+    ensure!(
+        text(&committed).contains(&format!("milvus-dr witness-{}:", done.id))
+            && text(&committed).contains("resynchronise dc-a"),
+        "{committed}"
+    );
     let iso = witness(&d, old)
         .await
         .context("the cut-off witness answers drctl")?;
@@ -161,6 +194,10 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
     .await
     .with_context(|| d.logs())?;
     let followed_after = healed.elapsed();
+    hook.wait_for(LONG, "the quorum-lost alert resolved", |b| {
+        text(b).contains(&format!("milvus-dr witness-{old}: resolved:"))
+    })
+    .await?;
     // Stale views may arrive for a while after the heal: watch a lease more.
     let until = Instant::now() + ms(t.lease_ms);
     wait_until(LONG, "a lease to pass after the heal", || async {
@@ -353,8 +390,11 @@ async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result
         .iter()
         .position(|b| text(b).contains("resolved:"))
         .context("resolve")?;
+    // After it, only the committed failover is news (dc-a to resync).
     ensure!(
-        bodies[resolved_at + 1..].is_empty()
+        bodies[resolved_at + 1..]
+            .iter()
+            .all(|b| text(b).contains("failover committed: dc-b is primary at epoch 2"))
             && bodies
                 .iter()
                 .all(|b| !text(b).contains("primary dc-b is down")),

@@ -39,6 +39,11 @@ use dr_proto::tls::TlsFiles;
 
 /// The alert key of a held automatic failover.
 const FAILOVER_HELD: &str = "failover_held";
+/// A failover committed: active until the demoted datacenter is marked
+/// resynchronised.
+const FAILOVER_COMMITTED: &str = "failover_committed";
+/// This witness has known no confirmed leader for more than a lease.
+const QUORUM_LOST: &str = "witness_quorum_lost";
 
 /// An observation pushed from one witness to the others.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +67,9 @@ struct Core {
     observation: Observation,
     leader: bool,
     init_proposed: bool,
+    /// Since when this witness has known no confirmed leader (itself or a
+    /// peer): past a lease, the quorum is alerted as lost.
+    no_leader_since: Option<Millis>,
     applied_version: Option<u64>,
 }
 
@@ -167,6 +175,7 @@ impl Inner {
     }
 
     async fn propose(self: &Arc<Self>, cmd: Command) {
+        let cmd_kind = cmd.clone();
         let what = cmd.describe();
         let evidence = cmd.evidence().to_string();
         let res = tokio::time::timeout(
@@ -179,7 +188,33 @@ impl Inner {
                 self.metrics.lock().unwrap().decisions += 1;
                 match &r.data.result {
                     Ok(()) => {
-                        info!(decision = %what, %evidence, epoch = r.data.epoch, log_index = r.log_id.index, "committed")
+                        info!(decision = %what, %evidence, epoch = r.data.epoch, log_index = r.log_id.index, "committed");
+                        if let Command::Failover { to, forced, .. } = &cmd_kind {
+                            let demoted: Vec<String> = self
+                                .state
+                                .borrow()
+                                .cluster
+                                .needs_resync
+                                .iter()
+                                .cloned()
+                                .collect();
+                            self.alerts.update(Alert {
+                                key: FAILOVER_COMMITTED.into(),
+                                severity: Severity::Critical,
+                                summary: format!(
+                                    "failover committed: {to} is primary at epoch {}; resynchronise {} and run `drctl witness mark-resynced`",
+                                    r.data.epoch,
+                                    demoted.join(", ")
+                                ),
+                                detail: serde_json::json!({
+                                    "epoch": r.data.epoch,
+                                    "to": to,
+                                    "forced": forced,
+                                    "needs_resync": demoted,
+                                    "evidence": evidence,
+                                }),
+                            });
+                        }
                     }
                     Err(why) => {
                         warn!(decision = %what, %why, "committed but rejected by the state machine")
@@ -335,6 +370,42 @@ impl Inner {
                 && self.alerts.resolve(FAILOVER_HELD)
             {
                 info!(verdict = ?after, "failover no longer held: alert resolved");
+            }
+            if self.state.borrow().cluster.needs_resync.is_empty()
+                && self.alerts.resolve(FAILOVER_COMMITTED)
+            {
+                info!("the demoted datacenter is resynchronised: failover alert resolved");
+            }
+            // A confirmed leader known (this one, or a peer Raft follows)?
+            let peer_leader = self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .filter(|l| *l != self.cfg.id);
+            if core.leader || peer_leader.is_some() {
+                core.no_leader_since = None;
+                if self.alerts.resolve(QUORUM_LOST) {
+                    info!(leader = ?peer_leader.or(Some(self.cfg.id)), "a confirmed leader again: quorum alert resolved");
+                }
+            } else {
+                let since = *core.no_leader_since.get_or_insert(now);
+                if now.saturating_sub(since) > self.timing.lease_ms
+                    && self.alerts.raise(Alert {
+                        key: QUORUM_LOST.into(),
+                        severity: Severity::Critical,
+                        summary: format!(
+                            "witness {} knows no confirmed leader: it cannot reach a quorum (no failover can be decided through it)",
+                            self.cfg.id
+                        ),
+                        detail: serde_json::json!({
+                            "witness": self.cfg.id,
+                            "for_ms": now.saturating_sub(since),
+                        }),
+                    })
+                {
+                    error!(witness = self.cfg.id, "no confirmed leader for over a lease: quorum lost as seen from here");
+                }
             }
         }
         self.run_actions(actions);
@@ -662,6 +733,7 @@ pub async fn run(
             observation: Observation::new(),
             leader: false,
             init_proposed: false,
+            no_leader_since: None,
             applied_version: None,
         }),
         started: Instant::now(),
