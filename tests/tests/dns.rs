@@ -266,17 +266,17 @@ async fn a_switch_stops_retrying_when_the_agent_stops_acting_as_primary() -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn route53_switches_in_one_batch_waits_insync_and_retries_api_errors() -> Result<()> {
-    use aws_sdk_route53::types::{
-        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
-    };
-    init_logging();
-    let dir = tempfile::tempdir()?;
-    let moto = Moto::start(dir.path()).await?;
-    let proxy = Proxy::start().await?;
-    proxy.set_target(moto.endpoint.trim_start_matches("http://").parse()?);
-    let (kid, secret) = (dir.path().join("kid"), dir.path().join("secret"));
+/// Static credentials in files (as an agent reads them) and an SDK client
+/// of the moto server, for setting up and checking the zone.
+async fn route53_admin(
+    dir: &std::path::Path,
+    moto: &Moto,
+) -> Result<(
+    aws_sdk_route53::Client,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let (kid, secret) = (dir.join("kid"), dir.join("secret"));
     std::fs::write(&kid, "testing")?;
     std::fs::write(&secret, "testing")?;
     let creds = dr_agent::aws::Credentials {
@@ -291,7 +291,20 @@ async fn route53_switches_in_one_batch_waits_insync_and_retries_api_errors() -> 
         Duration::from_secs(10),
     )
     .await?;
-    let admin = aws_sdk_route53::Client::new(&sdk);
+    Ok((aws_sdk_route53::Client::new(&sdk), kid, secret))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route53_switches_in_one_batch_waits_insync_and_retries_api_errors() -> Result<()> {
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    };
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let moto = Moto::start(dir.path()).await?;
+    let proxy = Proxy::start().await?;
+    proxy.set_target(moto.endpoint.trim_start_matches("http://").parse()?);
+    let (admin, kid, secret) = route53_admin(dir.path(), &moto).await?;
     let zone = admin
         .create_hosted_zone()
         .name(ZONE)
@@ -442,22 +455,7 @@ async fn drctl_dns_apply_creates_failover_records_with_health_checks_once() -> R
     init_logging();
     let dir = tempfile::tempdir()?;
     let moto = Moto::start(dir.path()).await?;
-    let (kid, secret) = (dir.path().join("kid"), dir.path().join("secret"));
-    std::fs::write(&kid, "testing")?;
-    std::fs::write(&secret, "testing")?;
-    let creds = dr_agent::aws::Credentials {
-        access_key_id_file: Some(&kid),
-        secret_access_key_file: Some(&secret),
-        ..Default::default()
-    };
-    let sdk = dr_agent::aws::sdk_config(
-        "us-east-1",
-        Some(&moto.endpoint),
-        &creds,
-        Duration::from_secs(10),
-    )
-    .await?;
-    let admin = aws_sdk_route53::Client::new(&sdk);
+    let (admin, kid, secret) = route53_admin(dir.path(), &moto).await?;
     let zone_id = admin
         .create_hosted_zone()
         .name(ZONE)

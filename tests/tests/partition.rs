@@ -13,6 +13,7 @@ use anyhow::{ensure, Context, Result};
 use dr_proto::now_ms;
 use dr_tests::deployment::{deploy_with, log_times, Deployment, Extra};
 use dr_tests::wait_until;
+use dr_tests::webhook::Receiver;
 use dr_tests::witness::{wait_leader_status, WitnessProc};
 use dr_witness::api::WitnessStatus;
 use dr_witness::timing::Timing;
@@ -74,14 +75,13 @@ fn unconfirmed_within() -> Duration {
     ms(timing().lease_ms + 1_000)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> Result<()> {
-    let _g = SERIAL.lock().await;
-    let t = timing();
-    let hook = dr_tests::webhook::Receiver::start().await?;
+/// A fast-profile deployment whose witnesses alert through the shared
+/// sender to a local receiver (the literal Slack-compatible `webhook_url`).
+async fn deploy_alerting(name: &str) -> Result<(Deployment, Receiver)> {
+    let hook = Receiver::start().await?;
     let alerts = format!("alerts: {{ webhook_url: \"{}\" }}", hook.url);
     let d = deploy_with(
-        "pt_leader",
+        name,
         FAST,
         None,
         Extra {
@@ -90,7 +90,19 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
         },
     )
     .await?;
-    let text = |b: &serde_json::Value| b["text"].as_str().unwrap_or_default().to_string();
+    Ok((d, hook))
+}
+
+/// A Slack-format alert's text.
+fn text(b: &serde_json::Value) -> String {
+    b["text"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let t = timing();
+    let (d, hook) = deploy_alerting("pt_leader").await?;
 
     info!("phase 1: a confirmed leader is cut off from both peers, silently");
     let first = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
@@ -239,21 +251,7 @@ async fn a_leader_cut_off_from_its_peers_stops_leading_and_decides_nothing() -> 
 async fn no_alert_about_the_new_primary_right_after_a_failover_to_it() -> Result<()> {
     let _g = SERIAL.lock().await;
     let t = timing();
-    // The witnesses alert through the shared sender to a local receiver
-    // (the literal Slack-compatible `webhook_url` form).
-    let hook = dr_tests::webhook::Receiver::start().await?;
-    let alerts = format!("alerts: {{ webhook_url: \"{}\" }}", hook.url);
-    let d = deploy_with(
-        "pt_commit",
-        FAST,
-        None,
-        Extra {
-            witnesses: &alerts,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let text = |b: &serde_json::Value| b["text"].as_str().unwrap_or_default().to_string();
+    let (d, hook) = deploy_alerting("pt_commit").await?;
     let leader = wait_leader_status(&d.ctl, LONG, "a confirmed witness leader", |_| true).await?;
     let l = (leader.id - 1) as usize;
     let lp = proc(&d, leader.id);
