@@ -79,6 +79,24 @@ fn verify_at(bind: &Bind) -> Verify {
     }
 }
 
+/// BIND serving svc.demo.test (dc-a's address, marked epoch 1), the
+/// agents' `dns` section for it, and the RFC 2136 provider it configures.
+async fn bind_and_provider(dir: &std::path::Path) -> Result<(Bind, Dns, Arc<dyn Provider>)> {
+    let bind = Bind::start(dir, START).await?;
+    let values = [("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")];
+    let cfg = dns(&bind.agent_yaml("svc", &values, ""))?;
+    let p: Arc<dyn Provider> = Arc::new(Rfc2136::from_config(&cfg)?);
+    Ok((bind, cfg, p))
+}
+
+/// The marker of dc-a at `epoch`.
+fn a_at(epoch: u64) -> Marker {
+    Marker {
+        epoch,
+        dc: "dc-a".into(),
+    }
+}
+
 const START: &str = "svc 5 IN A 127.0.0.11\n_milvus-dr.svc 5 IN TXT \"epoch=1 dc=dc-a\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,10 +104,7 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
 ) -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let bind = Bind::start(dir.path(), START).await?;
-    let values = [("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")];
-    let cfg = dns(&bind.agent_yaml("svc", &values, ""))?;
-    let p: Arc<dyn Provider> = Arc::new(Rfc2136::from_config(&cfg)?);
+    let (bind, cfg, p) = bind_and_provider(dir.path()).await?;
     let serial0 = soa_serial(bind.addr).await?;
 
     info!("the new primary dc-b switches the name at epoch 2");
@@ -144,16 +159,7 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
         values: vec![addr("127.0.0.11")],
         marker_txt: vec!["epoch=1 dc=dc-a".into()],
     };
-    let r = p
-        .swap(
-            &stale,
-            &[addr("127.0.0.11")],
-            &Marker {
-                epoch: 3,
-                dc: "dc-a".into(),
-            },
-        )
-        .await;
+    let r = p.swap(&stale, &[addr("127.0.0.11")], &a_at(3)).await;
     ensure!(matches!(r, Err(DnsError::Changed(_))), "{r:?}");
 
     info!("a wrong TSIG key is refused");
@@ -165,16 +171,7 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
     let mut wrong_cfg = cfg.clone();
     wrong_cfg.rfc2136.as_mut().unwrap().tsig_key_file = wrong;
     let w = Rfc2136::from_config(&wrong_cfg)?;
-    let r = w
-        .swap(
-            &now,
-            &[addr("127.0.0.11")],
-            &Marker {
-                epoch: 3,
-                dc: "dc-a".into(),
-            },
-        )
-        .await;
+    let r = w.swap(&now, &[addr("127.0.0.11")], &a_at(3)).await;
     ensure!(matches!(r, Err(DnsError::Refused(_))), "{r:?}");
     let msg = r.unwrap_err().to_string();
     ensure!(msg.contains("dr-key"), "the error names the key: {msg}");
@@ -193,10 +190,7 @@ async fn rfc2136_switches_by_compare_and_swap_and_refuses_stale_or_wrongly_signe
 async fn rfc2136_server_down_is_retried_and_alerted_then_switched_when_it_returns() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let mut bind = Bind::start(dir.path(), START).await?;
-    let values = [("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")];
-    let cfg = dns(&bind.agent_yaml("svc", &values, ""))?;
-    let p: Arc<dyn Provider> = Arc::new(Rfc2136::from_config(&cfg)?);
+    let (mut bind, _, p) = bind_and_provider(dir.path()).await?;
     let hook = Receiver::start().await?;
 
     info!("the server is down when dc-b must switch");
@@ -237,10 +231,7 @@ async fn rfc2136_server_down_is_retried_and_alerted_then_switched_when_it_return
 async fn a_switch_stops_retrying_when_the_agent_stops_acting_as_primary() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let mut bind = Bind::start(dir.path(), START).await?;
-    let values = [("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")];
-    let cfg = dns(&bind.agent_yaml("svc", &values, ""))?;
-    let p: Arc<dyn Provider> = Arc::new(Rfc2136::from_config(&cfg)?);
+    let (mut bind, _, p) = bind_and_provider(dir.path()).await?;
     bind.stop();
     let b = switcher(
         p.clone(),
