@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -27,6 +28,10 @@ pub struct AdminService {
     pub filter: catalog::Filter,
     /// The sink side (for collections it keeps unmanaged).
     pub sink: crate::replication::sink::Sink,
+    /// Events, markers and drilled outages.
+    pub drills: crate::drill::Drills,
+    /// The DNS provider this agent switches with, described.
+    pub dns: Option<String>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -109,6 +114,87 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn drill(
+        &self,
+        request: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillReply>, Status> {
+        let who = crate::tls::authorize(&request, &self.operators)?;
+        let req = request.into_inner();
+        if !crate::drill::valid_id(&req.id) {
+            return Err(Status::invalid_argument(
+                "id: use 1 to 64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        let action = pb::DrillAction::try_from(req.action)
+            .ok()
+            .filter(|a| *a != pb::DrillAction::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("action: unknown or unspecified"))?;
+        let epoch = self.state.lock().unwrap().epoch;
+        let d = &self.drills;
+        let mut reply = pb::DrillReply::default();
+        let stats_into = |reply: &mut pb::DrillReply, s: crate::drill::MarkerStats| {
+            reply.newest_acked = s.newest_acked.map(Into::into);
+            reply.markers_written = s.written;
+            reply.markers_failed = s.failed;
+        };
+        match action {
+            pb::DrillAction::Unspecified => unreachable!("refused above"),
+            pb::DrillAction::MarkersStart => {
+                tracing::info!(drill = %req.id, by = %who, "drill: markers requested");
+                d.start_markers(&req.id).await.map_err(unavailable)?;
+            }
+            pb::DrillAction::OutageStart => {
+                if req.outage_max_ms == 0 || req.outage_max_ms > 3_600_000 {
+                    return Err(Status::invalid_argument(
+                        "outage_max_ms: give 1 ms to 1 h (the outage ends by itself then)",
+                    ));
+                }
+                if d.outage_remaining().is_some() {
+                    return Err(Status::failed_precondition(
+                        "a drilled outage of this datacenter is already under way",
+                    ));
+                }
+                tracing::warn!(drill = %req.id, by = %who, "drill: outage requested");
+                let (start, stats) = d
+                    .start_outage(&req.id, Duration::from_millis(req.outage_max_ms), epoch)
+                    .await;
+                reply.outage_start_wall_ms = start;
+                stats_into(&mut reply, stats);
+            }
+            pb::DrillAction::End => {
+                reply.discarded = d
+                    .end(&req.id, req.discard_after_seq, epoch)
+                    .await
+                    .map_err(unavailable)?;
+                stats_into(&mut reply, d.marker_stats(&req.id).await);
+            }
+            pb::DrillAction::MarkersRead => {
+                reply.newest_present = d
+                    .newest_present(&req.id)
+                    .await
+                    .map_err(unavailable)?
+                    .map(Into::into);
+                stats_into(&mut reply, d.marker_stats(&req.id).await);
+            }
+        }
+        if let Some(s) = d.outage_started() {
+            reply.outage_start_wall_ms = s;
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsReply>, Status> {
+        crate::tls::authorize(&request, &self.operators)?;
+        let since = request.into_inner().since_wall_ms;
+        Ok(Response::new(pb::EventsReply {
+            events: self.drills.events_since(since),
+            now_ms: now_ms().max(0) as u64,
+        }))
+    }
+
     async fn drop_unmanaged(
         &self,
         request: Request<pb::DropUnmanagedRequest>,
@@ -148,6 +234,7 @@ impl Admin for AdminService {
             now_ms: now,
             failover: s.failover.clone(),
             lease_remaining_ms: s.lease_remaining_ms,
+            dns: self.dns.clone().unwrap_or_default(),
         }))
     }
 

@@ -137,7 +137,15 @@ pub async fn run(
         &cfg.state_dir,
         state.clone(),
     )?;
+    let alerts = crate::alert::sender(&cfg);
+    let dns = crate::dns::Switcher::from_config(&cfg, alerts.clone())
+        .await
+        .context("dns")?;
+    if let Some(d) = &dns {
+        info!(provider = %d.provider.describe(), values = ?d.values.iter().map(ToString::to_string).collect::<Vec<_>>(), "DNS switching on: the service name follows the primary");
+    }
     let sink_handle = sink.clone();
+    let drills = crate::drill::Drills::new(milvus.clone());
     let admin = AdminService {
         datacenter: cfg.datacenter.clone(),
         peer: cfg.peer_id().to_string(),
@@ -151,6 +159,8 @@ pub async fn run(
             exclude: cfg.replication.exclude.clone(),
         },
         sink: sink.clone(),
+        drills: drills.clone(),
+        dns: dns.as_ref().map(|d| d.provider.describe()),
     };
     let server_shutdown = CancellationToken::new();
     let grpc = {
@@ -210,13 +220,6 @@ pub async fn run(
         shutdown.clone(),
     );
 
-    let alerts = crate::alert::sender(&cfg);
-    let dns = crate::dns::Switcher::from_config(&cfg, alerts.clone())
-        .await
-        .context("dns")?;
-    if let Some(d) = &dns {
-        info!(provider = %d.provider.describe(), values = ?d.values.iter().map(ToString::to_string).collect::<Vec<_>>(), "DNS switching on: the service name follows the primary");
-    }
     let source_stop = CancellationToken::new();
     let base_source_cfg = || -> Result<source::SourceConfig> {
         let peer = cfg.peer();
@@ -236,6 +239,7 @@ pub async fn run(
             acting_until: None,
             liveness,
             held_retry: cfg.replication.held_retry,
+            drill: Some(drills.clone()),
         })
     };
     let mut failover_task = None;
@@ -260,6 +264,7 @@ pub async fn run(
                 on_promote: cfg.hooks.on_promote.clone(),
                 hook_timeout: cfg.hooks.timeout,
                 dns: dns.clone(),
+                drills: drills.clone(),
             },
             source_stop.clone(),
         )?;
@@ -273,7 +278,12 @@ pub async fn run(
         let base = Arc::new(Base::open(&capture_base_path(&cfg))?);
         if let Some(d) = dns.clone() {
             let stop = source_stop.child_token();
-            tokio::spawn(async move { d.run(1, stop).await });
+            let drills = drills.clone();
+            tokio::spawn(async move {
+                if let Some(r) = d.run(1, stop).await {
+                    crate::failover::record_dns(&drills, 1, &r);
+                }
+            });
         }
         Some(tokio::spawn(source::run(
             base_source_cfg()?,

@@ -27,6 +27,9 @@ pub struct DrctlConfig {
     #[serde(default)]
     pub witnesses: BTreeMap<u64, String>,
     pub tls: DrctlTls,
+    /// `drctl drill`: targets and where reports are kept.
+    #[serde(default)]
+    pub drill: crate::drill::run::DrillConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,6 +18,7 @@ pub mod backup;
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod drill;
 pub mod failover;
 pub mod health;
 pub use dr_proto::logging;

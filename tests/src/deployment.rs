@@ -154,6 +154,39 @@ impl Deployment {
         self.ctl.status(dc).await.ok()
     }
 
+    /// Runs the `drctl` binary with this deployment's config file (agents,
+    /// witnesses, operator certificate, drill reports in the test's
+    /// directory), as an operator would.
+    pub fn drctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let file = self.env.dir.path().join("drctl.yaml");
+        if !file.exists() {
+            let mut y = String::from("agents:\n");
+            for (dc, a) in &self.ctl.agents {
+                y += &format!("  {dc}: {{ address: \"{}\" }}\n", a.address);
+            }
+            y += "witnesses:\n";
+            for (id, addr) in &self.ctl.witnesses {
+                y += &format!("  {id}: \"{addr}\"\n");
+            }
+            let t = &self.ctl.tls;
+            y += &format!(
+                "tls: {{ ca: \"{}\", cert: \"{}\", key: \"{}\" }}\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            );
+            if let Some(dir) = &self.ctl.drill.dir {
+                y += &format!("drill: {{ dir: \"{}\" }}\n", dir.display());
+            }
+            std::fs::write(&file, y)?;
+        }
+        Ok(std::process::Command::new(crate::bin("drctl"))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .output()?)
+    }
+
     /// The agents' log tails and each witness's last lines, for failures.
     pub fn logs(&self) -> String {
         let mut out = format!(

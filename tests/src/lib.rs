@@ -453,6 +453,10 @@ impl TestEnv {
                 cert: self.certs.join("operator.pem"),
                 key: self.certs.join("operator.key"),
             },
+            drill: dr_agent::drill::run::DrillConfig {
+                dir: Some(self.certs.with_file_name("drills")),
+                ..Default::default()
+            },
         }
     }
 }

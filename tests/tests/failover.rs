@@ -863,3 +863,259 @@ async fn after_a_silent_partition_heals_every_witness_hears_both_datacenters_wit
     );
     Ok(())
 }
+
+/// `drctl drill`, as an operator runs it, on a deployment whose agents
+/// switch the service name on a real BIND 9: refused while the standby is
+/// down; a failover drill measures every step from the outage start to the
+/// service verified through the name, with RPO from marker rows, kept and
+/// noted in the audit; after the resync, a switchover drill back loses
+/// nothing. Both clusters are identical after each drill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drills_measure_every_step_and_leave_both_clusters_identical() -> Result<()> {
+    use dr_agent::drill::run::{Kind, Report};
+    use dr_agent::drill::{MARKERS_COLLECTION, MARKERS_DB};
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let bind = Bind::start(&dir.path().join("bind"), "").await?;
+    let dns = bind.agent_yaml(
+        "svc",
+        &[("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")],
+        &format!(
+            "  verify: {{ nameservers: [\"{}\"], timeout: 30s }}\n",
+            bind.addr
+        ),
+    );
+    let mut d = deploy_with(
+        "fo_drill",
+        FAST,
+        None,
+        Extra {
+            agents: &dns,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let answers = |v: &'static str| {
+        let addr = bind.addr;
+        move || async move {
+            let ans = dr_tests::dns::answer(addr, "svc").await.ok()?;
+            (ans == [v]).then_some(())
+        }
+    };
+    wait_until(LONG, "the name to answer dc-a", answers("127.0.0.11"))
+        .await
+        .with_context(|| d.logs())?;
+    let drill = |d: &Deployment, args: &[&str]| -> Result<(Option<i32>, String, String)> {
+        let out = d.drctl(args)?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+
+    info!("phase: refused while the standby's agent is down");
+    d.b.stop()?;
+    wait_leader_status(&d.ctl, LONG, "the leader to see dc-b down", |s| {
+        s.observation.get("dc-b").is_some_and(|v| !v.healthy)
+    })
+    .await?;
+    let (code, _, err) = drill(&d, &["drill", "failover", "--json"])?;
+    ensure!(code == Some(3), "refused with exit 3, got {code:?}: {err}");
+    ensure!(
+        err.contains("standby dc-b") && err.contains("--force"),
+        "the refusal says why and how to override: {err}"
+    );
+    let (_, listed, _) = drill(&d, &["drill", "list", "--json"])?;
+    ensure!(
+        serde_json::from_str::<Vec<Report>>(&listed)?.is_empty(),
+        "a refused drill keeps no report: {listed}"
+    );
+    d.b.restart().await?;
+    wait_leader_status(&d.ctl, LONG, "dc-b healthy and caught up", |s| {
+        s.observation.get("dc-b").is_some_and(|v| v.healthy)
+            && s.agents
+                .get("dc-b")
+                .is_some_and(|a| a.heartbeat.lag_ms.is_some_and(|l| l < 2_000))
+    })
+    .await
+    .with_context(|| d.logs())?;
+
+    info!("phase: failover drill");
+    let (code, out, err) = drill(
+        &d,
+        &[
+            "drill",
+            "failover",
+            "--json",
+            "--rto-target",
+            "60s",
+            "--rpo-target",
+            "10s",
+        ],
+    )?;
+    let r: Report =
+        serde_json::from_str(&out).with_context(|| format!("{out}\n{err}\n{}", d.logs()))?;
+    info!(report = %out, "failover drill");
+    ensure!(
+        code == Some(0) && r.passed,
+        "the drill passed: {:?}\n{}",
+        r.problems,
+        d.logs()
+    );
+    ensure!(
+        r.kind == Kind::Failover && r.from == "dc-a" && r.to == "dc-b" && r.to_epoch == Some(2)
+    );
+    let at = |name: &str| -> Result<u64> {
+        r.steps
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.wall_ms)
+            .with_context(|| format!("step {name} measured: {:?}", r.steps))
+    };
+    // The steps happen in order; the old primary stops acting before the
+    // new one starts (same clock: one machine).
+    let order = [
+        "outage start",
+        "first unhealthy observation",
+        "majority confirmed",
+        "epoch committed",
+        "new primary acting",
+        "DNS changed",
+        "all authoritative servers answering",
+        "service verified through the name",
+    ];
+    for w in order.windows(2) {
+        ensure!(
+            at(w[0])? <= at(w[1])?,
+            "{} before {}: {:?}",
+            w[0],
+            w[1],
+            r.steps
+        );
+    }
+    ensure!(
+        at("old primary fenced")? <= at("new primary acting")?,
+        "fenced before the new primary acted: {:?}",
+        r.steps
+    );
+    ensure!(
+        r.rto_step == "service verified through the name"
+            && r.rto_ms == Some(at("service verified through the name")? - at("outage start")?),
+        "RTO runs from the outage to the service proven through the name: {r:?}"
+    );
+    let (acked, present) = (
+        r.markers.newest_acked.context("markers acknowledged")?,
+        r.markers
+            .newest_present
+            .context("markers on the new primary")?,
+    );
+    ensure!(
+        r.markers.written >= 10 && present.0 <= acked.0,
+        "{:?}",
+        r.markers
+    );
+    ensure!(
+        r.rpo_ms == Some(acked.1 - present.1),
+        "RPO from the markers: {r:?}"
+    );
+    ensure!(
+        acked.1 <= at("outage start")?,
+        "no marker acknowledged after the outage began"
+    );
+    wait_until(LONG, "the name to answer dc-b", answers("127.0.0.12"))
+        .await
+        .with_context(|| d.logs())?;
+    // Noted in the audit around the failover itself.
+    let st = wait_leader_status(&d.ctl, LONG, "the drill's result in the audit", |s| {
+        s.audit.iter().any(|a| {
+            a.what
+                .starts_with(&format!("drill {}: failover dc-a -> dc-b: PASS", r.id))
+        })
+    })
+    .await?;
+    let pos = |p: &dyn Fn(&dr_witness::model::AuditEntry) -> bool| st.audit.iter().position(p);
+    let begins = pos(&|a| a.what == format!("drill {}: failover of dc-a begins", r.id));
+    let failover =
+        pos(&|a| matches!(&a.outcome, Some(Outcome::FailoverCommitted { to, .. }) if to == "dc-b"));
+    let result = pos(&|a| {
+        a.what.starts_with(&format!("drill {}: failover", r.id)) && a.what.ends_with("PASS")
+    });
+    ensure!(
+        begins.is_some() && begins < failover && failover < result && r.in_audit,
+        "audit order: {:?}",
+        st.audit
+    );
+    // Kept: listed and shown as run.
+    let (_, listed, _) = drill(&d, &["drill", "list", "--json"])?;
+    ensure!(serde_json::from_str::<Vec<Report>>(&listed)? == vec![r.clone()]);
+    let (code, shown, _) = drill(&d, &["drill", "show", &r.id, "--json"])?;
+    ensure!(code == Some(0) && serde_json::from_str::<Report>(&shown)? == r);
+    let (_, text, _) = drill(&d, &["drill", "show", &r.id])?;
+    ensure!(
+        text.contains("RESULT: PASS") && text.contains("service verified through the name"),
+        "{text}"
+    );
+
+    info!("phase: both clusters identical after the drill, then resynchronised");
+    let same = |step: &'static str| {
+        let d = &d;
+        async move {
+            for (db, coll) in [(d.env.name.as_str(), "c"), (MARKERS_DB, MARKERS_COLLECTION)] {
+                wait_until(LONG, &format!("{step}: {db}.{coll} identical"), || async {
+                    let a = data::read_all(&d.env.primary, db, coll).await.ok()?;
+                    let b = data::read_all(&d.env.standby, db, coll).await.ok()?;
+                    (a == b && !a.is_empty()).then_some(())
+                })
+                .await
+                .with_context(|| d.logs())?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    same("after the failover drill").await?;
+    d.ctl
+        .witness_command(&OperatorRequest::MarkResynced {
+            dc: "dc-a".into(),
+            by: String::new(),
+        })
+        .await?;
+    wait_leader_status(&d.ctl, LONG, "dc-a ready as the standby", |s| {
+        s.cluster.needs_resync.is_empty()
+            && s.agents.get("dc-a").is_some_and(|a| {
+                a.heartbeat.epoch == 2 && a.heartbeat.lag_ms.is_some_and(|l| l < 2_000)
+            })
+    })
+    .await
+    .with_context(|| d.logs())?;
+
+    info!("phase: switchover drill back to dc-a");
+    let (code, out, err) = drill(
+        &d,
+        &["drill", "switchover", "--json", "--rto-target", "60s"],
+    )?;
+    let s: Report =
+        serde_json::from_str(&out).with_context(|| format!("{out}\n{err}\n{}", d.logs()))?;
+    info!(report = %out, "switchover drill");
+    ensure!(
+        code == Some(0) && s.passed,
+        "{:?}\n{}",
+        s.problems,
+        d.logs()
+    );
+    ensure!(s.kind == Kind::Switchover && s.to == "dc-a" && s.to_epoch == Some(3));
+    ensure!(
+        s.rpo_ms == Some(0) && s.markers.lost == 0 && s.markers.written >= 10,
+        "a switchover loses nothing: {:?}",
+        s.markers
+    );
+    wait_until(LONG, "the name to answer dc-a again", answers("127.0.0.11"))
+        .await
+        .with_context(|| d.logs())?;
+    same("after the switchover drill").await?;
+    // Other tests share these Milvus servers.
+    for m in [&d.env.primary, &d.env.standby] {
+        let _ = m.drop_collection(MARKERS_DB, MARKERS_COLLECTION).await;
+    }
+    Ok(())
+}

@@ -298,6 +298,7 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
         applied_snapshot_wall_ms: None,
         drained_snapshot_wall_ms: None,
         lag_ms: None,
+        drill_outage_ms: None,
     };
     let body = |v: &HeartbeatRequest| dr_proto::pb::AgentHeartbeat::from(v.clone());
 

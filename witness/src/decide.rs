@@ -43,6 +43,10 @@ pub struct AgentHeartbeat {
     pub drained_snapshot_wall_ms: Option<u64>,
     /// Replication lag as the agent measures it (status only).
     pub lag_ms: Option<u64>,
+    /// During a failover drill: treat this datacenter as down (its Milvus
+    /// unreachable) for this many ms more. Said by its own agent only.
+    #[serde(default)]
+    pub drill_outage_ms: Option<u64>,
 }
 
 /// A witness's reply to a heartbeat.
@@ -92,6 +96,15 @@ struct DcTrack {
     last_ok_wall_ms: Option<u64>,
     last_agent_hb: Option<Millis>,
     unhealthy_since: Option<Millis>,
+    /// A failover drill's outage of this datacenter lasts until then: its
+    /// Milvus counts as unreachable, whatever the probe says.
+    drill_until: Option<Millis>,
+}
+
+impl DcTrack {
+    fn drilled(&self, now: Millis) -> bool {
+        self.drill_until.is_some_and(|u| now < u)
+    }
 }
 
 /// Health as one witness sees it: a datacenter is healthy when its Milvus
@@ -117,6 +130,8 @@ impl Observer {
 
     pub fn on_probe(&mut self, now: Millis, wall_ms: u64, dc: &str, ok: bool) {
         if let Some(t) = self.dcs.get_mut(dc) {
+            // A drilled outage looks exactly like a dead Milvus.
+            let ok = ok && !t.drilled(now);
             t.probe_ok = Some(ok);
             if ok {
                 t.last_ok_wall_ms = Some(wall_ms);
@@ -125,15 +140,23 @@ impl Observer {
         self.refresh(now);
     }
 
-    pub fn on_agent_heartbeat(&mut self, now: Millis, dc: &str) {
+    /// An agent's heartbeat arrived; `drill_outage_ms` is its datacenter's
+    /// drilled outage still to run (a heartbeat without one ends it).
+    pub fn on_agent_heartbeat(&mut self, now: Millis, dc: &str, drill_outage_ms: Option<u64>) {
         if let Some(t) = self.dcs.get_mut(dc) {
             t.last_agent_hb = Some(now);
+            let until = drill_outage_ms.map(|ms| now.saturating_add(ms));
+            if until.is_some_and(|u| u > now) && !t.drilled(now) {
+                t.probe_ok = Some(false);
+            }
+            t.drill_until = until;
         }
         self.refresh(now);
     }
 
     fn healthy(&self, t: &DcTrack, now: Millis) -> bool {
         t.probe_ok == Some(true)
+            && !t.drilled(now)
             && t.last_agent_hb
                 .is_some_and(|h| now.saturating_sub(h) <= self.timing.lease_ms)
     }
@@ -164,7 +187,7 @@ impl Observer {
                     DcView {
                         healthy: t.unhealthy_since.is_none(),
                         unhealthy_for_ms: t.unhealthy_since.map_or(0, |s| now.saturating_sub(s)),
-                        milvus_ok: t.probe_ok == Some(true),
+                        milvus_ok: t.probe_ok == Some(true) && !t.drilled(now),
                         last_ok_wall_ms: t.last_ok_wall_ms,
                         agent_silent_ms: t.last_agent_hb.map(|h| now.saturating_sub(h)),
                     },
@@ -190,7 +213,17 @@ pub enum OperatorRequest {
         dc: Dc,
         by: String,
     },
+    /// Records an operator's note in the audit (a drill and its result);
+    /// changes nothing else.
+    Note {
+        what: String,
+        evidence: String,
+        by: String,
+    },
 }
+
+/// Longest note an operator may add to the audit (`what`, `evidence`).
+pub const NOTE_LIMITS: (usize, usize) = (200, 4_000);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -482,6 +515,24 @@ impl Decider {
                     dc,
                     wall_ms,
                     evidence: format!("stated by {by}"),
+                };
+                self.pending = Some((now, cmd.clone()));
+                Action::Propose(cmd)
+            }
+            OperatorRequest::Note { what, evidence, by } => {
+                if what.trim().is_empty()
+                    || what.len() > NOTE_LIMITS.0
+                    || evidence.len() > NOTE_LIMITS.1
+                {
+                    return Action::OperatorReply(Err(format!(
+                        "a note needs a one-line `what` of at most {} bytes and evidence of at most {} bytes",
+                        NOTE_LIMITS.0, NOTE_LIMITS.1
+                    )));
+                }
+                let cmd = Command::Note {
+                    wall_ms,
+                    what: what.replace('\n', " "),
+                    evidence: format!("{evidence} (noted by {by})"),
                 };
                 self.pending = Some((now, cmd.clone()));
                 Action::Propose(cmd)

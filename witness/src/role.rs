@@ -320,6 +320,7 @@ impl AgentRole {
             applied_snapshot_wall_ms: self.applied_snapshot_wall_ms,
             drained_snapshot_wall_ms: self.drained,
             lag_ms: self.lag_ms,
+            drill_outage_ms: None,
         }));
         // Quorum unreachable for two heartbeats: ask the peer instead.
         let renewed_recently = self

@@ -537,7 +537,8 @@ impl WitnessApi for Service {
         let now = inner.now();
         let mut reply: HeartbeatReply = {
             let mut core = inner.core.lock().unwrap();
-            core.observer.on_agent_heartbeat(now, &dc);
+            core.observer
+                .on_agent_heartbeat(now, &dc, req.heartbeat.drill_outage_ms);
             core.agents.insert(dc.clone(), (now, req.heartbeat.clone()));
             let actions = core.decider.step(now, Input::Heartbeat(req.heartbeat));
             actions
@@ -616,6 +617,11 @@ impl WitnessApi for Service {
             OperatorRequest::MarkResynced { dc, .. } => {
                 OperatorRequest::MarkResynced { dc, by: who }
             }
+            OperatorRequest::Note { what, evidence, .. } => OperatorRequest::Note {
+                what,
+                evidence,
+                by: who,
+            },
         };
         info!(request = ?req, "operator request");
         let now = self.inner.now();

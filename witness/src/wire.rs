@@ -71,6 +71,7 @@ impl From<HeartbeatRequest> for pb::AgentHeartbeat {
             applied_snapshot_wall_ms: h.applied_snapshot_wall_ms,
             drained_snapshot_wall_ms: h.drained_snapshot_wall_ms,
             lag_ms: h.lag_ms,
+            drill_outage_ms: h.drill_outage_ms,
             timing: Some(r.timing.into()),
         }
     }
@@ -105,6 +106,7 @@ impl TryFrom<pb::AgentHeartbeat> for HeartbeatRequest {
                 applied_snapshot_wall_ms: h.applied_snapshot_wall_ms,
                 drained_snapshot_wall_ms: h.drained_snapshot_wall_ms,
                 lag_ms: h.lag_ms,
+                drill_outage_ms: h.drill_outage_ms,
             },
             timing,
         })
@@ -301,6 +303,7 @@ mod tests {
                 applied_snapshot_wall_ms: None,
                 drained_snapshot_wall_ms: Some(5),
                 lag_ms: Some(250),
+                drill_outage_ms: Some(30_000),
             },
             timing: Timing::fast(),
         }

@@ -113,6 +113,7 @@ fn hb(dc: &str, seq: u64, epoch: Epoch) -> AgentHeartbeat {
         applied_snapshot_wall_ms: None,
         drained_snapshot_wall_ms: None,
         lag_ms: None,
+        drill_outage_ms: None,
     }
 }
 
@@ -1052,7 +1053,7 @@ fn observer_needs_both_the_milvus_probe_and_the_agent_heartbeat() {
     o.on_probe(1_000, 1_000, "a", true);
     // Probe ok but no heartbeat yet: unhealthy since the first evaluation.
     assert!(!o.observe(1_000)["a"].healthy);
-    o.on_agent_heartbeat(2_000, "a");
+    o.on_agent_heartbeat(2_000, "a", None);
     let v = o.observe(2_000)["a"];
     assert!(v.healthy && v.unhealthy_for_ms == 0);
     // The agent goes silent for longer than a lease: unhealthy, and the
@@ -1061,13 +1062,47 @@ fn observer_needs_both_the_milvus_probe_and_the_agent_heartbeat() {
     assert!(!o.observe(silent_from)["a"].healthy);
     assert_eq!(o.observe(silent_from + 5_000)["a"].unhealthy_for_ms, 5_000);
     // Heartbeats again but Milvus fails: still unhealthy; both ok: healthy.
-    o.on_agent_heartbeat(silent_from + 6_000, "a");
+    o.on_agent_heartbeat(silent_from + 6_000, "a", None);
     o.on_probe(silent_from + 6_000, 0, "a", false);
     assert!(!o.observe(silent_from + 6_000)["a"].healthy);
     o.on_probe(silent_from + 7_000, 0, "a", true);
     assert_eq!(o.observe(silent_from + 7_000)["a"].unhealthy_for_ms, 0);
 }
 
+#[test]
+fn a_drilled_outage_looks_like_a_dead_milvus_until_it_ends() {
+    let dcs = ["a".to_string(), "b".to_string()];
+    let mut o = Observer::new(t(), 0, &dcs);
+    o.on_probe(1_000, 1_000, "a", true);
+    o.on_agent_heartbeat(1_000, "a", None);
+    assert!(o.observe(1_000)["a"].healthy);
+    // The agent says its datacenter is out for 10 s: unhealthy at once,
+    // Milvus counted as down although the probe still answers, and the
+    // last good probe time does not move (the data-loss estimate uses it).
+    o.on_agent_heartbeat(2_000, "a", Some(10_000));
+    o.on_probe(2_500, 2_500, "a", true);
+    let v = o.observe(3_000)["a"];
+    assert!(!v.healthy && !v.milvus_ok, "{v:?}");
+    assert_eq!(v.last_ok_wall_ms, Some(1_000));
+    assert_eq!(v.unhealthy_for_ms, 1_000);
+    // Heartbeats keep coming during the drill: still down.
+    o.on_agent_heartbeat(5_000, "a", Some(7_000));
+    o.on_probe(5_000, 5_000, "a", true);
+    assert!(!o.observe(6_000)["a"].healthy);
+    // A heartbeat without the drill ends it; the next good probe heals.
+    o.on_agent_heartbeat(7_000, "a", None);
+    o.on_probe(7_100, 7_100, "a", true);
+    let v = o.observe(7_100)["a"];
+    assert!(v.healthy && v.milvus_ok, "{v:?}");
+    assert_eq!(v.last_ok_wall_ms, Some(7_100));
+    // An outage whose agent went quiet ends by itself at its deadline.
+    o.on_agent_heartbeat(8_000, "a", Some(500));
+    o.on_probe(8_100, 8_100, "a", true);
+    assert!(!o.observe(8_200)["a"].milvus_ok);
+    o.on_agent_heartbeat(8_400, "a", Some(100));
+    o.on_probe(8_600, 8_600, "a", true);
+    assert!(o.observe(8_600)["a"].milvus_ok);
+}
 // ---------------------------------------------------------------------------
 // AgentRole
 // ---------------------------------------------------------------------------

@@ -439,7 +439,9 @@ impl World {
             match msg {
                 Msg::Heartbeat(hb) => {
                     let ai = from - 3;
-                    self.witnesses[w].observer.on_agent_heartbeat(now, &hb.dc);
+                    self.witnesses[w]
+                        .observer
+                        .on_agent_heartbeat(now, &hb.dc, hb.drill_outage_ms);
                     let acts = self.witnesses[w].decider.step(now, WInput::Heartbeat(hb));
                     self.run_witness_actions(w, acts, Some(ai));
                 }

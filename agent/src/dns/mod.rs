@@ -191,6 +191,11 @@ pub struct SwitchReport {
     pub outcome: Outcome,
     /// The steps, with their times since the switch started.
     pub evidence: String,
+    /// When the provider accepted the change (wall ms; `None` if the name
+    /// was already current or is newer).
+    pub changed_wall_ms: Option<u64>,
+    /// The proof through the name, if it succeeded.
+    pub proof: Option<verify::Proof>,
 }
 
 impl SwitchReport {
@@ -247,6 +252,8 @@ impl Switcher {
         let started = Instant::now();
         let outcome = self.switch(epoch, &stop).await?;
         let switched_ms = started.elapsed().as_millis() as u64;
+        let changed_wall_ms =
+            matches!(outcome, Outcome::Switched).then(|| dr_proto::now_ms().max(0) as u64);
         let mut evidence = format!(
             "{} -> {:?} via {} after {switched_ms} ms",
             self.dc,
@@ -259,7 +266,12 @@ impl Switcher {
         match &outcome {
             Outcome::Newer(m) => {
                 warn!(epoch, newer = m.epoch, by = %m.dc, "DNS: the name is already switched for a newer epoch; not touching it");
-                return Some(SwitchReport { outcome, evidence });
+                return Some(SwitchReport {
+                    outcome,
+                    evidence,
+                    changed_wall_ms,
+                    proof: None,
+                });
             }
             Outcome::AlreadyCurrent => {
                 info!(epoch, "DNS: the name already points here at this epoch")
@@ -268,12 +280,14 @@ impl Switcher {
                 info!(epoch, ms = switched_ms, provider = %self.provider.describe(), "DNS: switched")
             }
         }
+        let mut proof = None;
         tokio::select! {
-            _ = stop.cancelled() => return Some(SwitchReport { outcome, evidence }),
+            _ = stop.cancelled() => return Some(SwitchReport { outcome, evidence, changed_wall_ms, proof }),
             r = self.verify.run(&self.values) => match r {
-                Ok(steps) => {
-                    info!(epoch, ms = started.elapsed().as_millis() as u64, "DNS: {steps}");
-                    evidence = format!("{evidence}; {steps}");
+                Ok(p) => {
+                    info!(epoch, ms = started.elapsed().as_millis() as u64, "DNS: {}", p.text);
+                    evidence = format!("{evidence}; {}", p.text);
+                    proof = Some(p);
                 }
                 Err(e) => {
                     error!(epoch, error = %format!("{e:#}"), "DNS: the switch is not yet visible or the service not reachable through the name");
@@ -281,7 +295,12 @@ impl Switcher {
                 }
             },
         }
-        Some(SwitchReport { outcome, evidence })
+        Some(SwitchReport {
+            outcome,
+            evidence,
+            changed_wall_ms,
+            proof,
+        })
     }
 
     /// The compare-and-swap loop. `None` when stopped before it was done.

@@ -89,7 +89,7 @@ impl Verify {
 
     /// Waits until every nameserver answers `values`, then checks the
     /// service through the name. Returns what was done, with times.
-    pub async fn run(&self, values: &[Value]) -> Result<String> {
+    pub async fn run(&self, values: &[Value]) -> Result<Proof> {
         let started = Instant::now();
         let mut steps = vec![];
         let mut pending: Vec<SocketAddr> = self.nameservers.clone();
@@ -123,6 +123,8 @@ impl Verify {
             self.nameservers.len(),
             started.elapsed().as_millis()
         ));
+        let authoritative_wall_ms = dr_proto::now_ms().max(0) as u64;
+        let mut service_wall_ms = None;
         if let (Some(port), Some(first)) = (self.milvus_port, values.first()) {
             let host = match first {
                 Value::Addr(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
@@ -152,9 +154,24 @@ impl Verify {
                 started.elapsed().as_millis(),
                 dbs.len()
             ));
+            service_wall_ms = Some(dr_proto::now_ms().max(0) as u64);
         }
-        Ok(steps.join("; "))
+        Ok(Proof {
+            text: steps.join("; "),
+            authoritative_wall_ms,
+            service_wall_ms,
+        })
     }
+}
+
+/// What [`Verify::run`] established, and when (wall ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    pub text: String,
+    /// Every authoritative server answered the new value.
+    pub authoritative_wall_ms: u64,
+    /// Milvus answered through the name (`None`: not configured).
+    pub service_wall_ms: Option<u64>,
 }
 
 fn url_port(url: &str) -> Option<u16> {

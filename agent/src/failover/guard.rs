@@ -13,14 +13,14 @@ use tracing::warn;
 pub(super) const SOURCE_STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// Stops the source at the lease deadline, whatever the runtime loop is
-/// waiting for: cancels it and aborts its task. Returns when it fired or
-/// the source was stopped otherwise.
+/// waiting for: cancels it and aborts its task. Returns when it fired
+/// (true) or the source was stopped otherwise (false).
 pub(super) async fn lease_guard(
     epoch: u64,
     mut until: watch::Receiver<Option<Instant>>,
     stop: CancellationToken,
     task: tokio::task::AbortHandle,
-) {
+) -> bool {
     loop {
         let deadline = *until.borrow_and_update();
         let now = Instant::now();
@@ -28,8 +28,8 @@ pub(super) async fn lease_guard(
             Some(t) if now < t => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(t.into()) => {}
-                    r = until.changed() => if r.is_err() { return },
-                    _ = stop.cancelled() => return,
+                    r = until.changed() => if r.is_err() { return false },
+                    _ = stop.cancelled() => return false,
                 }
             }
             _ => {
@@ -41,7 +41,7 @@ pub(super) async fn lease_guard(
                     late_ms,
                     "lease deadline reached (or lease released): not acting as primary; the replication source is stopped"
                 );
-                return;
+                return true;
             }
         }
     }

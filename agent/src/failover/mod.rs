@@ -125,6 +125,8 @@ pub struct Runtime {
     /// Moves the service name here when this agent starts acting as
     /// primary at an epoch (stopped with the source).
     pub dns: Option<crate::dns::Switcher>,
+    /// Events for drill reports, and a drilled outage of this datacenter.
+    pub drills: crate::drill::Drills,
 }
 
 fn view_path(dir: &std::path::Path) -> PathBuf {
@@ -238,11 +240,16 @@ async fn run(
         // Local facts, then the heartbeat when due.
         let h = rt.health.lock().unwrap().clone();
         let wall = now_ms().max(0) as u64;
-        let last_ok = rt
+        let mut last_ok = rt
             .milvus_last_ok_ms
             .load(std::sync::atomic::Ordering::Relaxed);
+        // A drilled outage: Milvus counts as dead since the outage began.
+        let drilled = rt.drills.outage_started();
+        if let Some(start) = drilled {
+            last_ok = last_ok.min(start as i64);
+        }
         fo.step(Input::MilvusHealth {
-            healthy: h.healthy,
+            healthy: h.healthy && drilled.is_none(),
             last_ok_wall_ms: (last_ok > 0).then_some(last_ok as u64),
         });
         let (applied, lag) = {
@@ -339,6 +346,33 @@ async fn report(
     }
 }
 
+/// Records a DNS switch's steps as events (drill reports use them).
+pub fn record_dns(drills: &crate::drill::Drills, epoch: u64, r: &crate::dns::SwitchReport) {
+    use crate::drill::kind;
+    let at = |wall: u64, kind: &str, detail: &str| {
+        drills.record_at(wall, epoch, kind, detail.to_string());
+    };
+    if let Some(w) = r.changed_wall_ms {
+        at(w, kind::DNS_CHANGED, &r.what());
+    }
+    match &r.proof {
+        Some(p) => {
+            at(p.authoritative_wall_ms, kind::DNS_AUTHORITATIVE, &p.text);
+            if let Some(w) = p.service_wall_ms {
+                at(w, kind::DNS_VERIFIED, &p.text);
+            }
+        }
+        None if matches!(
+            r.outcome,
+            crate::dns::Outcome::Switched | crate::dns::Outcome::AlreadyCurrent
+        ) =>
+        {
+            drills.record(epoch, kind::DNS_FAILED, r.evidence.clone());
+        }
+        None => {}
+    }
+}
+
 async fn stop_source(source: &mut Option<SourceRun>) {
     if let Some(s) = source.take() {
         s.stop.cancel();
@@ -372,7 +406,11 @@ async fn execute(
         start_refused,
     } = local;
     match action {
-        Action::SendHeartbeat(hb) => {
+        Action::SendHeartbeat(mut hb) => {
+            hb.drill_outage_ms = rt
+                .drills
+                .outage_remaining()
+                .map(|d| (d.as_millis() as u64).max(1));
             let beat = pb::AgentHeartbeat::from(HeartbeatRequest {
                 heartbeat: hb,
                 timing: rt.timing,
@@ -455,10 +493,16 @@ async fn execute(
                 }
             }
             info!(epoch, "acting as primary: starting the replication source");
+            rt.drills.record(
+                epoch,
+                crate::drill::kind::ACTING_PRIMARY,
+                "replication source started",
+            );
             let stop = CancellationToken::new();
             let mut cfg = rt.source_cfg.clone();
             cfg.epoch = epoch;
             cfg.acting_until = Some(fo.acting_until.subscribe());
+            cfg.drill = Some(rt.drills.clone());
             let task = tokio::spawn(source::run(
                 cfg,
                 rt.milvus.clone(),
@@ -466,19 +510,33 @@ async fn execute(
                 rt.state.clone(),
                 stop.clone(),
             ));
-            let guard = tokio::spawn(lease_guard(
-                epoch,
-                fo.acting_until.subscribe(),
-                stop.clone(),
-                task.abort_handle(),
-            ));
+            let guard = {
+                let (until, stop, abort) = (
+                    fo.acting_until.subscribe(),
+                    stop.clone(),
+                    task.abort_handle(),
+                );
+                let drills = rt.drills.clone();
+                tokio::spawn(async move {
+                    if lease_guard(epoch, until, stop, abort).await {
+                        drills.record(
+                            epoch,
+                            crate::drill::kind::FENCED,
+                            "lease deadline: source stopped",
+                        );
+                        drills.stop_any_markers().await;
+                    }
+                })
+            };
             if let Some(dns) = rt.dns.clone() {
                 // Beside the source, stopped with it: only an agent acting
                 // as primary at this epoch (holding the lease) switches.
                 let until_stopped = stop.child_token();
                 let (witnesses, dc) = (witnesses.clone(), rt.datacenter.clone());
+                let drills = rt.drills.clone();
                 tokio::spawn(async move {
                     if let Some(r) = dns.run(epoch, until_stopped).await {
+                        record_dns(&drills, epoch, &r);
                         report(&witnesses, &dc, epoch, r.what(), r.evidence).await;
                     }
                 });
@@ -492,7 +550,12 @@ async fn execute(
         }
         Action::StopSource { reason } => {
             warn!(%reason, "fenced: no longer acting as primary; stopping the replication source");
+            if let Some(s) = source.as_ref() {
+                rt.drills
+                    .record(s.epoch, crate::drill::kind::FENCED, reason.to_string());
+            }
             stop_source(source).await;
+            rt.drills.stop_any_markers().await;
             let named_primary = fo
                 .role
                 .lock()
@@ -507,6 +570,10 @@ async fn execute(
         }
         Action::Drain { epoch } => {
             let (state, fo) = (rt.state.clone(), fo.clone());
+            let drills = rt.drills.clone();
+            // Writes after this point would not be drained: a drill's
+            // marker writer stops here, as clients must.
+            drills.stop_any_markers().await;
             let deadline = Duration::from_millis(2 * rt.timing.confirmation_ms);
             tokio::spawn(async move {
                 let from = now_ms();
@@ -522,6 +589,11 @@ async fn execute(
                             epoch,
                             snapshot_ms = applied,
                             "switchover: drained; releasing the lease"
+                        );
+                        drills.record(
+                            epoch,
+                            crate::drill::kind::DRAINED,
+                            format!("snapshot {applied}"),
                         );
                         fo.step(Input::Drained {
                             epoch,

@@ -58,11 +58,19 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn wants_db(&self, db: &str) -> bool {
+    fn listed_db(&self, db: &str) -> bool {
         self.databases.is_empty() || self.databases.iter().any(|d| d == db)
     }
+    pub fn wants_db(&self, db: &str) -> bool {
+        db == crate::drill::MARKERS_DB || self.listed_db(db)
+    }
+    /// The drills' marker collection is always replicated: a drill measures
+    /// the data loss with it on both sides.
     pub fn wants(&self, db: &str, coll: &str) -> bool {
-        self.wants_db(db) && !self.exclude.iter().any(|e| *e == format!("{db}.{coll}"))
+        if db == crate::drill::MARKERS_DB && coll == crate::drill::MARKERS_COLLECTION {
+            return true;
+        }
+        self.listed_db(db) && !self.exclude.iter().any(|e| *e == format!("{db}.{coll}"))
     }
 }
 

@@ -38,6 +38,8 @@ pub struct SourceConfig {
     /// How long a collection the sink refused for a permanent reason is
     /// left out before it is tried again.
     pub held_retry: Duration,
+    /// A drilled outage stops what is sent, as a dead Milvus would.
+    pub drill: Option<crate::drill::Drills>,
 }
 
 /// Collections the sink holds: `database.collection` -> (why, retry at).
@@ -300,6 +302,9 @@ impl Sender<'_> {
         scope: u64,
         changes: &[Change],
     ) -> Result<()> {
+        if let Some(d) = &self.cfg.drill {
+            d.check_source()?;
+        }
         let permit = self.window.acquire().await?;
         permit.forget();
         if let Some(until) = &self.cfg.acting_until {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dr_agent::client::{self, DrctlConfig};
 
 mod backup;
+mod drill;
 mod render;
 use dr_witness::decide::OperatorRequest;
 
@@ -58,6 +59,9 @@ enum Cmd {
     },
     /// Backups to S3: create, list, verify, restore, drill, prune.
     Backup(backup::BackupArgs),
+    /// Failover and switchover drills: every step timed, RTO and RPO
+    /// against targets, reports kept (exit 0 pass, 1 fail, 2 error, 3 refused).
+    Drill(drill::DrillArgs),
     /// Route 53 failover records whose health checks probe each agent's
     /// /dr/primary (no API call at failover time).
     Dns {
@@ -159,7 +163,7 @@ async fn dns(cmd: DnsCmd) -> ExitCode {
 }
 
 /// Prints without panicking when stdout is closed (`drctl status | head`).
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
@@ -213,6 +217,12 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Backup(b) => rt.block_on(backup::run(b)),
+        Cmd::Drill(d) => rt.block_on(async {
+            match load(&args.config) {
+                Ok(cfg) => drill::run(cfg, d).await,
+                Err(code) => code,
+            }
+        }),
         Cmd::Dns { cmd } => rt.block_on(dns(cmd)),
         Cmd::DropUnmanaged {
             datacenter,

@@ -284,6 +284,90 @@ pub fn verify_text(r: &VerifyReport) -> String {
     out
 }
 
+fn secs(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), |v| format!("{:.1}s", v as f64 / 1000.0))
+}
+
+/// A drill report for humans: the steps, RTO and RPO, the verdict.
+pub fn drill_text(r: &dr_agent::drill::run::Report) -> String {
+    let mut out = format!(
+        "drill {} ({:?}): {} -> {}, epoch {} -> {}\n\n{:<40} {:>9}  {:<16} {}\n",
+        r.id,
+        r.kind,
+        r.from,
+        r.to,
+        r.from_epoch,
+        r.to_epoch.map_or("-".into(), |e| e.to_string()),
+        "STEP",
+        "AFTER",
+        "SEEN BY",
+        "DETAIL"
+    );
+    for s in &r.steps {
+        let detail: String = s.detail.chars().take(100).collect();
+        out += &format!(
+            "{:<40} {:>9}  {:<16} {}\n",
+            s.name,
+            if s.wall_ms.is_some() {
+                secs(s.after_ms)
+            } else {
+                "NOT SEEN".into()
+            },
+            s.by,
+            detail
+        );
+    }
+    let m = &r.markers;
+    out += &format!(
+        "\nRTO {} (to \"{}\"; target {})\nRPO {} (target {}): {} markers written, newest acknowledged {:?}, newest on {} {:?}, {} lost\n",
+        secs(r.rto_ms),
+        r.rto_step,
+        secs(Some(r.rto_target_ms)),
+        r.rpo_ms.map_or("unknown".into(), |v| format!("{v} ms")),
+        secs(Some(r.rpo_target_ms)),
+        m.written,
+        m.newest_acked.map(|x| x.0),
+        r.to,
+        m.newest_present.map(|x| x.0),
+        m.lost
+    );
+    for p in &r.problems {
+        out += &format!("problem: {p}\n");
+    }
+    for n in &r.next {
+        out += &format!("next: {n}\n");
+    }
+    out += &format!(
+        "{}RESULT: {}\n",
+        if r.in_audit {
+            "recorded in the witnesses' audit\n"
+        } else {
+            "NOT recorded in the witnesses' audit\n"
+        },
+        if r.passed { "PASS" } else { "FAIL" }
+    );
+    out
+}
+
+pub fn drill_list(all: &[dr_agent::drill::run::Report]) -> String {
+    let mut out = format!(
+        "{:<32} {:<10} {:<12} {:>8} {:>9}  {}\n",
+        "ID", "KIND", "FROM -> TO", "RTO", "RPO", "RESULT"
+    );
+    for r in all {
+        out += &format!(
+            "{:<32} {:<10} {:<12} {:>8} {:>9}  {}\n",
+            r.id,
+            format!("{:?}", r.kind).to_lowercase(),
+            format!("{}->{}", r.from, r.to),
+            secs(r.rto_ms),
+            r.rpo_ms.map_or("-".into(), |v| format!("{v}ms")),
+            if r.passed { "PASS" } else { "FAIL" }
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
