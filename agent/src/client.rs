@@ -125,7 +125,10 @@ impl DrctlConfig {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
+        for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key]
+            .into_iter()
+            .chain(c.drill.dir.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

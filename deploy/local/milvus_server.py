@@ -12,7 +12,10 @@ supervisor's SIGTERM/SIGKILL leaves nothing behind.
 The JSON file means "ports chosen", not "healthy": poll
 GET http://127.0.0.1:<http_port>/healthz until it answers OK.
 
-Usage: milvus_server.py --data-dir DIR [--ready-file FILE] [--die-with-parent]
+Usage: milvus_server.py --data-dir DIR [--ready-file FILE] [--die-with-parent] [--reuse-ports]
+
+With --reuse-ports, a server restarted on a data directory listens on the
+ports it had (kept in DIR/ports.json), so its clients' configs stay true.
 """
 
 import argparse
@@ -85,6 +88,8 @@ def main():
     ap.add_argument("--die-with-parent", action="store_true",
                     help="SIGKILL the server when the process that started it exits")
     ap.add_argument("--graceful-stop-seconds", type=int, default=3)
+    ap.add_argument("--reuse-ports", action="store_true",
+                    help="listen on the ports of the previous start on this data directory")
     args = ap.parse_args()
 
     data = os.path.abspath(args.data_dir)
@@ -92,7 +97,18 @@ def main():
         os.makedirs(os.path.join(data, sub), exist_ok=True)
     bindir = binary_dir()
 
-    ports = dict(zip(PORT_KEYS + ["etcd_peer_port", "http_port"], free_ports(len(PORT_KEYS) + 2)))
+    names = PORT_KEYS + ["etcd_peer_port", "http_port"]
+    kept = os.path.join(data, "ports.json")
+    ports = None
+    if args.reuse_ports and os.path.exists(kept):
+        with open(kept, encoding="utf-8") as f:
+            ports = json.load(f)
+        if sorted(ports) != sorted(names):
+            ports = None
+    if ports is None:
+        ports = dict(zip(names, free_ports(len(names))))
+        with open(kept, "w", encoding="utf-8") as f:
+            json.dump(ports, f)
     storage = os.path.join(data, "storage")
     values = dict(ports)
     values.update({

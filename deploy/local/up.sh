@@ -3,10 +3,13 @@
 # dr-witnesses (the Raft quorum, fast failover profile), two dr-agents and
 # BIND 9 serving the service name milvus.demo.test (switched by the agents),
 # all on free loopback ports with mutual TLS; sample data and a mixed
-# workload, then `drctl status`, `drctl verify` and a backup to a local S3
-# store (s3s-fs). Everything stays
-# running; state and logs live in .local/demo (or $DEMO_DIR). Stop it with
-# deploy/local/down.sh.
+# workload on the primary, then `drctl status`, `drctl verify`, a backup to
+# a local S3 store (s3s-fs) and a failover drill (DEMO_DRILL=0 skips it).
+# Everything stays running; state and logs live in .local/demo (or
+# $DEMO_DIR). Stop it with deploy/local/down.sh; run up.sh again to resume
+# it as it was (same ports, data, epoch and primary); down.sh --purge
+# forgets it. deploy/local/dc.sh kill|stop|start DC loses and regains a
+# datacenter.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -33,10 +36,13 @@ trap cleanup ERR
 wait_file() { for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "up: $1 never appeared" >&2; return 1; }
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
+# A demo stopped by down.sh (data kept) resumes on the same ports.
+resume=0
+[ -s "$demo/ports.env" ] && resume=1 && echo "up: resuming the demo in $demo (data, ports, epoch and primary as they were)"
 for dc in dc-a dc-b; do
   mkdir -p "$demo/milvus-$dc"
   rm -f "$demo/milvus-$dc/server.json"
-  setsid nohup "$venv/bin/python" deploy/local/milvus_server.py --data-dir "$demo/milvus-$dc" \
+  setsid nohup "$venv/bin/python" deploy/local/milvus_server.py --data-dir "$demo/milvus-$dc" --reuse-ports \
     > "$demo/milvus-$dc/launcher.log" 2>&1 < /dev/null &
   started+=($!)
 done
@@ -54,7 +60,10 @@ a_grpc=$(json "$demo/milvus-dc-a/server.json" grpc_port); a_http=$(json "$demo/m
 b_grpc=$(json "$demo/milvus-dc-b/server.json" grpc_port); b_http=$(json "$demo/milvus-dc-b/server.json" http_port)
 
 # Free loopback ports for 3 witnesses, 2 agents and the DNS server (UDP
-# and TCP both free for that one).
+# and TCP both free for that one), kept for a resume.
+if [ "$resume" = 1 ]; then
+  . "$demo/ports.env"
+else
 read -r w1 w2 w3 a_port b_port dns_port < <(python3 - <<'PY'
 import socket
 socks = [socket.socket() for _ in range(5)]
@@ -70,6 +79,8 @@ print(" ".join(str(s.getsockname()[1]) for s in socks), u.getsockname()[1])
 for s in socks + [u, t]: s.close()
 PY
 )
+printf 'w1=%s w2=%s w3=%s a_port=%s b_port=%s dns_port=%s\n' "$w1" "$w2" "$w3" "$a_port" "$b_port" "$dns_port" > "$demo/ports.env"
+fi
 A_ADDR="https://127.0.0.1:$a_port"; B_ADDR="https://127.0.0.1:$b_port"
 witnesses="{ 1: \"https://127.0.0.1:$w1\", 2: \"https://127.0.0.1:$w2\", 3: \"https://127.0.0.1:$w3\" }"
 failover="{ profile: fast }"
@@ -181,6 +192,7 @@ agents:
   dc-b: { address: "$B_ADDR" }
 witnesses: $witnesses
 tls: { ca: certs/ca.pem, cert: certs/operator.pem, key: certs/operator.key }
+drill: { dir: drills, rto_target_ms: 10000, rpo_target_ms: 1000 }
 YAML
 
 python3 - "$demo" "$dns_port" <<'PY'
@@ -203,23 +215,36 @@ json.dump(state, open(os.path.join(d, "state.json"), "w"), indent=2)
 PY
 trap - ERR
 echo "up: agents running; state in $demo/state.json"
-"$bin/drctl" --config "$demo/drctl.yaml" witness status >/dev/null || true
-# The primary's agent switches the name to its address once it acts.
-primary=$("$bin/drctl" --config "$demo/drctl.yaml" status --json 2>/dev/null | python3 -c "import json,sys; print(next((a['datacenter'] for a in json.load(sys.stdin)['agents'] if a.get('role') == 'source'), 'dc-a'))" || echo dc-a)
+# The primary is whoever the witnesses say (after a resume, maybe dc-b):
+# wait until its agent acts, then write only there.
+primary=""
+for _ in $(seq 1 1200); do
+  primary=$("$bin/drctl" --config "$demo/drctl.yaml" status --json 2>/dev/null | python3 -c "import json,sys; print(next((a['datacenter'] for a in json.load(sys.stdin)['agents'] if a.get('role') == 'source'), ''))" 2>/dev/null || true)
+  [ -n "$primary" ] && break
+  sleep 0.1
+done
+[ -n "$primary" ] || { echo "up: no agent acts as primary after 120 s; see drctl witness status and the agents' logs" >&2; exit 1; }
 want=$([ "$primary" = dc-b ] && echo 127.0.0.12 || echo 127.0.0.11)
+p_grpc=$([ "$primary" = dc-b ] && echo "$b_grpc" || echo "$a_grpc")
 for _ in $(seq 1 300); do [ "$(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A)" = "$want" ] && break; sleep 0.1; done
-echo "up: milvus.demo.test -> $(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A) ($primary, switched by its agent)"
+echo "up: milvus.demo.test -> $(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A) ($primary is primary, switched by its agent)"
 
-echo "up: loading sample data and running a mixed workload on the primary"
-"$bin/demo-workload" --endpoint "http://127.0.0.1:$a_grpc" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
+echo "up: loading sample data and running a mixed workload on the primary ($primary)"
+"$bin/demo-workload" --endpoint "http://127.0.0.1:$p_grpc" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
 echo
 "$bin/drctl" --config "$demo/drctl.yaml" status
 echo
 "$bin/drctl" --config "$demo/drctl.yaml" verify --settle 120s
 echo
 echo "up: a backup of the primary to S3 (Parquet + manifest), verified after writing"
-"$bin/drctl" backup --agent-config "$demo/agent-dc-a.yaml" create
-"$bin/drctl" backup --agent-config "$demo/agent-dc-a.yaml" list
+"$bin/drctl" backup --agent-config "$demo/agent-$primary.yaml" create
+"$bin/drctl" backup --agent-config "$demo/agent-$primary.yaml" list
+echo
+if [ "${DEMO_DRILL:-1}" = 1 ]; then
+  echo "up: a failover drill: $primary's Milvus counts as dead until the witnesses fail over; every step timed"
+  "$bin/drctl" --config "$demo/drctl.yaml" drill failover || echo "up: the drill did not pass (see above)"
+  echo
+fi
 echo
 echo "up: demo running. Try:"
 echo "  $bin/drctl --config $demo/drctl.yaml status"
@@ -227,7 +252,8 @@ echo "  curl -s \$(python3 -c \"import json;print(json.load(open('$demo/state.js
 echo "  $bin/drctl --config $demo/drctl.yaml witness status"
 echo "  $bin/drctl --config $demo/drctl.yaml witness switchover --to dc-b     # planned, loses nothing"
 echo "  dig +short @127.0.0.1 -p $dns_port milvus.demo.test A                 # the service name follows the primary"
-echo "  kill \$(python3 -c \"import json;print(json.load(open('$demo/state.json'))['milvus']['dc-a']['pid'])\")   # primary Milvus dies: failover in ~6 s"
+echo "  $bin/drctl --config $demo/drctl.yaml drill list                         # kept drill reports (drill show ID)"
+echo "  bash deploy/local/dc.sh kill dc-a                                          # lose a datacenter (Milvus + agent, SIGKILL); dc.sh start dc-a brings it back"
 echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml list              # backups: verify ID, restore ID --rename-suffix _r, drill, prune --dry-run"
 echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml drill             # restore the newest backup under scratch names, check, drop"
 echo "  bash deploy/local/down.sh"

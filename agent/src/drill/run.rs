@@ -193,6 +193,16 @@ pub fn preflight(all: &[(u64, Result<WitnessStatus>)]) -> Result<(WitnessStatus,
     let Some(standby) = c.standby().cloned() else {
         bail!("only one datacenter: nothing to drill");
     };
+    if let Some(last) = c.last_failover_wall_ms {
+        let age = (now_ms().max(0) as u64).saturating_sub(last);
+        if age < l.timing.anti_flap_ms {
+            why.push(format!(
+                "the last failover was {} s ago, within the {} s anti-flap window: the witnesses would hold this one",
+                age / 1000,
+                l.timing.anti_flap_ms / 1000
+            ));
+        }
+    }
     if c.needs_resync.contains(&standby) {
         why.push(format!(
             "the standby {standby} was demoted by a failover and is not resynchronised (`drctl verify`, then `drctl witness mark-resynced {standby}`)"
