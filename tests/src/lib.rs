@@ -146,6 +146,8 @@ impl MilvusServer {
             .arg("--ready-file")
             .arg(&ready)
             .arg("--die-with-parent")
+            // A restart on the same data listens where it did before.
+            .arg("--reuse-ports")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
