@@ -90,8 +90,25 @@ impl DrctlConfig {
         out
     }
 
-    /// Sends an operator request to the leader (tries every witness).
+    /// Sends an operator request to the leader (tries every witness). While
+    /// the leader is committing another decision it asks to retry: this
+    /// does, for up to 15 s.
     pub async fn witness_command(&self, req: &OperatorRequest) -> Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.witness_command_once(req).await {
+                Err(e)
+                    if format!("{e:#}").contains("being committed; retry")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn witness_command_once(&self, req: &OperatorRequest) -> Result<String> {
         let body = serde_json::to_vec(req)?;
         let mut errors = vec![];
         for id in self.witnesses.keys() {

@@ -12,14 +12,15 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 demo="${DEMO_DIR:-$root/.local/demo}"
-venv="${MILVUS_DR_VENV:-$root/.venv}"
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
 usage() { echo "usage: deploy/local/dc.sh kill|stop|start dc-a|dc-b" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 action=$1 dc=$2
 case "$dc" in dc-a|dc-b) ;; *) usage ;; esac
 [ -f "$demo/state.json" ] || { echo "dc: no demo running (deploy/local/up.sh starts one)" >&2; exit 1; }
 state="$demo/state.json"
+# The venv and binaries the demo was started with.
+venv=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['venv'])" "$state")
+bin=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['bin'])" "$state")
 get() { python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(s[sys.argv[2]][sys.argv[3]][sys.argv[4]])" "$state" "$@"; }
 set_pid() { python3 - "$state" "$@" <<'PY'
 import json, sys
@@ -53,6 +54,7 @@ case "$action" in
       setsid nohup "$venv/bin/python" deploy/local/milvus_server.py --data-dir "$demo/milvus-$dc" --reuse-ports \
         >> "$demo/milvus-$dc/launcher.log" 2>&1 < /dev/null &
       for _ in $(seq 1 600); do [ -s "$demo/milvus-$dc/server.json" ] && break; sleep 0.1; done
+      [ -s "$demo/milvus-$dc/server.json" ] || { echo "dc: $dc Milvus did not start (see $demo/milvus-$dc/launcher.log)" >&2; exit 1; }
       pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pid'])" "$demo/milvus-$dc/server.json")
       set_pid milvus "$dc" "$pid"
       healthz=$(get milvus "$dc" healthz)
@@ -68,6 +70,7 @@ case "$action" in
       rm -f "$demo/state-$dc/bound.json"
       setsid nohup "$bin/dr-agent" --config "$demo/agent-$dc.yaml" >> "$demo/agent-$dc.log" 2>&1 < /dev/null &
       for _ in $(seq 1 600); do [ -s "$demo/state-$dc/bound.json" ] && break; sleep 0.1; done
+      [ -s "$demo/state-$dc/bound.json" ] || { echo "dc: $dc agent did not start (see $demo/agent-$dc.log)" >&2; exit 1; }
       pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pid'])" "$demo/state-$dc/bound.json")
       set_pid agents "$dc" "$pid"
       echo "dc: $dc agent running (pid $pid)"

@@ -195,11 +195,11 @@ tls: { ca: certs/ca.pem, cert: certs/operator.pem, key: certs/operator.key }
 drill: { dir: drills, rto_target_ms: 10000, rpo_target_ms: 1000 }
 YAML
 
-python3 - "$demo" "$dns_port" <<'PY'
+python3 - "$demo" "$dns_port" "$venv" "$bin" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 def j(p): return json.load(open(os.path.join(d, p)))
-state = {"milvus": {}, "witnesses": {}, "agents": {}, "s3": {}, "dns": {}, "drctl_config": os.path.join(d, "drctl.yaml")}
+state = {"milvus": {}, "witnesses": {}, "agents": {}, "s3": {}, "dns": {}, "drctl_config": os.path.join(d, "drctl.yaml"), "venv": sys.argv[3], "bin": sys.argv[4]}
 state["dns"]["bind"] = {"pid": int(open(os.path.join(d, "dns/pid")).read()), "endpoint": f"127.0.0.1:{sys.argv[2]}", "zone": "demo.test.", "name": "milvus.demo.test.", "values": {"dc-a": "127.0.0.11", "dc-b": "127.0.0.12"}, "log": os.path.join(d, "dns/named.log")}
 s3 = j("s3/bound.json")
 state["s3"]["store"] = {"pid": s3["pid"], "endpoint": s3["endpoint"], "bucket": s3["bucket"], "log": os.path.join(d, "s3.log")}

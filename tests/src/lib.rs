@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bench;
+pub mod client;
 pub mod data;
 pub mod deployment;
 pub mod dns;

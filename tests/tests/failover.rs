@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use dr_tests::client::{ClientSpec, NameClient};
 use dr_tests::data::{self, Shape};
 use dr_tests::deployment::{
     deploy, deploy_with, log_time, stopped_acting_after, Deployment, Extra,
@@ -470,7 +471,19 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         ("127.0.0.11".to_string(), own.grpc_port),
         ("127.0.0.12".to_string(), port_of(&d.env.endpoints[1].0)),
     ];
-    let client = NameClient::start(bind.addr, "svc", ports.into(), db.clone());
+    let client = NameClient::start(
+        ClientSpec {
+            dns: bind.addr,
+            label: "svc".into(),
+            ports: ports.into(),
+            database: db.clone(),
+            collection: "w".into(),
+            shape: SIMPLE,
+            rate: 20,
+            resolve_every: Duration::ZERO,
+        },
+        1_000_000,
+    );
     wait_until(LONG, "the client's writes to reach dc-a", || async {
         (client.acked_at("127.0.0.11") >= 20).then_some(())
     })
@@ -482,6 +495,14 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         (s.replication?.lag_ms < 2_000).then_some(())
     })
     .await?;
+    // Some of the client's writes have reached the standby: those must
+    // survive everything below (the rest are the failover's data loss).
+    let replicated = wait_until(LONG, "the client's writes on the standby", || async {
+        let rows = data::read_all(&d.env.standby, &db, "w").await.ok()?;
+        (rows.len() >= 10).then_some(rows)
+    })
+    .await
+    .with_context(|| d.logs())?;
     let killed_wall = dr_proto::now_ms() as u64;
     let killed = Instant::now();
     own.kill();
@@ -661,9 +682,15 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         missing.is_empty(),
         "writes acknowledged by the new primary are on both clusters: missing {missing:?}"
     );
+    let lost: Vec<_> = replicated.keys().filter(|k| !w.contains_key(*k)).collect();
+    ensure!(
+        lost.is_empty(),
+        "writes replicated before the kill survive failover and failback: lost {lost:?}"
+    );
     info!(
         acked = acked.len(),
         acked_by_dc_b = on_b.len(),
+        replicated_before_kill = replicated.len(),
         rows = w.len(),
         "failover, resync and failback exact for a client that follows the name"
     );
@@ -680,98 +707,7 @@ fn port_of(endpoint: &str) -> u16 {
 }
 
 fn ports_a(c: &NameClient) -> u16 {
-    c.ports["127.0.0.11"]
-}
-
-/// A Milvus client that resolves the service name through the
-/// authoritative server before every write and writes one new key each
-/// time (every 50 ms): what an application following the name does.
-struct NameClient {
-    ports: std::collections::BTreeMap<String, u16>,
-    acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, String)>>>,
-    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl NameClient {
-    fn start(
-        dns: std::net::SocketAddr,
-        name: &'static str,
-        ports: std::collections::BTreeMap<String, u16>,
-        db: String,
-    ) -> NameClient {
-        let acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, String)>>> = Default::default();
-        let failed: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = {
-            let (acked, failed, stop, ports) =
-                (acked.clone(), failed.clone(), stop.clone(), ports.clone());
-            tokio::spawn(async move {
-                let mut clients = std::collections::BTreeMap::new();
-                let mut key = 1_000_000i64;
-                while !stop.is_cancelled() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    key += 1;
-                    let Some(ip) = dr_tests::dns::answer(dns, name)
-                        .await
-                        .ok()
-                        .and_then(|a| a.first().cloned())
-                    else {
-                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        continue;
-                    };
-                    let Some(port) = ports.get(&ip) else { continue };
-                    let m = clients.entry(ip.clone()).or_insert_with(|| {
-                        dr_agent::milvus::Milvus::connect(dr_agent::milvus::Connection {
-                            endpoint: format!("http://{ip}:{port}"),
-                            health_url: None,
-                            authorization: None,
-                            request_timeout: Duration::from_secs(2),
-                        })
-                        .expect("client")
-                    });
-                    let r = tokio::time::timeout(
-                        Duration::from_secs(3),
-                        data::insert(m, &db, "w", SIMPLE, &[key], 1),
-                    )
-                    .await;
-                    match r {
-                        Ok(Ok(())) => acked.lock().unwrap().push((key, ip)),
-                        _ => {
-                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        };
-        NameClient {
-            ports,
-            acked,
-            failed,
-            stop,
-            task,
-        }
-    }
-
-    fn acked_at(&self, ip: &str) -> usize {
-        self.acked
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, a)| a == ip)
-            .count()
-    }
-
-    fn failed(&self) -> u64 {
-        self.failed.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    async fn stop(self) -> Vec<(i64, String)> {
-        self.stop.cancel();
-        let _ = self.task.await;
-        self.acked.lock().unwrap().clone()
-    }
+    c.spec.ports["127.0.0.11"]
 }
 
 const STR_KEYS: Shape = Shape::AllTypes {

@@ -660,7 +660,7 @@ pub async fn run(cfg: &DrctlConfig, opts: &Options, dir: &Path) -> Result<Report
             "{from} was demoted and is now replicated from {to}: when `drctl verify` shows the clusters identical, run `drctl witness mark-resynced {from}`"
         ));
         next.push(format!(
-            "then `drctl witness switchover {from}` (or `drctl drill switchover`) moves the primary back"
+            "then `drctl witness switchover --to {from}` (or `drctl drill switchover`) moves the primary back"
         ));
     }
     let mut report = Report {
