@@ -1,7 +1,7 @@
 //! Conditions the agent watches and alerts on while they hold, resolved
 //! when they clear: replication lag over `monitoring.lag_alert` (raised by
-//! the acting primary, whose writes are at risk) and collections held on a
-//! permanent apply error.
+//! the acting primary, whose writes are at risk), collections held on a
+//! permanent apply error, and a primary fenced for longer than a moment.
 
 use std::time::Duration;
 
@@ -15,6 +15,12 @@ use crate::replication::{ReplicationState, Role, SharedState};
 pub const LAG: &str = "replication_lag";
 /// A collection held on a permanent apply error.
 pub const HELD: &str = "replication_held";
+/// Named primary by the witnesses but not acting (lease lost, or its
+/// Milvus unhealthy).
+pub const FENCED: &str = "primary_fenced";
+/// Fences shorter than this (a switchover's hand-over, a failover in
+/// progress) are not alerted.
+pub const FENCED_GRACE_MS: i64 = 10_000;
 
 /// What should be active now: each key with its alert, or `None` (clear).
 pub fn evaluate(
@@ -22,6 +28,7 @@ pub fn evaluate(
     now_ms: i64,
     lag_alert: Duration,
     dc: &str,
+    fenced_since_ms: Option<i64>,
 ) -> Vec<(&'static str, Option<Alert>)> {
     let lag = if st.role == Role::Source {
         // Unknown until the standby first acknowledges a pass (the stream
@@ -64,7 +71,19 @@ pub fn evaluate(
         ),
         detail: json!({ "collections": held, "epoch": st.epoch }),
     });
-    vec![(LAG, lag), (HELD, held)]
+    let fenced = fenced_since_ms
+        .filter(|since| st.role == Role::Fenced && now_ms - since >= FENCED_GRACE_MS)
+        .map(|since| Alert {
+            key: FENCED.into(),
+            severity: Severity::Critical,
+            summary: format!(
+                "{dc} is the named primary at epoch {} but has not acted as primary for {:.0} s: nothing replicates",
+                st.epoch,
+                (now_ms - since) as f64 / 1000.0
+            ),
+            detail: json!({ "epoch": st.epoch, "why": st.failover, "since_ms": since }),
+        });
+    vec![(LAG, lag), (HELD, held), (FENCED, fenced)]
 }
 
 /// Raises and resolves [`evaluate`]'s alerts every `every` until `stop`.
@@ -76,11 +95,13 @@ pub async fn run(
     every: Duration,
     stop: CancellationToken,
 ) {
+    let mut fenced_since = None;
     loop {
         let now = dr_proto::now_ms();
         let conditions = {
             let st = state.lock().unwrap();
-            evaluate(&st, now, lag_alert, &dc)
+            fenced_since = (st.role == Role::Fenced).then(|| fenced_since.unwrap_or(now));
+            evaluate(&st, now, lag_alert, &dc, fenced_since)
         };
         for (key, alert) in conditions {
             match alert {
@@ -129,8 +150,8 @@ mod tests {
     #[test]
     fn lag_is_alerted_by_the_primary_over_the_threshold_only() {
         let t = Duration::from_secs(60);
-        assert!(active(&evaluate(&source(100_000), 150_000, t, "dc-a")).is_empty());
-        let v = evaluate(&source(100_000), 170_001, t, "dc-a");
+        assert!(active(&evaluate(&source(100_000), 150_000, t, "dc-a", None)).is_empty());
+        let v = evaluate(&source(100_000), 170_001, t, "dc-a", None);
         assert_eq!(active(&v), vec![LAG]);
         let a = v[0].1.as_ref().unwrap();
         assert!(a.summary.contains("lags 70.0 s"), "{}", a.summary);
@@ -140,7 +161,7 @@ mod tests {
             role: Role::Sink,
             ..source(100_000)
         };
-        assert!(active(&evaluate(&standby, 999_999, t, "dc-b")).is_empty());
+        assert!(active(&evaluate(&standby, 999_999, t, "dc-b", None)).is_empty());
     }
 
     #[test]
@@ -160,7 +181,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let v = evaluate(&st, 100_500, Duration::from_secs(60), "dc-a");
+        let v = evaluate(&st, 100_500, Duration::from_secs(60), "dc-a", None);
         assert_eq!(active(&v), vec![HELD]);
         assert_eq!(
             v[1].1.as_ref().unwrap().detail["collections"][0],
@@ -175,10 +196,51 @@ mod tests {
             &standby,
             100_500,
             Duration::from_secs(60),
-            "dc-b"
+            "dc-b",
+            None
         ))
         .is_empty());
         st.collections.truncate(0);
-        assert!(active(&evaluate(&st, 100_500, Duration::from_secs(60), "dc-a")).is_empty());
+        assert!(active(&evaluate(
+            &st,
+            100_500,
+            Duration::from_secs(60),
+            "dc-a",
+            None
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn a_fenced_primary_is_alerted_after_the_grace_and_resolved_when_it_acts() {
+        let t = Duration::from_secs(60);
+        let fenced = ReplicationState {
+            role: Role::Fenced,
+            failover: "primary at epoch 3 but not acting: no lease".into(),
+            ..source(0)
+        };
+        // A short fence (a switchover's hand-over) is not alerted.
+        assert!(active(&evaluate(&fenced, 105_000, t, "dc-a", Some(100_000))).is_empty());
+        let v = evaluate(&fenced, 110_000, t, "dc-a", Some(100_000));
+        assert_eq!(active(&v), vec![FENCED]);
+        let a = v[2].1.as_ref().unwrap();
+        assert!(
+            a.summary.contains("epoch 3") && a.summary.contains("10 s"),
+            "{}",
+            a.summary
+        );
+        assert_eq!(
+            a.detail["why"],
+            "primary at epoch 3 but not acting: no lease"
+        );
+        // Acting again (or demoted): cleared.
+        assert!(active(&evaluate(
+            &source(109_000),
+            110_000,
+            t,
+            "dc-a",
+            Some(100_000)
+        ))
+        .is_empty());
     }
 }

@@ -31,6 +31,85 @@ pub fn next_run(schedule: &str, timezone: &str, after: DateTime<Utc>) -> Result<
     Ok(next.with_timezone(&Utc))
 }
 
+/// How old the newest backup may be before it is stale: two periods of the
+/// schedule (a missed run is tolerated, two are not).
+pub fn allowed_age(schedule: &str, timezone: &str, now: DateTime<Utc>) -> Result<chrono::Duration> {
+    let a = next_run(schedule, timezone, now)?;
+    let b = next_run(schedule, timezone, a)?;
+    Ok((b - a) * 2)
+}
+
+/// `Some(age)` when the newest complete backup (of any datacenter) is older
+/// than [`allowed_age`]; `None` when fresh, or when there is none yet and
+/// the schedule has not had that long since `since` (the agent's start).
+pub fn stale(
+    newest: Option<DateTime<Utc>>,
+    since: DateTime<Utc>,
+    allowed: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Option<chrono::Duration> {
+    let age = now - newest.unwrap_or(since);
+    (age > allowed).then_some(age)
+}
+
+/// Every `every`: reads the newest complete backup in the store (any
+/// datacenter's), keeps the last-success metric true from the start, and
+/// on the acting primary alerts `backup_stale` while it is too old.
+async fn watch_staleness(
+    cfg: Config,
+    store: Store,
+    state: SharedState,
+    stats: SharedStats,
+    alerts: Sender,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let started = Utc::now();
+    loop {
+        match super::retention::list(&store).await {
+            Ok(all) => {
+                let newest = all.iter().filter(|b| b.complete).max_by_key(|b| b.created);
+                if let Some(n) = newest {
+                    let mut s = stats.lock().unwrap();
+                    s.last_success_ms = s.last_success_ms.max(n.created.timestamp_millis());
+                }
+                let primary = state.lock().unwrap().role == crate::replication::Role::Source;
+                let now = Utc::now();
+                let verdict =
+                    allowed_age(&cfg.backup.schedule, &cfg.backup.timezone, now).map(|allowed| {
+                        (
+                            allowed,
+                            stale(newest.map(|b| b.created), started, allowed, now),
+                        )
+                    });
+                match verdict {
+                    Ok((allowed, Some(age))) if primary => {
+                        let a = alert::backup_stale(newest.map(|b| b.id.as_str()), age, allowed);
+                        if alerts.raise(a) {
+                            tracing::warn!(
+                                age_s = age.num_seconds(),
+                                allowed_s = allowed.num_seconds(),
+                                "alert raised: the newest backup is stale"
+                            );
+                        }
+                    }
+                    Ok(_) => {
+                        alerts.resolve(alert::BACKUP_STALE);
+                    }
+                    Err(e) => error!(error = %format!("{e:#}"), "backup staleness not checked"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "backup staleness: cannot list the backups")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// One scheduled run, with its bookkeeping. Returns whether it succeeded.
 pub async fn run_once(
     cfg: &Config,
@@ -106,6 +185,15 @@ pub async fn run(
         }
     };
     info!(schedule = %cfg.backup.schedule, timezone = %cfg.backup.timezone, bucket = %s3.bucket, "backup schedule active");
+    tokio::spawn(watch_staleness(
+        cfg.clone(),
+        store.clone(),
+        state.clone(),
+        stats.clone(),
+        alerts.clone(),
+        Duration::from_secs(600),
+        shutdown.clone(),
+    ));
     loop {
         let next = match next_run(&cfg.backup.schedule, &cfg.backup.timezone, Utc::now()) {
             Ok(n) => n,
@@ -142,6 +230,32 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_is_stale_after_two_periods_of_its_schedule() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let now = t("2026-12-02T12:00:00Z");
+        let allowed = allowed_age("0 2 * * *", "UTC", now).unwrap();
+        assert_eq!(allowed, chrono::Duration::hours(48));
+        let started = t("2026-12-01T00:00:00Z");
+        // One missed daily run is tolerated; two are not.
+        assert_eq!(
+            stale(Some(t("2026-12-01T02:00:00Z")), started, allowed, now),
+            None
+        );
+        assert_eq!(
+            stale(Some(t("2026-11-30T02:00:00Z")), started, allowed, now),
+            Some(chrono::Duration::hours(58))
+        );
+        // No backup yet: counted from the agent's start.
+        assert_eq!(stale(None, started, allowed, now), None);
+        assert!(stale(None, t("2026-11-29T00:00:00Z"), allowed, now).is_some());
+        // Hourly: two hours.
+        assert_eq!(
+            allowed_age("0 * * * *", "UTC", now).unwrap(),
+            chrono::Duration::hours(2)
+        );
+    }
 
     #[test]
     fn next_run_honours_the_time_zone() {
