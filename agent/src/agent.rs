@@ -85,10 +85,12 @@ pub fn milvus_for(ep: &crate::config::MilvusEndpoint) -> Result<Milvus> {
 }
 
 /// Runs the agent until `shutdown` is cancelled. `on_bound` is called once
-/// every listener is bound.
+/// every listener is bound; `systemd` hears when the agent is ready, alive
+/// (its watchdog) and stopping.
 pub async fn run(
     cfg: Config,
     shutdown: CancellationToken,
+    systemd: dr_proto::systemd::Notifier,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<()> {
     crate::tls::install_crypto_provider();
@@ -96,11 +98,13 @@ pub async fn run(
         .with_context(|| format!("create the state directory {}", cfg.state_dir.display()))?;
     let local = cfg.local();
     let milvus = milvus_for(&local.milvus)?;
+    // Reloaded when the files change: certificates rotate without a restart.
     let tls = TlsFiles {
         ca: cfg.tls.ca.clone(),
         cert: cfg.tls.cert.clone(),
         key: cfg.tls.key.clone(),
-    };
+    }
+    .load()?;
     let state: SharedState = Default::default();
     let health = crate::health::not_probed();
 
@@ -163,30 +167,27 @@ pub async fn run(
         dns: dns.as_ref().map(|d| d.provider.describe()),
     };
     let server_shutdown = CancellationToken::new();
-    let grpc = {
-        let tls_cfg = tls.server_config()?;
-        let stop = server_shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-        tokio::spawn(async move {
+    let tls_watch = tls.watch(server_shutdown.clone());
+    let grpc = tokio::spawn(dr_proto::tls::serve(
+        grpc_listener,
+        tls.clone(),
+        move || {
             tonic::transport::Server::builder()
-                .tls_config(tls_cfg)?
                 .http2_keepalive_interval(Some(liveness.ping_every))
                 .http2_keepalive_timeout(Some(liveness.ping_timeout))
                 .add_service(
-                    ReplicationServer::new(sink)
+                    ReplicationServer::new(sink.clone())
                         .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(mv::MAX_MESSAGE_BYTES),
                 )
                 .add_service(
-                    AdminServer::new(admin)
+                    AdminServer::new(admin.clone())
                         .max_decoding_message_size(mv::MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(mv::MAX_MESSAGE_BYTES),
                 )
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
-                .context("gRPC server")
-        })
-    };
+        },
+        server_shutdown.clone(),
+    ));
     let backup_stats: crate::backup::SharedStats = Default::default();
     let lease: crate::metrics::Lease = Default::default();
     let metrics_task = tokio::spawn(metrics::serve(
@@ -197,6 +198,7 @@ pub async fn run(
             health: health.clone(),
             backup: backup_stats.clone(),
             lease: timing.is_some().then(|| lease.clone()),
+            tls: Some(tls.clone()),
         },
         server_shutdown.clone(),
     ));
@@ -317,7 +319,45 @@ pub async fn run(
     }
 
     on_bound(&bound);
-    shutdown.cancelled().await;
+    systemd.ready();
+    // The main loop: the systemd watchdog hears from it only while the
+    // servers and the failover runtime run and the shared state is not
+    // stuck.
+    let mut broken = false;
+    loop {
+        let Some(every) = systemd.watchdog_every() else {
+            shutdown.cancelled().await;
+            break;
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every / 2) => {}
+        }
+        let stopped = [
+            ("the gRPC server", grpc.is_finished()),
+            ("the metrics server", metrics_task.is_finished()),
+            (
+                "the failover runtime",
+                failover_task.as_ref().is_some_and(|t| t.is_finished()),
+            ),
+        ]
+        .into_iter()
+        .find(|(_, done)| *done);
+        match stopped {
+            Some((what, _)) => {
+                if !broken {
+                    broken = true;
+                    tracing::error!("{what} stopped unexpectedly; no longer answering the systemd watchdog (systemd restarts the agent)");
+                }
+            }
+            None => {
+                drop(state.lock().unwrap());
+                drop(health.lock().unwrap());
+                systemd.alive();
+            }
+        }
+    }
+    systemd.stopping();
     info!("shutting down: stopping replication first");
     // Order: stop being a source, then the probes, then the APIs.
     source_stop.cancel();
@@ -341,6 +381,7 @@ pub async fn run(
     server_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+    tls_watch.abort();
     info!("stopped");
     Ok(())
 }

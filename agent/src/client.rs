@@ -64,7 +64,7 @@ impl DrctlConfig {
             .witnesses
             .get(&id)
             .with_context(|| format!("no witness {id} in the drctl config"))?;
-        let ch = dr_witness::api::channel(&self.tls_files(), id, addr)?;
+        let ch = dr_witness::api::channel(&self.tls_files().load()?, id, addr)?;
         Ok(WitnessClient::new(ch))
     }
 
@@ -162,11 +162,11 @@ impl DrctlConfig {
             .get(dc)
             .with_context(|| format!("no agent {dc} in the drctl config"))?;
         let identity = a.identity.clone().unwrap_or_else(|| format!("agent.{dc}"));
-        let tls = self.tls_files();
+        let tls = self.tls_files().client_config(&identity)?;
         let liveness = dr_proto::channel::Liveness::default();
-        let ch = dr_proto::channel::endpoint(&a.address, tls.client_config(&identity)?, liveness)?
+        let ch = dr_proto::channel::endpoint(&a.address, liveness)?
             .timeout(Duration::from_secs(3600))
-            .connect_with_connector(dr_proto::channel::connector(liveness))
+            .connect_with_connector(dr_proto::channel::connector(&tls, liveness))
             .await
             .with_context(|| format!("connect to agent {dc} at {}", a.address))?;
         Ok(AdminClient::new(ch).max_decoding_message_size(crate::milvus::MAX_MESSAGE_BYTES))

@@ -28,6 +28,8 @@ pub struct MetricsSource {
     /// primary), set once the failover runtime starts. `None`: no
     /// witnesses, the initial primary acts without a lease.
     pub lease: Option<Lease>,
+    /// The certificates in use, for their expiry.
+    pub tls: Option<dr_proto::tls::Tls>,
 }
 
 /// Until when this agent may act as primary (set once failover starts).
@@ -181,9 +183,38 @@ pub fn render(src: &MetricsSource) -> String {
         s.passes,
     );
     backup_metrics(&mut reg, &src.backup.lock().unwrap().clone());
+    if let Some(tls) = &src.tls {
+        reg.register(
+            CERT_EXPIRY.0,
+            CERT_EXPIRY.1,
+            certificate_expiry(&tls.expiry()),
+        );
+    }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+/// `milvus_dr_certificate_expiry_timestamp_seconds` without its prefix,
+/// and its help.
+pub const CERT_EXPIRY: (&str, &str) = (
+    "certificate_expiry_timestamp_seconds",
+    "notAfter of the certificate in use (role cert) and the earliest of its CA bundle (role ca), Unix seconds",
+);
+
+/// The expiry gauge family, labelled by file and role.
+pub fn certificate_expiry(
+    expiry: &[dr_proto::tls::Expiry],
+) -> Family<Vec<(String, String)>, Gauge> {
+    let f = Family::<Vec<(String, String)>, Gauge>::default();
+    for e in expiry {
+        f.get_or_create(&vec![
+            ("path".into(), e.path.display().to_string()),
+            ("role".into(), e.role.into()),
+        ])
+        .set(e.not_after);
+    }
+    f
 }
 
 fn backup_metrics(reg: &mut Registry, b: &crate::backup::BackupStats) {
@@ -294,6 +325,7 @@ mod tests {
             })),
             backup: Default::default(),
             lease: None,
+            tls: None,
         };
         let text = render(&src);
         assert!(
@@ -337,6 +369,7 @@ mod tests {
             })),
             backup: Default::default(),
             lease: Some(lease.clone()),
+            tls: None,
         };
         let set = |role: Role, epoch: u64| {
             let mut st = state.lock().unwrap();

@@ -14,6 +14,7 @@ pub mod alert;
 pub mod channel;
 pub mod logging;
 pub mod statefile;
+pub mod systemd;
 pub mod tls;
 
 /// Milliseconds since the Unix epoch (wall clock: for what hosts report to

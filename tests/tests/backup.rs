@@ -1016,3 +1016,95 @@ async fn a_prune_that_lost_its_lock_deletes_nothing() -> Result<()> {
     assert!(t.manifest(&new.id).is_ok());
     Ok(())
 }
+
+/// Whether a `/metrics` page has a sample of `name` (or of `name_total`,
+/// a counter's sample name).
+fn has_sample(page: &str, name: &str) -> bool {
+    page.lines().filter(|l| !l.starts_with('#')).any(|l| {
+        let series = l.split([' ', '{']).next().unwrap_or_default();
+        series == name || series == format!("{name}_total")
+    })
+}
+
+/// Every metric name that the monitoring kit (alert rules, dashboard) uses,
+/// listed in `deploy/monitoring/metrics.txt`, has a sample on a running
+/// group: the agents' names on the primary's agent, the witnesses' on a
+/// witness, the certificate expiry on both. Replication runs first (the
+/// deployment waits for it) and a scheduled backup really succeeds (the
+/// last-success time exists only after one: nothing is invented before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_monitoring_kit_uses_is_exported() -> Result<()> {
+    use dr_tests::deployment::{deploy_with, Extra};
+    let s3dir = tempfile::tempdir()?;
+    let s3 = S3Server::start(&s3dir.path().join("s3")).await?;
+    let db = "bk_metrics";
+    let backup = format!(
+        "backup:\n  enabled: true\n  schedule: \"* * * * *\"\n  databases: [{db}]\n  s3: {}\n",
+        s3.s3_yaml(s3dir.path(), PREFIX)?
+    );
+    let d = deploy_with(
+        db,
+        "{ profile: fast }",
+        None,
+        Extra {
+            agents: &backup,
+            ..Default::default()
+        },
+    )
+    .await?;
+
+    info!("phase 1: replication runs; a scheduled backup succeeds on the primary");
+    wait_until(
+        Duration::from_secs(150),
+        "dc-a's first scheduled backup to succeed",
+        || async {
+            let m = backup_metrics(&d.a).await.ok()?;
+            m.contains_key("milvus_dr_backup_last_success_timestamp_seconds")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| d.logs())?;
+
+    info!("phase 2: every name in deploy/monitoring/metrics.txt has a sample");
+    let page = |addr: std::net::SocketAddr| async move {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await?
+            .text()
+            .await
+    };
+    let agent = page(d.a.metrics).await?;
+    let w = d.w.procs[0]
+        .bound
+        .as_ref()
+        .context("witness 1's addresses")?;
+    let witness = page(w.metrics).await?;
+    let list =
+        std::fs::read_to_string(dr_tests::repo_root().join("deploy/monitoring/metrics.txt"))?;
+    let names: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    let mut missing = vec![];
+    for name in names {
+        let on: &[(&str, &str)] = if name == "milvus_dr_certificate_expiry_timestamp_seconds" {
+            &[("dc-a's agent", &agent), ("witness 1", &witness)]
+        } else if name.starts_with("milvus_dr_witness_") {
+            &[("witness 1", &witness)]
+        } else {
+            &[("dc-a's agent", &agent)]
+        };
+        for (who, text) in on {
+            if !has_sample(text, name) {
+                missing.push(format!("{name} on {who}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "missing: {missing:?}\n--- agent\n{agent}\n--- witness\n{witness}"
+    );
+    Ok(())
+}

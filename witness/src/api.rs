@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 use crate::config::witness_identity;
 use crate::decide::{AgentHeartbeat, Observation, Verdict};
@@ -52,7 +52,7 @@ pub struct WitnessStatus {
 
 /// A lazily connected channel to witness `id` at `addr`, for short-lived
 /// clients (`drctl`): [`channel_with_timing`] with the default timing.
-pub fn channel(tls: &dr_proto::tls::TlsFiles, id: u64, addr: &str) -> anyhow::Result<Channel> {
+pub fn channel(tls: &dr_proto::tls::Tls, id: u64, addr: &str) -> anyhow::Result<Channel> {
     channel_with_timing(tls, id, addr, &Timing::default())
 }
 
@@ -60,13 +60,13 @@ pub fn channel(tls: &dr_proto::tls::TlsFiles, id: u64, addr: &str) -> anyhow::Re
 /// path gone silent (packets dropped, nothing closed) within about a lease
 /// and reconnects promptly once it heals (see [`dr_proto::channel`]).
 pub fn channel_with_timing(
-    tls: &dr_proto::tls::TlsFiles,
+    tls: &dr_proto::tls::Tls,
     id: u64,
     addr: &str,
     timing: &Timing,
 ) -> anyhow::Result<Channel> {
-    let tls: ClientTlsConfig = tls.client_config(&witness_identity(id))?;
-    dr_proto::channel::lazy(addr, tls, timing.liveness())
+    let tls = tls.client_config(&witness_identity(id))?;
+    dr_proto::channel::lazy(addr, &tls, timing.liveness())
 }
 
 #[cfg(test)]

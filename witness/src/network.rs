@@ -24,7 +24,7 @@ use dr_proto::pb::{witness_client::WitnessClient, RaftRpc};
 /// Opens mTLS channels to the other witnesses.
 #[derive(Clone)]
 pub struct Network {
-    pub tls: dr_proto::tls::TlsFiles,
+    pub tls: dr_proto::tls::Tls,
     pub timing: Timing,
     /// Where this witness dials each peer: its own config's `witnesses`.
     /// Preferred over the address recorded in the Raft membership, which is

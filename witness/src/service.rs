@@ -84,6 +84,8 @@ struct Inner {
     http: reqwest::Client,
     alerts: alert::Sender,
     metrics: Mutex<Counters>,
+    /// The certificates in use (reloaded when their files change).
+    tls: dr_proto::tls::Tls,
 }
 
 #[derive(Default, Clone)]
@@ -651,21 +653,26 @@ impl WitnessApi for Service {
     }
 }
 
-/// Runs a witness until `shutdown`. `on_bound` is called once listening.
+/// Runs a witness until `shutdown`. `on_bound` is called once listening;
+/// `systemd` hears when the witness is ready, alive (its watchdog) and
+/// stopping.
 pub async fn run(
     cfg: WitnessConfig,
     shutdown: CancellationToken,
+    systemd: dr_proto::systemd::Notifier,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<()> {
     dr_proto::tls::install_crypto_provider();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("create the state directory {}", cfg.state_dir.display()))?;
     let timing = cfg.timing();
+    // Reloaded when the files change: certificates rotate without a restart.
     let tls = TlsFiles {
         ca: cfg.tls.ca.clone(),
         cert: cfg.tls.cert.clone(),
         key: cfg.tls.key.clone(),
-    };
+    }
+    .load()?;
     let grpc_listener = TcpListener::bind(cfg.listen.grpc)
         .await
         .with_context(|| format!("bind listen.grpc {}", cfg.listen.grpc))?;
@@ -758,28 +765,26 @@ pub async fn run(
             alert::Retry::default(),
         ),
         metrics: Mutex::new(Counters::default()),
+        tls: tls.clone(),
         cfg,
     });
     let service = Service {
         inner: inner.clone(),
     };
     let server_stop = CancellationToken::new();
-    let grpc = {
-        let tls_cfg = tls.server_config()?;
-        let stop = server_stop.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-        let svc = WitnessServer::new(service.clone())
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(16 << 20);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .tls_config(tls_cfg)?
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
-                .context("gRPC server")
-        })
-    };
+    let tls_watch = tls.watch(server_stop.clone());
+    let grpc = tokio::spawn(dr_proto::tls::serve(
+        grpc_listener,
+        tls.clone(),
+        move || {
+            tonic::transport::Server::builder().add_service(
+                WitnessServer::new(service.clone())
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(16 << 20),
+            )
+        },
+        server_stop.clone(),
+    ));
     let metrics_task = tokio::spawn(serve_metrics(
         metrics_listener,
         inner.clone(),
@@ -787,6 +792,8 @@ pub async fn run(
     ));
     info!(id = inner.cfg.id, grpc = %bound.grpc, metrics = %bound.metrics, "witness listening");
     on_bound(&bound);
+    systemd.ready();
+    let mut broken = false;
 
     let tick = Duration::from_millis((timing.heartbeat_ms / 4).clamp(25, 250));
     let mut last_probe = Instant::now() - Duration::from_secs(3600);
@@ -803,12 +810,30 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(tick) => {}
         }
+        // The systemd watchdog hears from this loop only while it turns
+        // and the servers run.
+        match [
+            ("the gRPC server", &grpc),
+            ("the metrics server", &metrics_task),
+        ]
+        .into_iter()
+        .find(|(_, t)| t.is_finished())
+        {
+            Some((what, _)) if !broken => {
+                broken = true;
+                tracing::error!("{what} stopped unexpectedly; no longer answering the systemd watchdog (systemd restarts the witness)");
+            }
+            Some(_) => {}
+            None => systemd.alive(),
+        }
     }
+    systemd.stopping();
     info!("shutting down");
     let _ = raft.shutdown().await;
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+    tls_watch.abort();
     Ok(())
 }
 
@@ -820,7 +845,23 @@ fn render_metrics(inner: &Inner) -> String {
     use prometheus_client::registry::Registry;
     let st = inner.status();
     let c = inner.metrics.lock().unwrap().clone();
-    let mut reg = Registry::with_prefix("milvus_dr_witness");
+    let mut root = Registry::default();
+    // Named like the agents' (no witness prefix): one alert rule for all.
+    let expiry = Family::<Vec<(String, String)>, Gauge>::default();
+    for e in inner.tls.expiry() {
+        expiry
+            .get_or_create(&vec![
+                ("path".to_string(), e.path.display().to_string()),
+                ("role".to_string(), e.role.to_string()),
+            ])
+            .set(e.not_after);
+    }
+    root.register(
+        "milvus_dr_certificate_expiry_timestamp_seconds",
+        "notAfter of the certificate in use (role cert) and the earliest of its CA bundle (role ca), Unix seconds",
+        expiry,
+    );
+    let reg = root.sub_registry_with_prefix("milvus_dr_witness");
     let g = |v: i64| {
         let g = Gauge::<i64>::default();
         g.set(v);
@@ -885,7 +926,7 @@ fn render_metrics(inner: &Inner) -> String {
         counter(c.heartbeats),
     );
     let mut out = String::new();
-    let _ = encode(&mut out, &reg);
+    let _ = encode(&mut out, &root);
     out
 }
 
@@ -894,21 +935,23 @@ async fn serve_metrics(
     inner: Arc<Inner>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let inner = inner.clone();
-            async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    render_metrics(&inner),
-                )
-            }
-        }),
-    );
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "OK" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let inner = inner.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        render_metrics(&inner),
+                    )
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

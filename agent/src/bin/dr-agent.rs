@@ -63,7 +63,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let systemd = dr_proto::systemd::Notifier::from_env();
     dr_agent::logging::run_service("dr-agent", |shutdown| {
-        dr_agent::agent::run(cfg, shutdown, |_| {})
+        dr_agent::agent::run(cfg, shutdown, systemd, |_| {})
     })
 }

@@ -107,7 +107,7 @@ pub struct Runtime {
     pub datacenter: String,
     pub timing: Timing,
     pub witnesses: BTreeMap<u64, String>,
-    pub tls: dr_proto::tls::TlsFiles,
+    pub tls: dr_proto::tls::Tls,
     pub liveness: dr_proto::channel::Liveness,
     pub peer_address: String,
     pub peer_identity: String,
@@ -188,7 +188,7 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
     }
     let peer = {
         let tls = rt.tls.client_config(&rt.peer_identity)?;
-        let ch = dr_proto::channel::lazy(&rt.peer_address, tls, rt.liveness)?;
+        let ch = dr_proto::channel::lazy(&rt.peer_address, &tls, rt.liveness)?;
         ReplicationClient::new(ch)
     };
     let local = Local {

@@ -24,7 +24,8 @@ pub struct SourceConfig {
     pub datacenter: String,
     pub epoch: u64,
     pub peer_address: String,
-    pub peer_tls: tonic::transport::ClientTlsConfig,
+    /// The live certificates (a rotation reopens the stream with them).
+    pub peer_tls: dr_proto::tls::ClientTls,
     pub page_rows: usize,
     pub max_in_flight: usize,
     pub poll_interval: Duration,
@@ -64,7 +65,14 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let started = Instant::now();
         match session(&cfg, &milvus, &base, &state, &held, &shutdown).await {
-            Ok(()) => break,
+            Ok(Ended::Shutdown) => break,
+            Ok(Ended::Rotated) => {
+                // Between passes, as after any disconnect: resumes from
+                // the sink's checkpoint.
+                info!("certificates rotated: reopening the replication stream with the new ones");
+                state.lock().unwrap().connected = false;
+                backoff = cfg.reconnect_backoff;
+            }
             Err(e) => {
                 let msg = format!("{e:#}");
                 warn!(error = %msg, "replication stream to {} ended; reconnecting in {backoff:?}", cfg.peer_address);
@@ -88,6 +96,13 @@ pub async fn run(
     info!("replication source stopped");
 }
 
+/// Why a session ended without an error.
+enum Ended {
+    Shutdown,
+    /// This agent's certificates were rotated: reopen with them.
+    Rotated,
+}
+
 /// What the ack reader learned.
 struct Acks {
     /// seq -> snapshot time, for pass marks not yet acknowledged.
@@ -101,12 +116,14 @@ async fn session(
     state: &SharedState,
     held: &Held,
     shutdown: &CancellationToken,
-) -> Result<()> {
+) -> Result<Ended> {
+    let mut rotated = cfg.peer_tls.tls().subscribe();
+    rotated.mark_unchanged();
     let recovered = base.recover_pending()?;
     if recovered > 0 {
         info!(keys = recovered, "unacknowledged changes will be resent");
     }
-    let channel = dr_proto::channel::connect(&cfg.peer_address, cfg.peer_tls.clone(), cfg.liveness)
+    let channel = dr_proto::channel::connect(&cfg.peer_address, &cfg.peer_tls, cfg.liveness)
         .await
         .with_context(|| format!("connect to the peer agent {}", cfg.peer_address))?;
     let mut client = ReplicationClient::new(channel)
@@ -185,7 +202,7 @@ async fn session(
         pass_marks: Default::default(),
     });
     let broken = CancellationToken::new();
-    let reader = {
+    let mut reader = {
         let (base, state, window, acks, broken, held, retry) = (
             base.clone(),
             state.clone(),
@@ -251,21 +268,42 @@ async fn session(
             tokio::select! {
                 r = pass(&mut sender, milvus) => r?,
                 _ = broken.cancelled() => break,
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             }
+            if !rotated.has_changed().unwrap_or(false) {
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.poll_interval) => continue,
+                    _ = broken.cancelled() => break,
+                    _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                    Ok(()) = rotated.changed() => {}
+                }
+            }
+            // Rotated: let what is in flight be acknowledged first (else it
+            // is resent, harmlessly, on the new stream).
+            let all = u32::try_from(cfg.max_in_flight).unwrap_or(u32::MAX);
             tokio::select! {
-                _ = tokio::time::sleep(cfg.poll_interval) => {}
+                _ = sender.window.acquire_many(all) => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 _ = broken.cancelled() => break,
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             }
+            return Ok(Ended::Rotated);
         }
         Err(anyhow!("stream broken"))
     }
     .await;
     match result {
-        Ok(()) => {
+        Ok(Ended::Rotated) => {
+            // Close the stream cleanly (the sink sees its end, not an
+            // error), then reopen.
+            drop(sender);
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut reader).await;
             reader.abort();
-            Ok(())
+            Ok(Ended::Rotated)
+        }
+        Ok(ended) => {
+            reader.abort();
+            Ok(ended)
         }
         Err(e) => {
             reader.abort();

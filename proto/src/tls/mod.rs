@@ -4,15 +4,25 @@
 //! with certificates from the deployment's CA. A certificate's identity is
 //! its DNS subject-alternative name (`agent.dc-a`, `witness-1`, `operator`);
 //! servers check it per call with [`authorize`].
+//!
+//! The files are reloaded when they change ([`Tls`], in `reload`): servers
+//! ([`serve`]) and clients ([`crate::channel`]) use new certificates for
+//! new connections without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+mod reload;
+mod serve;
+
+pub use reload::{not_after, rfc3339, Check, Expiry, Tls, ALPN_H2, SETTLE, WATCH_EVERY};
+pub use serve::serve;
 
 /// Installs ring as the process-wide rustls provider (idempotent). Call
 /// first thing in every binary and test.
@@ -28,31 +38,47 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("read the {what} {}", path.display()))
-}
-
 impl TlsFiles {
-    pub fn server_config(&self) -> Result<ServerTlsConfig> {
-        let identity = Identity::from_pem(
-            read(&self.cert, "certificate")?,
-            read(&self.key, "private key")?,
-        );
-        Ok(ServerTlsConfig::new()
-            .identity(identity)
-            .client_ca_root(Certificate::from_pem(read(&self.ca, "CA certificate")?)))
+    /// Loads the three files (reloaded when they change, see [`Tls`]).
+    pub fn load(&self) -> Result<Tls> {
+        Tls::load(self.clone())
     }
 
-    /// Client config that expects the server to present `server_identity`.
-    pub fn client_config(&self, server_identity: &str) -> Result<ClientTlsConfig> {
-        let identity = Identity::from_pem(
-            read(&self.cert, "certificate")?,
-            read(&self.key, "private key")?,
-        );
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&self.ca, "CA certificate")?))
-            .identity(identity)
-            .domain_name(server_identity))
+    /// Loads the files once for a client that expects the server to present
+    /// `server_identity` (short-lived clients; long-running processes keep
+    /// one [`Tls`] and call [`Tls::client_config`]).
+    pub fn client_config(&self, server_identity: &str) -> Result<ClientTls> {
+        self.load()?.client_config(server_identity)
+    }
+}
+
+/// What a client needs to dial one server: the live certificates and the
+/// name the server's certificate must carry.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub(crate) tls: Tls,
+    pub(crate) config: Arc<rustls::ClientConfig>,
+    pub(crate) server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl ClientTls {
+    pub fn tls(&self) -> &Tls {
+        &self.tls
+    }
+}
+
+impl Tls {
+    /// A client config that expects the server to present
+    /// `server_identity`; it presents (and trusts) whatever the files hold
+    /// at each new connection.
+    pub fn client_config(&self, server_identity: &str) -> Result<ClientTls> {
+        let server_name = rustls_pki_types::ServerName::try_from(server_identity.to_string())
+            .with_context(|| format!("'{server_identity}' is not a valid server identity"))?;
+        Ok(ClientTls {
+            tls: self.clone(),
+            config: self.rustls_client_config()?,
+            server_name,
+        })
     }
 }
 
@@ -140,30 +166,77 @@ pub fn generate_dev_certs(dir: &Path, names: &[String], days: i64) -> Result<Gen
     std::fs::write(dir.join("ca.pem"), ca.pem())?;
 
     for name in names {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec![name.clone()])
-            .with_context(|| format!("'{name}' is not a valid DNS name for a certificate"))?;
-        p.distinguished_name.push(DnType::CommonName, name.as_str());
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        validity(&mut p, days);
-        let cert = p.signed_by(&key, &ca, &ca_key)?;
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
-        write_private(
-            &dir.join(format!("{name}.key")),
-            key.serialize_pem().as_bytes(),
-        )?;
+        let (cert, key) = leaf(name, days, &ca, &ca_key)?;
+        std::fs::write(dir.join(format!("{name}.pem")), cert)?;
+        write_private(&dir.join(format!("{name}.key")), key.as_bytes())?;
     }
     Ok(GeneratedCerts {
         dir: dir.to_path_buf(),
         names: names.to_vec(),
     })
+}
+
+/// A leaf certificate for `name` (TLS server and client) signed by the CA:
+/// (certificate PEM, private key PEM).
+fn leaf(
+    name: &str,
+    days: i64,
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(vec![name.to_string()])
+        .with_context(|| format!("'{name}' is not a valid DNS name for a certificate"))?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    validity(&mut p, days);
+    let cert = p.signed_by(&key, ca, ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Re-issues the leaf certificates `names` in a directory that
+/// [`generate_dev_certs`] wrote, from the same CA (`ca.pem`, `ca.key`),
+/// valid for `days` from now, with new keys. Each file is replaced
+/// atomically (a rename), the key first, then the certificate: running
+/// processes pick the pair up without a restart.
+pub fn reissue_dev_certs(dir: &Path, names: &[String], days: i64) -> Result<()> {
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem"))
+        .with_context(|| format!("read {}", dir.join("ca.pem").display()))?;
+    let ca_key = KeyPair::from_pem(
+        &std::fs::read_to_string(dir.join("ca.key"))
+            .with_context(|| format!("read {}", dir.join("ca.key").display()))?,
+    )
+    .context("the CA key")?;
+    // The same name and key as the CA: what it signs verifies under ca.pem.
+    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .context("read the CA certificate")?
+        .self_signed(&ca_key)
+        .context("the CA key does not sign")?;
+    for name in names {
+        let (cert, key) = leaf(name, days, &ca, &ca_key)?;
+        replace(&dir.join(format!("{name}.key")), key.as_bytes(), true)?;
+        replace(&dir.join(format!("{name}.pem")), cert.as_bytes(), false)?;
+    }
+    Ok(())
+}
+
+/// Writes `path` through a temporary file and a rename.
+fn replace(path: &Path, data: &[u8], private: bool) -> Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let _ = std::fs::remove_file(&tmp);
+    if private {
+        write_private(&tmp, data)?;
+    } else {
+        std::fs::write(&tmp, data).with_context(|| format!("write {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {

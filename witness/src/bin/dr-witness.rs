@@ -39,7 +39,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let systemd = dr_proto::systemd::Notifier::from_env();
     dr_proto::logging::run_service("dr-witness", |shutdown| {
-        dr_witness::service::run(cfg, shutdown, |_| {})
+        dr_witness::service::run(cfg, shutdown, systemd, |_| {})
     })
 }
