@@ -64,7 +64,7 @@ impl DrctlConfig {
             .witnesses
             .get(&id)
             .with_context(|| format!("no witness {id} in the drctl config"))?;
-        let ch = dr_witness::api::channel(&self.tls_files().load()?, id, addr)?;
+        let ch = dr_witness::api::channel(&self.tls_files().load_for_client()?, id, addr)?;
         Ok(WitnessClient::new(ch))
     }
 

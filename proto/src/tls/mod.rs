@@ -44,11 +44,17 @@ impl TlsFiles {
         Tls::load(self.clone())
     }
 
-    /// Loads the files once for a client that expects the server to present
-    /// `server_identity` (short-lived clients; long-running processes keep
-    /// one [`Tls`] and call [`Tls::client_config`]).
+    /// [`TlsFiles::load`] for a short-lived client (drctl): logged at
+    /// DEBUG only.
+    pub fn load_for_client(&self) -> Result<Tls> {
+        Tls::load_for_client(self.clone())
+    }
+
+    /// Loads the files for a short-lived client that expects the server to
+    /// present `server_identity` (long-running processes keep one [`Tls`]
+    /// and call [`Tls::client_config`]).
     pub fn client_config(&self, server_identity: &str) -> Result<ClientTls> {
-        self.load()?.client_config(server_identity)
+        self.load_for_client()?.client_config(server_identity)
     }
 }
 

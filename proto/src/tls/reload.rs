@@ -231,8 +231,16 @@ fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Material> {
     })
 }
 
-fn log_loaded(m: &Material, what: &str) {
+fn log_loaded(m: &Material, what: &str, quiet: bool) {
     let [ca, cert] = [&m.expiry[0], &m.expiry[1]];
+    if quiet {
+        tracing::debug!(
+            cert = %cert.path.display(),
+            not_after = %rfc3339(cert.not_after),
+            "TLS certificate {what}"
+        );
+        return;
+    }
     info!(
         cert = %cert.path.display(),
         not_after = %rfc3339(cert.not_after),
@@ -243,12 +251,23 @@ fn log_loaded(m: &Material, what: &str) {
 }
 
 impl Tls {
-    /// Loads `files` (all three must be usable) with the ring provider.
+    /// Loads `files` (all three must be usable) with the ring provider,
+    /// for a long-running process: what it loaded is logged at INFO.
     pub fn load(files: TlsFiles) -> Result<Tls> {
+        Tls::open(files, false)
+    }
+
+    /// [`Tls::load`] for a short-lived client (drctl, tests): the same
+    /// checks, logged at DEBUG only.
+    pub fn load_for_client(files: TlsFiles) -> Result<Tls> {
+        Tls::open(files, true)
+    }
+
+    fn open(files: TlsFiles, quiet: bool) -> Result<Tls> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let loaded = stamp(&files);
         let material = load(&files, &provider).context("TLS")?;
-        log_loaded(&material, "loaded");
+        log_loaded(&material, "loaded", quiet);
         Ok(Tls {
             inner: Arc::new(Inner {
                 files,
@@ -322,7 +341,7 @@ impl Tls {
                 if m.contents == st.material.contents {
                     return Check::Unchanged;
                 }
-                log_loaded(&m, "reloaded: new connections use it");
+                log_loaded(&m, "reloaded: new connections use it", false);
                 st.material = Arc::new(m);
                 drop(st);
                 self.inner.generation.send_modify(|g| *g += 1);
