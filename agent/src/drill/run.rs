@@ -178,7 +178,10 @@ fn leader(all: &[(u64, Result<WitnessStatus>)]) -> Option<&WitnessStatus> {
 }
 
 /// What the drill starts from, or why it must not start.
-pub fn preflight(all: &[(u64, Result<WitnessStatus>)]) -> Result<(WitnessStatus, Vec<String>)> {
+pub fn preflight(
+    all: &[(u64, Result<WitnessStatus>)],
+    kind: Kind,
+) -> Result<(WitnessStatus, Vec<String>)> {
     let Some(l) = leader(all) else {
         bail!("no witness is a confirmed leader: a drill needs the quorum (see `drctl witness status`)");
     };
@@ -193,7 +196,8 @@ pub fn preflight(all: &[(u64, Result<WitnessStatus>)]) -> Result<(WitnessStatus,
     let Some(standby) = c.standby().cloned() else {
         bail!("only one datacenter: nothing to drill");
     };
-    if let Some(last) = c.last_failover_wall_ms {
+    // The anti-flap window holds failovers only; a switchover is planned.
+    if let Some(last) = c.last_failover_wall_ms.filter(|_| kind == Kind::Failover) {
         let age = (now_ms().max(0) as u64).saturating_sub(last);
         if age < l.timing.anti_flap_ms {
             why.push(format!(
@@ -353,7 +357,7 @@ fn first(evs: &[pb::AgentEvent], kind: &str, epoch: Option<u64>) -> Option<pb::A
 /// witnesses' audit). `Refused` when a precondition fails without `force`.
 pub async fn run(cfg: &DrctlConfig, opts: &Options, dir: &Path) -> Result<Report> {
     let all = cfg.witness_status().await;
-    let (leader, why) = preflight(&all)?;
+    let (leader, why) = preflight(&all, opts.kind)?;
     if !why.is_empty() && !opts.force {
         return Err(Refused(why).into());
     }

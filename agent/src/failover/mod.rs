@@ -618,6 +618,13 @@ async fn execute(
             stop_source(source).await;
             rt.sink.set_view(epoch, &primary);
             let mut s = rt.state.lock().unwrap();
+            if s.role != Role::Sink {
+                // What it applied before (as a sink in an older epoch) or
+                // what its standby acknowledged (as the source) says
+                // nothing about this stream: lag is unknown until the new
+                // primary's first pass is applied.
+                s.applied_snapshot_ms = 0;
+            }
             s.role = Role::Sink;
             s.epoch = s.epoch.max(epoch);
         }

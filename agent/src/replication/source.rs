@@ -57,6 +57,11 @@ pub async fn run(
 ) {
     {
         let mut s = state.lock().unwrap();
+        if s.role != super::Role::Source {
+            // The snapshot it applied as a sink is not what its standby
+            // has: lag is unknown until the standby acknowledges a pass.
+            s.applied_snapshot_ms = 0;
+        }
         s.role = super::Role::Source;
         s.epoch = cfg.epoch;
     }

@@ -117,7 +117,7 @@ async fn main() -> Result<()> {
         // Ready: the standby healthy, caught up, eligible, past anti-flap.
         wait_until(long, "a drill may start", || async {
             let all = d.ctl.witness_status().await;
-            let (_, why) = run::preflight(&all).ok()?;
+            let (_, why) = run::preflight(&all, Kind::Failover).ok()?;
             why.is_empty().then_some(())
         })
         .await
