@@ -364,6 +364,12 @@ impl Decider {
                     cluster: self.cluster.take(),
                     epoch_applied_at: self.epoch_applied_at,
                     observations: std::mem::take(&mut self.observations),
+                    // The agents' latest heartbeats, with when they arrived,
+                    // are facts as much as the observations are: a new
+                    // leader that forgot them refused a switchover ("no
+                    // heartbeat from the standby") until the standby's next
+                    // heartbeat, though its status showed the standby.
+                    agents: std::mem::take(&mut self.agents),
                     ..Decider::new(self.timing, self.majority * 2 - 1)
                 };
                 self.leader_since = Some(now);

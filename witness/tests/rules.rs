@@ -1495,3 +1495,52 @@ fn a_switchover_is_refused_by_a_witness_that_is_not_leader() {
         refused("not the leader; ask the leader")
     );
 }
+
+#[test]
+fn a_new_leader_keeps_the_heartbeats_it_received_as_a_follower() {
+    // A follower hears the standby, then becomes the leader: a switchover
+    // asked at once is judged on that heartbeat (still fresh), not refused
+    // for "no heartbeat from the standby".
+    let mut d = Decider::new(t(), 3);
+    assert_eq!(d.step(0, Input::Applied(init())), vec![]);
+    assert_eq!(
+        lease(&mut d, 100, standby("b", 1, 50)),
+        LeaseAnswer::NotLeader
+    );
+    assert_eq!(d.step(150, Input::BecameLeader), vec![]);
+    let begin = op(
+        &mut d,
+        200,
+        OperatorRequest::Switchover {
+            to: "b".into(),
+            by: "op".into(),
+        },
+    );
+    assert!(
+        matches!(
+            begin.as_slice(),
+            [Action::Propose(Command::BeginSwitchover { .. })]
+        ),
+        "{begin:?}"
+    );
+    // A heartbeat that is no longer fresh still does not count.
+    let mut d = Decider::new(t(), 3);
+    assert_eq!(d.step(0, Input::Applied(init())), vec![]);
+    assert_eq!(
+        lease(&mut d, 100, standby("b", 1, 50)),
+        LeaseAnswer::NotLeader
+    );
+    assert_eq!(d.step(10_000, Input::BecameLeader), vec![]);
+    let late = op(
+        &mut d,
+        10_000,
+        OperatorRequest::Switchover {
+            to: "b".into(),
+            by: "op".into(),
+        },
+    );
+    assert!(
+        !matches!(late.as_slice(), [Action::Propose(_)]),
+        "a stale heartbeat must not make the standby ready: {late:?}"
+    );
+}
