@@ -156,6 +156,19 @@ zone "demo.test" {{
 
     /// The agent's `dns:` section for this server, switching
     /// `record.demo.test.` between `values` (`dc -> [values]`).
+    /// The agents' `dns:` YAML for `label` as the demo has it: dc-a at
+    /// 127.0.0.11, dc-b at 127.0.0.12, switches proven through this server.
+    pub fn two_datacenters_yaml(&self, label: &str) -> String {
+        self.agent_yaml(
+            label,
+            &[("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")],
+            &format!(
+                "  verify: {{ nameservers: [\"{}\"], timeout: 30s }}\n",
+                self.addr
+            ),
+        )
+    }
+
     pub fn agent_yaml(&self, record: &str, values: &[(&str, &str)], extra: &str) -> String {
         let vals: Vec<String> = values
             .iter()

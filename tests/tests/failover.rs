@@ -432,14 +432,7 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     // datacenter has its own loopback address; each agent proves the
     // service through the name (its Milvus port behind that address).
     let bind = Bind::start(&dir.path().join("bind"), "").await?;
-    let dns = bind.agent_yaml(
-        "svc",
-        &[("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")],
-        &format!(
-            "  verify: {{ nameservers: [\"{}\"], timeout: 30s }}\n",
-            bind.addr
-        ),
-    );
+    let dns = bind.two_datacenters_yaml("svc");
     let d = deploy_with(
         "fo_kill",
         &failover,
@@ -1041,14 +1034,7 @@ async fn drills_measure_every_step_and_leave_both_clusters_identical() -> Result
     let _g = SERIAL.lock().await;
     let dir = tempfile::tempdir()?;
     let bind = Bind::start(&dir.path().join("bind"), "").await?;
-    let dns = bind.agent_yaml(
-        "svc",
-        &[("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")],
-        &format!(
-            "  verify: {{ nameservers: [\"{}\"], timeout: 30s }}\n",
-            bind.addr
-        ),
-    );
+    let dns = bind.two_datacenters_yaml("svc");
     let mut d = deploy_with(
         "fo_drill",
         FAST,

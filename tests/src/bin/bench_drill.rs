@@ -62,14 +62,7 @@ async fn main() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let bind = Bind::start(&dir.path().join("bind"), "").await?;
-    let dns = bind.agent_yaml(
-        "svc",
-        &[("dc-a", "127.0.0.11"), ("dc-b", "127.0.0.12")],
-        &format!(
-            "  verify: {{ nameservers: [\"{}\"], timeout: 30s }}\n",
-            bind.addr
-        ),
-    );
+    let dns = bind.two_datacenters_yaml("svc");
     let d = deploy_with(
         "bench_drill",
         &failover,
