@@ -3,7 +3,10 @@
 //! signature checking on. `stop` takes it down mid-test (connections cut,
 //! port closed). s3s-fs honours `If-Match` / `If-None-Match` on PutObject
 //! but ignores `If-Match` on DeleteObject; [`ConditionalDelete`] adds
-//! that, as AWS S3 has it.
+//! that, as AWS S3 has it. s3s-fs also checks a PutObject's condition and
+//! then writes, so two conditional PUTs racing could both succeed (seen:
+//! two backup runs both took the lock): [`Serialized`] runs conditional
+//! PUTs one at a time, atomic as AWS S3 makes them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +45,10 @@ impl S3Server {
         b.set_access(ConditionalDelete {
             fs: s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
         });
-        let service = b.build();
+        let service = Serialized {
+            inner: b.build(),
+            lock: Default::default(),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Default::default();
@@ -130,5 +136,38 @@ impl S3Access for ConditionalDelete {
             (ETagCondition::ETag(want), Some(have)) if have.strong_cmp(&want) => Ok(()),
             _ => Err(s3_error!(PreconditionFailed, "ETag does not match")),
         }
+    }
+}
+
+/// Runs conditional PutObjects (`If-None-Match`, `If-Match`) one at a
+/// time, so check-and-write is atomic as on AWS S3.
+#[derive(Clone)]
+struct Serialized {
+    inner: s3s::service::S3Service,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Incoming = hyper::Request<hyper::body::Incoming>;
+
+impl hyper::service::Service<Incoming> for Serialized {
+    type Response = <s3s::service::S3Service as hyper::service::Service<Incoming>>::Response;
+    type Error = <s3s::service::S3Service as hyper::service::Service<Incoming>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: Incoming) -> Self::Future {
+        let conditional = req.method() == hyper::Method::PUT
+            && (req.headers().contains_key("if-none-match")
+                || req.headers().contains_key("if-match"));
+        let (inner, lock) = (self.inner.clone(), self.lock.clone());
+        Box::pin(async move {
+            let _one_at_a_time = if conditional {
+                Some(lock.lock_owned().await)
+            } else {
+                None
+            };
+            hyper::service::Service::call(&inner, req).await
+        })
     }
 }
