@@ -76,15 +76,25 @@ impl Client {
             return Err(unreachable(self.error.clone().unwrap_or_default()));
         };
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftRpc {
-            kind: kind.into(),
-            body,
-        });
-        request.set_timeout(option.hard_ttl());
-        let reply = client
-            .raft(request)
-            .await
-            .map_err(|s| unreachable(format!("witness {}: {}", self.target, s.message())))?;
+        let rpc = || {
+            let mut request = tonic::Request::new(RaftRpc {
+                kind: kind.into(),
+                body: body.clone(),
+            });
+            request.set_timeout(option.hard_ttl());
+            request
+        };
+        // A connection the peer closed (it rotated its certificate and
+        // sent GOAWAY) fails a call in transit with CANCELLED or
+        // UNAVAILABLE: once, on the reconnected channel, before calling
+        // the peer unreachable (Raft RPCs may be repeated).
+        let reply = match client.raft(rpc()).await {
+            Err(s) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) => {
+                client.raft(rpc()).await
+            }
+            r => r,
+        }
+        .map_err(|s| unreachable(format!("witness {}: {}", self.target, s.message())))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&reply.into_inner().body)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
