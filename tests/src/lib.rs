@@ -297,6 +297,15 @@ fn sweep_stale_server_dirs() {
     }
 }
 
+/// The port of an endpoint such as `http://127.0.0.1:19530`.
+pub fn port_of(endpoint: &str) -> u16 {
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the endpoint")
+}
+
 /// Path of a binary of this workspace. `tests/run.sh` builds them first
 /// (`cargo build --workspace --bins`); when one is missing it is built here.
 pub fn bin(name: &str) -> PathBuf {

@@ -462,7 +462,10 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     data::create(&d.env.primary, &db, "w", SIMPLE).await?;
     let ports = [
         ("127.0.0.11".to_string(), own.grpc_port),
-        ("127.0.0.12".to_string(), port_of(&d.env.endpoints[1].0)),
+        (
+            "127.0.0.12".to_string(),
+            dr_tests::port_of(&d.env.endpoints[1].0),
+        ),
     ];
     let client = NameClient::start(
         ClientSpec {
@@ -689,14 +692,6 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
     );
     drop(own);
     Ok(())
-}
-
-fn port_of(endpoint: &str) -> u16 {
-    endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port in the endpoint")
 }
 
 fn ports_a(c: &NameClient) -> u16 {

@@ -35,14 +35,6 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn port_of(endpoint: &str) -> u16 {
-    endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port in the endpoint")
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     dr_tests::init_logging();
@@ -81,8 +73,14 @@ async fn main() -> Result<()> {
             dns: bind.addr,
             label: "svc".into(),
             ports: [
-                ("127.0.0.11".to_string(), port_of(&d.env.endpoints[0].0)),
-                ("127.0.0.12".to_string(), port_of(&d.env.endpoints[1].0)),
+                (
+                    "127.0.0.11".to_string(),
+                    dr_tests::port_of(&d.env.endpoints[0].0),
+                ),
+                (
+                    "127.0.0.12".to_string(),
+                    dr_tests::port_of(&d.env.endpoints[1].0),
+                ),
             ]
             .into(),
             database: db.clone(),
