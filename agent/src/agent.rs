@@ -242,6 +242,7 @@ pub async fn run(
             liveness,
             held_retry: cfg.replication.held_retry,
             drill: Some(drills.clone()),
+            anti_entropy_interval: cfg.replication.anti_entropy_interval,
         })
     };
     let mut failover_task = None;

@@ -165,6 +165,15 @@ pub struct Replication {
     /// after this long.
     #[serde(default = "d_held_retry", with = "humantime_serde")]
     pub held_retry: Duration,
+    /// How often the source compares what the standby holds (its
+    /// inventory) with the capture base, and resends rows written, changed
+    /// or deleted straight in the standby's Milvus. `0s` = never.
+    #[serde(default = "d_anti_entropy", with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
+}
+
+fn d_anti_entropy() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn d_held_retry() -> Duration {
@@ -181,6 +190,7 @@ impl Default for Replication {
             exclude: vec![],
             reconnect_backoff: d_reconnect(),
             held_retry: d_held_retry(),
+            anti_entropy_interval: d_anti_entropy(),
         }
     }
 }
@@ -695,6 +705,16 @@ impl Config {
                 "use a pause of seconds: lag grows by at least this much",
             ));
         }
+        if !r.anti_entropy_interval.is_zero() && r.anti_entropy_interval < Duration::from_secs(1) {
+            return Err(err(
+                "replication.anti_entropy_interval",
+                format!(
+                    "{} is shorter than 1s",
+                    humantime::format_duration(r.anti_entropy_interval)
+                ),
+                "use at least 1s (each run reads the standby's whole inventory; default 10m), or 0s to turn it off",
+            ));
+        }
         for e in &r.exclude {
             if e.split('.').count() != 2 {
                 return Err(err(
@@ -1035,6 +1055,26 @@ tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
 
         let c = Config::parse(&SAMPLE.replace("https://127.0.0.1:7444", "127.0.0.1:7444")).unwrap();
         assert_eq!(c.validate().unwrap_err().field, "datacenters.dc-b.agent");
+    }
+
+    #[test]
+    fn anti_entropy_interval_is_10m_by_default_off_at_0s_and_at_least_1s() {
+        let with = |extra: &str| Config::parse(&format!("{SAMPLE}{extra}\n")).unwrap();
+        let c = with("");
+        assert_eq!(
+            c.replication.anti_entropy_interval,
+            Duration::from_secs(600)
+        );
+        for ok in ["0s", "1s", "2h"] {
+            with(&format!("replication: {{ anti_entropy_interval: {ok} }}"))
+                .validate()
+                .unwrap();
+        }
+        let e = with("replication: { anti_entropy_interval: 500ms }")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "replication.anti_entropy_interval");
+        assert!(e.fix.contains("0s"), "{e}");
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub fn render(src: &MetricsSource) -> String {
         "Capture passes completed",
         s.passes,
     );
+    anti_entropy_metrics(&mut reg, &s);
     backup_metrics(&mut reg, &src.backup.lock().unwrap().clone());
     if let Some(tls) = &src.tls {
         reg.register(
@@ -215,6 +216,45 @@ pub fn certificate_expiry(
         .set(e.not_after);
     }
     f
+}
+
+fn anti_entropy_metrics(reg: &mut Registry, s: &crate::replication::ReplicationState) {
+    let ae = &s.anti_entropy;
+    counter(
+        reg,
+        "anti_entropy_runs",
+        "Anti-entropy runs completed (the standby's inventory compared with what was sent)",
+        ae.runs,
+    );
+    let repairs = Family::<Vec<(String, String)>, Counter>::default();
+    if ae.enabled && s.role == crate::replication::Role::Source {
+        // A series from the start (0) for every collection the source
+        // replicates, so that the first repair is an increase.
+        for c in &s.collections {
+            let _ = repairs.get_or_create(&vec![(
+                "collection".into(),
+                format!("{}.{}", c.database, c.collection),
+            )]);
+        }
+    }
+    for (collection, n) in &ae.repairs {
+        repairs
+            .get_or_create(&vec![("collection".into(), collection.clone())])
+            .inc_by(*n);
+    }
+    reg.register(
+        "anti_entropy_repairs",
+        "Rows anti-entropy found otherwise on the standby than replication left them, and resent",
+        repairs,
+    );
+    if ae.last_run_ms > 0 {
+        gauge_f(
+            reg,
+            "anti_entropy_last_run_timestamp_seconds",
+            "End of the newest anti-entropy run",
+            ae.last_run_ms as f64 / 1000.0,
+        );
+    }
 }
 
 fn backup_metrics(reg: &mut Registry, b: &crate::backup::BackupStats) {
@@ -352,6 +392,70 @@ mod tests {
             text.contains("milvus_dr_role{datacenter=\"dc-b\",role=\"sink\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn anti_entropy_metrics_count_runs_and_repairs_by_collection() {
+        let state: SharedState = Default::default();
+        let src = MetricsSource {
+            datacenter: "dc-a".into(),
+            state: state.clone(),
+            health: Arc::new(Mutex::new(Health {
+                healthy: true,
+                detail: "ok".into(),
+            })),
+            backup: Default::default(),
+            lease: None,
+            tls: None,
+        };
+        let text = render(&src);
+        assert!(
+            text.contains("milvus_dr_anti_entropy_runs_total{datacenter=\"dc-a\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("milvus_dr_anti_entropy_repairs_total{"),
+            "{text}"
+        );
+        {
+            let mut st = state.lock().unwrap();
+            st.role = crate::replication::Role::Source;
+            st.anti_entropy.enabled = true;
+            st.collections = vec![dr_proto::pb::CollectionStatus {
+                database: "db".into(),
+                collection: "e".into(),
+                state: "replicating".into(),
+                ..Default::default()
+            }];
+        }
+        let text = render(&src);
+        assert!(
+            text.contains(
+                "milvus_dr_anti_entropy_repairs_total{datacenter=\"dc-a\",collection=\"db.e\"} 0"
+            ),
+            "a series from the start: {text}"
+        );
+        assert!(
+            !text.contains("milvus_dr_anti_entropy_last_run_timestamp_seconds{"),
+            "no run yet: {text}"
+        );
+        {
+            let mut st = state.lock().unwrap();
+            st.anti_entropy.runs = 4;
+            st.anti_entropy.last_run_ms = 1_700_000_000_500;
+            st.anti_entropy.repairs.insert("db.c".into(), 3);
+            st.anti_entropy.repairs.insert("db.d".into(), 0);
+        }
+        let text = render(&src);
+        for want in [
+            "milvus_dr_anti_entropy_runs_total{datacenter=\"dc-a\"} 4",
+            "milvus_dr_anti_entropy_repairs_total{datacenter=\"dc-a\",collection=\"db.c\"} 3",
+            "milvus_dr_anti_entropy_repairs_total{datacenter=\"dc-a\",collection=\"db.d\"} 0",
+            "milvus_dr_anti_entropy_repairs_total{datacenter=\"dc-a\",collection=\"db.e\"} 0",
+            "milvus_dr_anti_entropy_last_run_timestamp_seconds{datacenter=\"dc-a\"} 1700000000.5",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
     }
 
     #[test]

@@ -347,6 +347,19 @@ pub async fn spawn_bound<B: serde::de::DeserializeOwned>(
     log_env: &str,
     default_log: &str,
 ) -> Result<(Child, B)> {
+    spawn_bound_env(binary, config, log, bound, log_env, default_log, &[]).await
+}
+
+/// [`spawn_bound`], with environment variables for the process.
+pub async fn spawn_bound_env<B: serde::de::DeserializeOwned>(
+    binary: &str,
+    config: &Path,
+    log: &Path,
+    bound: &Path,
+    log_env: &str,
+    default_log: &str,
+    vars: &[(String, String)],
+) -> Result<(Child, B)> {
     if let Some(dir) = bound.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -362,6 +375,7 @@ pub async fn spawn_bound<B: serde::de::DeserializeOwned>(
             "RUST_LOG",
             std::env::var(log_env).unwrap_or_else(|_| default_log.into()),
         )
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -481,6 +495,9 @@ pub struct Agent {
     pub log: PathBuf,
     pub grpc: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// Environment variables of the process besides the test's own (kept
+    /// across restarts).
+    pub vars: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -560,6 +577,16 @@ replication:
 
     /// Starts `dr-agent` with a config and waits until it reports its ports.
     pub async fn start(env: &TestEnv, spec: &AgentSpec<'_>) -> Result<Agent> {
+        Self::start_with_vars(env, spec, &[]).await
+    }
+
+    /// [`Agent::start`], with environment variables for the process (e.g.
+    /// the URL of an alert webhook, named by `url_env`).
+    pub async fn start_with_vars(
+        env: &TestEnv,
+        spec: &AgentSpec<'_>,
+        vars: &[(&str, &str)],
+    ) -> Result<Agent> {
         let config = Self::write_config(env, spec)?;
         let state_dir = env.dir.path().join(format!("state-{}", spec.dc));
         let mut a = Agent {
@@ -569,6 +596,10 @@ replication:
             log: env.dir.path().join(format!("{}.log", spec.dc)),
             grpc: ([127, 0, 0, 1], 0).into(),
             metrics: ([127, 0, 0, 1], 0).into(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         a.spawn().await?;
@@ -576,13 +607,14 @@ replication:
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let (child, b): (Child, dr_agent::agent::Bound) = spawn_bound(
+        let (child, b): (Child, dr_agent::agent::Bound) = spawn_bound_env(
             "dr-agent",
             &self.config,
             &self.log,
             &self.state_dir.join("bound.json"),
             "DR_AGENT_LOG",
             "info,h2=warn,tower=warn,hyper=warn",
+            &self.vars,
         )
         .await
         .with_context(|| format!("dr-agent {}; log: {}", self.dc, self.log_tail()))?;

@@ -10,7 +10,8 @@ use dr_agent::milvus::{Pk, PkType};
 use dr_proto::now_ms;
 use dr_proto::pb;
 use dr_tests::data::{self, Shape};
-use dr_tests::{proxy::Proxy, start_pair, wait_until, Agent, TestEnv};
+use dr_tests::webhook::Receiver;
+use dr_tests::{proxy::Proxy, start_pair, wait_until, Agent, AgentSpec, TestEnv};
 use milvus::proto::common::LoadState;
 use tracing::info;
 
@@ -672,4 +673,192 @@ async fn a_collection_the_standby_refuses_is_held_alone_and_resumes_once_fixed()
     .await?;
     ensure!(!held(&ctl.status("dc-a").await?), "x no longer held");
     Ok(())
+}
+
+async fn scrape(a: &Agent) -> Result<String> {
+    Ok(reqwest::get(format!("http://{}/metrics", a.metrics))
+        .await?
+        .text()
+        .await?)
+}
+
+/// The value of the first sample of `name` whose labels contain `label`.
+fn sample(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Anti-entropy: rows inserted, changed and deleted straight in the
+/// standby's Milvus (around milvus-dr) are found by the primary's agent,
+/// resent from the primary until the standby equals it again, counted in
+/// `/metrics` (each row once), and alerted (`anti_entropy_repair`), resolved
+/// after the next run that repairs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_rows_written_straight_into_the_standby() -> Result<()> {
+    let env = TestEnv::new("repl_ae").await?;
+    let db = env.name.clone();
+    data::create(&env.primary, &db, "c", SIMPLE).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..1000).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let hook = Receiver::start().await?;
+    let repl = "  anti_entropy_interval: 2s\n";
+    let b = Agent::start(
+        &env,
+        &AgentSpec {
+            dc: "dc-b",
+            peer_address: "https://127.0.0.1:1".into(),
+            grpc_port: 0,
+            extra_yaml: repl,
+        },
+    )
+    .await?;
+    let a = Agent::start_with_vars(
+        &env,
+        &AgentSpec {
+            dc: "dc-a",
+            peer_address: format!("https://{}", b.grpc),
+            grpc_port: 0,
+            extra_yaml: &format!(
+                "{repl}alerts:\n  webhooks: [ {{ kind: generic, url_env: DR_TEST_WEBHOOK }} ]\n"
+            ),
+        },
+        &[("DR_TEST_WEBHOOK", &hook.url)],
+    )
+    .await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+    assert_identical(&env, "c").await?;
+    let label = format!("collection=\"{db}.c\"");
+    const RUNS: &str = "milvus_dr_anti_entropy_runs_total";
+    const REPAIRS: &str = "milvus_dr_anti_entropy_repairs_total";
+
+    info!("phase: a run over an identical standby repairs nothing");
+    wait_until(LONG, "a first anti-entropy run", || async {
+        let m = scrape(&a).await.ok()?;
+        (sample(&m, RUNS, "")? >= 1.0).then_some(())
+    })
+    .await?;
+    let m = scrape(&a).await?;
+    ensure!(sample(&m, REPAIRS, &label) == Some(0.0), "{m}");
+    ensure!(
+        sample(&m, "milvus_dr_anti_entropy_last_run_timestamp_seconds", "")
+            .is_some_and(|t| t * 1000.0 > (now_ms() - 60_000) as f64),
+        "{m}"
+    );
+
+    info!("phase: insert, upsert and delete straight in the standby's Milvus");
+    data::insert(&env.standby, &db, "c", SIMPLE, &[5000], 1).await?;
+    data::upsert(&env.standby, &db, "c", SIMPLE, &[10], 9).await?;
+    data::delete(&env.standby, &db, "c", SIMPLE, &[20]).await?;
+    wait_until(LONG, "the standby to equal the primary again", || async {
+        let a = data::read_all(&env.primary, &db, "c").await.ok()?;
+        let b = data::read_all(&env.standby, &db, "c").await.ok()?;
+        (a == b && !b.contains_key(&Pk::Int(5000))).then_some(())
+    })
+    .await?;
+    let repaired = wait_until(LONG, "3 rows counted as repaired", || async {
+        let v = sample(&scrape(&a).await.ok()?, REPAIRS, &label)?;
+        (v >= 3.0).then_some(v)
+    })
+    .await?;
+    assert_eq!(repaired, 3.0, "each row repaired once");
+
+    info!("phase: alerted with its evidence, resolved by the next clean run");
+    let is = |v: &serde_json::Value, status: &str| {
+        v["event"] == "anti_entropy_repair" && v["status"] == status
+    };
+    let fired = hook
+        .wait_for(LONG, "the anti_entropy_repair alert", |v| is(v, "firing"))
+        .await?;
+    assert_eq!(fired["source"], "dc-a");
+    assert_eq!(fired["severity"], "warning");
+    assert_eq!(
+        fired["detail"]["collections"][0]["collection"],
+        format!("{db}.c")
+    );
+    let rows = ["extra", "different", "missing"].map(|k| {
+        fired["detail"][format!("rows_{k}_on_standby")]
+            .as_u64()
+            .unwrap_or(0)
+    });
+    ensure!(
+        rows.iter().sum::<u64>() >= 1 && rows.iter().all(|n| *n <= 1),
+        "{fired}"
+    );
+    ensure!(
+        fired["detail"]["cause"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("around milvus-dr"),
+        "{fired}"
+    );
+    hook.wait_for(LONG, "the anti_entropy_repair resolve", |v| {
+        is(v, "resolved")
+    })
+    .await?;
+    let events: Vec<String> = hook
+        .bodies()
+        .iter()
+        .filter(|v| v["event"] == "anti_entropy_repair")
+        .map(|v| v["status"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        ["firing", "resolved"],
+        "one trigger, then its resolve"
+    );
+    let m = scrape(&a).await?;
+    assert_eq!(sample(&m, REPAIRS, &label), Some(3.0), "{m}");
+    assert_identical(&env, "c").await?;
+    no_errors(&[&a, &b])
+}
+
+/// `anti_entropy_interval: 0s` turns anti-entropy off: passes go on, no run
+/// happens, and a row changed straight in the standby stays changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_off_never_runs() -> Result<()> {
+    let env = TestEnv::new("repl_ae_off").await?;
+    let db = env.name.clone();
+    data::create(&env.primary, &db, "c", SIMPLE).await?;
+    data::insert(
+        &env.primary,
+        &db,
+        "c",
+        SIMPLE,
+        &(0..200).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+    let (a, b) = start_pair(&env, "  anti_entropy_interval: 0s\n", None).await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, now_ms()).await?;
+    data::upsert(&env.standby, &db, "c", SIMPLE, &[10], 9).await?;
+    let passes = |m: &str| sample(m, "milvus_dr_replication_passes_total", "").unwrap_or(0.0);
+    let first = passes(&scrape(&a).await?);
+    wait_until(LONG, "15 more passes", || async {
+        (passes(&scrape(&a).await.ok()?) >= first + 15.0).then_some(())
+    })
+    .await?;
+    let m = scrape(&a).await?;
+    assert_eq!(
+        sample(&m, "milvus_dr_anti_entropy_runs_total", ""),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        !m.contains("milvus_dr_anti_entropy_last_run_timestamp_seconds{"),
+        "{m}"
+    );
+    let p = data::read_all(&env.primary, &db, "c").await?;
+    let s = data::read_all(&env.standby, &db, "c").await?;
+    assert_eq!(data::diff(&p, &s).2, vec![Pk::Int(10)], "left as changed");
+    no_errors(&[&a, &b])
 }

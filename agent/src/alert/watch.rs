@@ -1,7 +1,8 @@
 //! Conditions the agent watches and alerts on while they hold, resolved
 //! when they clear: replication lag over `monitoring.lag_alert` (raised by
 //! the acting primary, whose writes are at risk), collections held on a
-//! permanent apply error, and a primary fenced for longer than a moment.
+//! permanent apply error, a primary fenced for longer than a moment, and
+//! rows anti-entropy found written around milvus-dr into the standby.
 
 use std::time::Duration;
 
@@ -21,14 +22,21 @@ pub const FENCED: &str = "primary_fenced";
 /// Fences shorter than this (a switchover's hand-over, a failover in
 /// progress) are not alerted.
 pub const FENCED_GRACE_MS: i64 = 10_000;
+/// An anti-entropy run repaired rows on the standby (resolved after the
+/// next run that repairs nothing).
+pub const ANTI_ENTROPY: &str = "anti_entropy_repair";
 
 /// What should be active now: each key with its alert, or `None` (clear).
+/// `repairs_alerted`: `st.anti_entropy.repairing_runs` as of the previous
+/// evaluation, so that a repairing run is alerted even if a clean run
+/// followed it before this evaluation.
 pub fn evaluate(
     st: &ReplicationState,
     now_ms: i64,
     lag_alert: Duration,
     dc: &str,
     fenced_since_ms: Option<i64>,
+    repairs_alerted: u64,
 ) -> Vec<(&'static str, Option<Alert>)> {
     let lag = if st.role == Role::Source {
         // Unknown until the standby first acknowledges a pass (the stream
@@ -83,7 +91,48 @@ pub fn evaluate(
             ),
             detail: json!({ "epoch": st.epoch, "why": st.failover, "since_ms": since }),
         });
-    vec![(LAG, lag), (HELD, held), (FENCED, fenced)]
+    vec![
+        (LAG, lag),
+        (HELD, held),
+        (FENCED, fenced),
+        (ANTI_ENTROPY, anti_entropy(st, dc, repairs_alerted)),
+    ]
+}
+
+/// Raised by the primary (the source runs anti-entropy) while its newest
+/// run repaired rows, or a repairing run has not been alerted yet.
+fn anti_entropy(st: &ReplicationState, dc: &str, repairs_alerted: u64) -> Option<Alert> {
+    let ae = &st.anti_entropy;
+    if st.role != Role::Source || !(ae.repairing || ae.repairing_runs > repairs_alerted) {
+        return None;
+    }
+    let sum = |f: fn(&crate::replication::antientropy::Finding) -> u64| -> u64 {
+        ae.findings.iter().map(f).sum()
+    };
+    let (extra, different, missing) = (
+        sum(|f| f.extra_on_standby),
+        sum(|f| f.different_on_standby),
+        sum(|f| f.missing_on_standby),
+    );
+    let names: Vec<&str> = ae.findings.iter().map(|f| f.collection.as_str()).collect();
+    Some(Alert {
+        key: ANTI_ENTROPY.into(),
+        severity: Severity::Warning,
+        summary: format!(
+            "anti-entropy found {} row(s) on the standby of {dc} that replication did not leave there ({extra} extra, {different} different, {missing} missing; {}) and resends them from the primary: someone writes around milvus-dr into the standby's Milvus",
+            extra + different + missing,
+            names.join(", ")
+        ),
+        detail: json!({
+            "collections": ae.findings,
+            "rows_extra_on_standby": extra,
+            "rows_different_on_standby": different,
+            "rows_missing_on_standby": missing,
+            "epoch": st.epoch,
+            "run_ms": ae.last_run_ms,
+            "cause": "someone writes around milvus-dr into the standby's Milvus: these rows were not written by replication; they were resent from the primary (check who writes to the standby's Milvus)",
+        }),
+    })
 }
 
 /// Raises and resolves [`evaluate`]'s alerts every `every` until `stop`.
@@ -96,12 +145,15 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut fenced_since = None;
+    let mut repairs_alerted = 0;
     loop {
         let now = dr_proto::now_ms();
         let conditions = {
             let st = state.lock().unwrap();
             fenced_since = (st.role == Role::Fenced).then(|| fenced_since.unwrap_or(now));
-            evaluate(&st, now, lag_alert, &dc, fenced_since)
+            let v = evaluate(&st, now, lag_alert, &dc, fenced_since, repairs_alerted);
+            repairs_alerted = st.anti_entropy.repairing_runs;
+            v
         };
         for (key, alert) in conditions {
             match alert {
@@ -150,8 +202,8 @@ mod tests {
     #[test]
     fn lag_is_alerted_by_the_primary_over_the_threshold_only() {
         let t = Duration::from_secs(60);
-        assert!(active(&evaluate(&source(100_000), 150_000, t, "dc-a", None)).is_empty());
-        let v = evaluate(&source(100_000), 170_001, t, "dc-a", None);
+        assert!(active(&evaluate(&source(100_000), 150_000, t, "dc-a", None, 0)).is_empty());
+        let v = evaluate(&source(100_000), 170_001, t, "dc-a", None, 0);
         assert_eq!(active(&v), vec![LAG]);
         let a = v[0].1.as_ref().unwrap();
         assert!(a.summary.contains("lags 70.0 s"), "{}", a.summary);
@@ -161,7 +213,7 @@ mod tests {
             role: Role::Sink,
             ..source(100_000)
         };
-        assert!(active(&evaluate(&standby, 999_999, t, "dc-b", None)).is_empty());
+        assert!(active(&evaluate(&standby, 999_999, t, "dc-b", None, 0)).is_empty());
     }
 
     #[test]
@@ -181,7 +233,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let v = evaluate(&st, 100_500, Duration::from_secs(60), "dc-a", None);
+        let v = evaluate(&st, 100_500, Duration::from_secs(60), "dc-a", None, 0);
         assert_eq!(active(&v), vec![HELD]);
         assert_eq!(
             v[1].1.as_ref().unwrap().detail["collections"][0],
@@ -197,7 +249,8 @@ mod tests {
             100_500,
             Duration::from_secs(60),
             "dc-b",
-            None
+            None,
+            0
         ))
         .is_empty());
         st.collections.truncate(0);
@@ -206,9 +259,70 @@ mod tests {
             100_500,
             Duration::from_secs(60),
             "dc-a",
-            None
+            None,
+            0
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn anti_entropy_repairs_are_alerted_by_the_primary_until_a_clean_run() {
+        use crate::replication::antientropy::Finding;
+        let t = Duration::from_secs(60);
+        let ae = |st: &ReplicationState, seen: u64| {
+            let v = evaluate(st, 100_500, t, "dc-a", None, seen);
+            assert_eq!(v[3].0, ANTI_ENTROPY);
+            v[3].1.clone()
+        };
+        let mut st = source(100_000);
+        st.anti_entropy.runs = 1;
+        assert!(ae(&st, 0).is_none(), "a clean run");
+        st.anti_entropy.runs = 2;
+        st.anti_entropy.repairing = true;
+        st.anti_entropy.repairing_runs = 1;
+        st.anti_entropy.findings = vec![Finding {
+            collection: "db.c".into(),
+            extra_on_standby: 1,
+            different_on_standby: 2,
+            missing_on_standby: 3,
+            sample_keys: vec!["7".into(), "8".into()],
+        }];
+        let a = ae(&st, 0).expect("raised");
+        assert_eq!(
+            active(&evaluate(&st, 100_500, t, "dc-a", None, 0)),
+            vec![ANTI_ENTROPY]
+        );
+        assert_eq!(a.severity, Severity::Warning);
+        assert!(
+            a.summary.contains("6 row(s)")
+                && a.summary.contains("1 extra, 2 different, 3 missing")
+                && a.summary.contains("db.c")
+                && a.summary.contains("writes around milvus-dr"),
+            "{}",
+            a.summary
+        );
+        assert_eq!(a.detail["collections"][0]["collection"], "db.c");
+        assert_eq!(a.detail["collections"][0]["missing_on_standby"], 3);
+        assert_eq!(a.detail["collections"][0]["sample_keys"][1], "8");
+        assert_eq!(a.detail["rows_extra_on_standby"], 1);
+        assert!(a.detail["cause"]
+            .as_str()
+            .unwrap()
+            .contains("standby's Milvus"));
+        // Still active while the newest run repaired rows, seen or not.
+        assert!(ae(&st, 1).is_some());
+        // The next run repaired nothing: resolved once that run was seen...
+        st.anti_entropy.repairing = false;
+        assert!(ae(&st, 1).is_none());
+        // ...but a repairing run not evaluated yet is alerted first.
+        assert!(ae(&st, 0).is_some());
+        // Only the primary runs anti-entropy and alerts on it.
+        st.anti_entropy.repairing = true;
+        let standby = ReplicationState {
+            role: Role::Sink,
+            ..st.clone()
+        };
+        assert!(ae(&standby, 0).is_none());
     }
 
     #[test]
@@ -220,8 +334,8 @@ mod tests {
             ..source(0)
         };
         // A short fence (a switchover's hand-over) is not alerted.
-        assert!(active(&evaluate(&fenced, 105_000, t, "dc-a", Some(100_000))).is_empty());
-        let v = evaluate(&fenced, 110_000, t, "dc-a", Some(100_000));
+        assert!(active(&evaluate(&fenced, 105_000, t, "dc-a", Some(100_000), 0)).is_empty());
+        let v = evaluate(&fenced, 110_000, t, "dc-a", Some(100_000), 0);
         assert_eq!(active(&v), vec![FENCED]);
         let a = v[2].1.as_ref().unwrap();
         assert!(
@@ -239,7 +353,8 @@ mod tests {
             110_000,
             t,
             "dc-a",
-            Some(100_000)
+            Some(100_000),
+            0
         ))
         .is_empty());
     }

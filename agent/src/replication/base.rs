@@ -431,6 +431,30 @@ impl Base {
         Ok(n)
     }
 
+    /// Marks `keys` of `scope` as [`UNKNOWN`] (inserting those the base
+    /// lacks), in one transaction: the next pass resends the primary's row
+    /// for each, or a delete where the primary has none. Anti-entropy calls
+    /// it for keys where the sink holds something else than the base says.
+    pub fn invalidate(&self, scope: u64, keys: &[Pk]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut ints = txn.open_table(INT)?;
+            let mut strs = txn.open_table(STR)?;
+            for pk in keys {
+                match pk {
+                    Pk::Int(k) => {
+                        ints.insert((scope, *k), UNKNOWN)?;
+                    }
+                    Pk::Str(k) => {
+                        strs.insert((scope, k.as_str()), UNKNOWN)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     pub fn pending_count(&self) -> Result<usize> {
         let r = self.db.begin_read()?;
         let t = r.open_table(PENDING)?;
@@ -541,6 +565,46 @@ mod tests {
         let page = vec![(Pk::Int(1), 11, 0)];
         let base = vec![(Pk::Int(1), UNKNOWN)];
         assert_eq!(diff_page(&page, &base).upserts, vec![0]);
+    }
+
+    #[test]
+    fn invalidated_keys_are_resent_or_deleted_by_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Base::open(&dir.path().join("b.redb")).unwrap();
+        let s = b.scope_id("db/c/").unwrap();
+        let other = b.scope_id("db/d/").unwrap();
+        b.stage(1, s, &[(Pk::Int(1), Some(11)), (Pk::Int(2), Some(21))])
+            .unwrap();
+        b.stage(2, other, &[(Pk::Int(1), Some(11))]).unwrap();
+        b.ack(2).unwrap();
+        // 1: different on the sink; 3: on the sink only (the base lacks it).
+        b.invalidate(s, &[Pk::Int(1), Pk::Int(3)]).unwrap();
+        let base = b.range(s, None, None, false).unwrap();
+        assert_eq!(
+            base,
+            vec![
+                (Pk::Int(1), UNKNOWN),
+                (Pk::Int(2), 21),
+                (Pk::Int(3), UNKNOWN)
+            ]
+        );
+        // The primary still has 1 and 2 as the base had them, not 3.
+        let page = vec![(Pk::Int(1), 11, 0), (Pk::Int(2), 21, 1)];
+        let d = diff_page(&page, &base);
+        assert_eq!(d.upserts, vec![0], "the primary's row 1 is resent");
+        assert_eq!(d.deletes, vec![Pk::Int(3)], "3 is deleted on the sink");
+        assert!(d.inserts.is_empty());
+        assert_eq!(
+            b.range(other, None, None, false).unwrap(),
+            vec![(Pk::Int(1), 11)],
+            "other scopes are untouched"
+        );
+        let t = b.scope_id("db/t/").unwrap();
+        b.invalidate(t, &[Pk::Str("k".into())]).unwrap();
+        assert_eq!(
+            b.range(t, None, None, true).unwrap(),
+            vec![(Pk::Str("k".into()), UNKNOWN)]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! newest fully applied pass began; lag = now − that time, so a stalled
 //! source, stream or sink shows a growing lag.
 
+pub mod antientropy;
 pub mod base;
 pub mod catalog;
 pub mod sink;
@@ -80,6 +81,8 @@ pub struct ReplicationState {
     /// With witnesses: the role logic's own account of this agent.
     pub failover: String,
     pub lease_remaining_ms: i64,
+    /// Source: the anti-entropy runs' outcome.
+    pub anti_entropy: antientropy::State,
 }
 
 impl ReplicationState {

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::antientropy::{self, Schedule};
 use super::base::{self, Base, Change};
 use super::catalog::{self, Catalog, CollectionEntry, Filter};
 use super::SharedState;
@@ -41,6 +42,9 @@ pub struct SourceConfig {
     pub held_retry: Duration,
     /// A drilled outage stops what is sent, as a dead Milvus would.
     pub drill: Option<crate::drill::Drills>,
+    /// How often the standby's content is checked against the capture
+    /// base ([`antientropy`](super::antientropy)); zero: never.
+    pub anti_entropy_interval: Duration,
 }
 
 /// Collections the sink holds: `database.collection` -> (why, retry at).
@@ -64,12 +68,24 @@ pub async fn run(
         }
         s.role = super::Role::Source;
         s.epoch = cfg.epoch;
+        s.anti_entropy.enabled = !cfg.anti_entropy_interval.is_zero();
     }
     let mut backoff = cfg.reconnect_backoff;
     let held: Held = Default::default();
+    let mut anti_entropy = Schedule::new(cfg.anti_entropy_interval);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&cfg, &milvus, &base, &state, &held, &shutdown).await {
+        match session(
+            &cfg,
+            &milvus,
+            &base,
+            &state,
+            &held,
+            &mut anti_entropy,
+            &shutdown,
+        )
+        .await
+        {
             Ok(Ended::Shutdown) => break,
             Ok(Ended::Rotated) => {
                 // Between passes, as after any disconnect: resumes from
@@ -120,6 +136,7 @@ async fn session(
     base: &Arc<Base>,
     state: &SharedState,
     held: &Held,
+    anti_entropy: &mut Schedule,
     shutdown: &CancellationToken,
 ) -> Result<Ended> {
     let mut rotated = cfg.peer_tls.tls().subscribe();
@@ -267,6 +284,7 @@ async fn session(
         state,
         seq: first_seq,
         lineage: lineage.clone(),
+        catalog: None,
     };
     let result = async {
         loop {
@@ -274,6 +292,14 @@ async fn session(
                 r = pass(&mut sender, milvus) => r?,
                 _ = broken.cancelled() => break,
                 _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            }
+            if anti_entropy.due() {
+                tokio::select! {
+                    r = check_standby(&mut sender) => r?,
+                    _ = broken.cancelled() => break,
+                    _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                }
+                anti_entropy.ran();
             }
             if !rotated.has_changed().unwrap_or(false) {
                 tokio::select! {
@@ -334,6 +360,8 @@ struct Sender<'a> {
     state: &'a SharedState,
     seq: u64,
     lineage: String,
+    /// The catalog of the newest pass (for anti-entropy).
+    catalog: Option<Catalog>,
 }
 
 impl Sender<'_> {
@@ -383,7 +411,8 @@ impl Sender<'_> {
     }
 }
 
-fn scope_name(e: &CollectionEntry, partition: Option<&str>) -> String {
+/// The capture base's name for a collection, or one of its partitions.
+pub fn scope_name(e: &CollectionEntry, partition: Option<&str>) -> String {
     format!(
         "{}/{}/{}",
         e.info.database,
@@ -498,7 +527,28 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
     st.last_pass_duration_ms = started.elapsed().as_millis() as i64;
     st.passes += 1;
     st.lineage = s.lineage.clone();
+    drop(st);
+    s.catalog = Some(cat);
     Ok(())
+}
+
+/// An anti-entropy run, once the sink has acknowledged every batch sent (so
+/// it holds exactly what the base says); nothing is sent meanwhile.
+async fn check_standby(s: &mut Sender<'_>) -> Result<()> {
+    let all = u32::try_from(s.cfg.max_in_flight).unwrap_or(u32::MAX);
+    let _quiet = s.window.acquire_many(all).await?;
+    let held = s.held.lock().unwrap().keys().cloned().collect();
+    let Some(cat) = &s.catalog else {
+        return Ok(());
+    };
+    let cx = antientropy::Ctx {
+        base: s.base,
+        client: s.client.clone(),
+        epoch: s.cfg.epoch,
+        page_rows: s.cfg.page_rows,
+        state: s.state,
+    };
+    antientropy::run(cx, cat, &held).await
 }
 
 /// Seeds the base's scope `name` with what the sink holds of it (its
