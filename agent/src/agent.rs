@@ -148,6 +148,51 @@ pub async fn run(
     if let Some(d) = &dns {
         info!(provider = %d.provider.describe(), values = ?d.values.iter().map(ToString::to_string).collect::<Vec<_>>(), "DNS switching on: the service name follows the primary");
     }
+    // The capture base: what the standby holds, as this agent last sent
+    // it as primary (the divergent-writes export compares with it).
+    let base = Arc::new(Base::open(&capture_base_path(&cfg))?);
+    let witness_clients = match timing {
+        Some(t) => Some(crate::failover::witness_clients(&tls, &cfg.witnesses, &t)?),
+        None => None,
+    };
+    let divergence = match &witness_clients {
+        // Without witnesses nobody is ever demoted.
+        None => None,
+        Some(w) => {
+            let dest = match &cfg.backup.s3 {
+                Some(s3) => crate::replication::divergent::Dest::S3(
+                    crate::backup::Store::connect(
+                        s3,
+                        (cfg.backup.part_size_mib as usize) * 1024 * 1024,
+                    )
+                    .await
+                    .context("backup.s3 (divergent writes are kept there)")?,
+                ),
+                None => crate::replication::divergent::Dest::Dir(cfg.state_dir.join("divergent")),
+            };
+            let w = w.clone();
+            let reporter: crate::replication::divergent::Reporter =
+                Arc::new(move |req: dr_proto::pb::AgentReport| {
+                    let w = w.clone();
+                    Box::pin(async move { crate::failover::send_report(&w, &req).await })
+                });
+            let d = crate::replication::divergent::Divergence::new(
+                cfg.datacenter.clone(),
+                milvus.clone(),
+                base.clone(),
+                Filter {
+                    databases: cfg.replication.databases.clone(),
+                    exclude: cfg.replication.exclude.clone(),
+                },
+                cfg.replication.page_rows,
+                dest,
+                &cfg.state_dir,
+                Some(reporter),
+            )?;
+            sink.set_divergence(d.clone());
+            Some(d)
+        }
+    };
     let sink_handle = sink.clone();
     let drills = crate::drill::Drills::new(milvus.clone());
     let admin = AdminService {
@@ -268,6 +313,8 @@ pub async fn run(
                 hook_timeout: cfg.hooks.timeout,
                 dns: dns.clone(),
                 drills: drills.clone(),
+                base: base.clone(),
+                divergence: divergence.clone(),
             },
             source_stop.clone(),
         )?;
@@ -278,7 +325,6 @@ pub async fn run(
     } else if cfg.datacenter == cfg.initial_primary {
         // Without witnesses, the configured initial primary is the source
         // at epoch 1.
-        let base = Arc::new(Base::open(&capture_base_path(&cfg))?);
         if let Some(d) = dns.clone() {
             let stop = source_stop.child_token();
             let drills = drills.clone();

@@ -243,12 +243,7 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
     ensure!(dr_primary(&d.b).await == Some(503), "dc-b is the standby");
     let cut = Instant::now();
     d.w.isolate_a(true);
-    wait_until(LONG, "dc-b promoted at epoch 2", || async {
-        let s = d.status("dc-b").await?;
-        (s.role == "source" && s.epoch == 2).then_some(())
-    })
-    .await
-    .with_context(|| d.logs())?;
+    wait_source(&d, "dc-b", 2).await?;
     let promoted_after = cut.elapsed();
     let fenced = log_time(&d.a.log, &["fenced: no longer acting as primary"])
         .context("dc-a logged its fencing")?;
@@ -294,6 +289,21 @@ async fn a_primary_cut_off_from_the_witnesses_fences_before_the_standby_is_promo
     Ok(())
 }
 
+/// Waits until `dc` acts as the source at `epoch`.
+async fn wait_source(d: &Deployment, dc: &str, epoch: u64) -> Result<()> {
+    wait_until(
+        LONG,
+        &format!("{dc} the source at epoch {epoch}"),
+        || async {
+            let s = d.status(dc).await?;
+            (s.role == "source" && s.epoch == epoch).then_some(())
+        },
+    )
+    .await
+    .with_context(|| d.logs())?;
+    Ok(())
+}
+
 /// `GET /dr/primary` on an agent's metrics listener: the status code.
 async fn dr_primary(a: &dr_tests::Agent) -> Option<u16> {
     let url = format!("http://{}/dr/primary", a.metrics);
@@ -331,12 +341,7 @@ async fn a_hanging_promotion_hook_does_not_keep_a_cut_off_primary_acting() -> Re
     let cut_wall = dr_proto::now_ms();
     d.w.isolate_a(true);
     d.pb.silence(true);
-    wait_until(LONG, "dc-b promoted at epoch 2", || async {
-        let s = d.status("dc-b").await?;
-        (s.role == "source" && s.epoch == 2).then_some(())
-    })
-    .await
-    .with_context(|| d.logs())?;
+    wait_source(&d, "dc-b", 2).await?;
     // Whichever stopped it first: the lease guard at the deadline, or the
     // runtime loop on its next tick (the hook no longer blocks it).
     let stopped =
@@ -525,12 +530,7 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         observed.as_secs_f64(),
         entry.evidence
     );
-    wait_until(LONG, "dc-b the source at epoch 2", || async {
-        let s = d.status("dc-b").await?;
-        (s.role == "source" && s.epoch == 2).then_some(())
-    })
-    .await
-    .with_context(|| d.logs())?;
+    wait_source(&d, "dc-b", 2).await?;
     // Clients are moved: the name answers dc-b, switched by dc-b's agent
     // at epoch 2, and dc-b proved the service through it.
     wait_until(LONG, "the name to answer dc-b", ask("127.0.0.12"))
@@ -639,6 +639,7 @@ async fn primary_milvus_killed_fails_over_to_the_standby() -> Result<()> {
         .witness_command(&OperatorRequest::MarkResynced {
             dc: "dc-a".into(),
             by: String::new(),
+            discard_divergent: false,
         })
         .await?;
     switch_to(&d, "dc-a", 3).await?;
@@ -892,6 +893,7 @@ async fn role_changes_are_exact_across_switchovers_failover_and_failback() -> Re
         .witness_command(&OperatorRequest::MarkResynced {
             dc: "dc-a".into(),
             by: String::new(),
+            discard_divergent: false,
         })
         .await?;
     wait_leader_status(&d.ctl, LONG, "dc-a resynced", |s| {
@@ -1223,6 +1225,7 @@ async fn drills_measure_every_step_and_leave_both_clusters_identical() -> Result
         .witness_command(&OperatorRequest::MarkResynced {
             dc: "dc-a".into(),
             by: String::new(),
+            discard_divergent: false,
         })
         .await?;
     wait_leader_status(&d.ctl, LONG, "dc-a ready as the standby", |s| {
@@ -1262,5 +1265,258 @@ async fn drills_measure_every_step_and_leave_both_clusters_identical() -> Result
     for m in [&d.env.primary, &d.env.standby] {
         let _ = m.drop_collection(MARKERS_DB, MARKERS_COLLECTION).await;
     }
+    Ok(())
+}
+
+/// Each row of a SIMPLE collection as `id|vector bytes (hex, little
+/// endian f32)|tag|n`, as the test data writes it.
+fn simple_lines(ids: &[i64], version: u32) -> Vec<String> {
+    use milvus::proto::schema::{
+        field_data::Field, scalar_field::Data as S, vector_field::Data as V,
+    };
+    let cols = data::rows(SIMPLE, ids, version);
+    let by = |name: &str| cols.iter().find(|f| f.field_name == name).cloned();
+    let (Some(v), Some(tag), Some(n)) = (by("v"), by("tag"), by("n")) else {
+        panic!("SIMPLE rows have v, tag and n")
+    };
+    let floats = match v.field {
+        Some(Field::Vectors(vf)) => match vf.data {
+            Some(V::FloatVector(a)) => a.data,
+            _ => panic!("v is a float vector"),
+        },
+        _ => panic!("v is a vector"),
+    };
+    let dim = floats.len() / ids.len();
+    let tags = match tag.field {
+        Some(Field::Scalars(s)) => match s.data {
+            Some(S::StringData(a)) => a.data,
+            _ => panic!("tag is a string"),
+        },
+        _ => panic!("tag is a scalar"),
+    };
+    let ns = match n.field {
+        Some(Field::Scalars(s)) => match s.data {
+            Some(S::LongData(a)) => a.data,
+            _ => panic!("n is an int64"),
+        },
+        _ => panic!("n is a scalar"),
+    };
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let bytes: Vec<u8> = floats[i * dim..(i + 1) * dim]
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect();
+            format!("{id}|{}|{}|{}", hex::encode(bytes), tags[i], ns[i])
+        })
+        .collect()
+}
+
+/// Writes a primary accepted after it was cut off (its agent fenced, the
+/// standby promoted) are kept before the resync removes them: when it
+/// comes back, its agent writes every row that differs from what it had
+/// replicated to S3 as Parquet with a manifest, reports it to the
+/// witnesses, and only then lets the new primary's stream in. The export
+/// holds exactly those rows, byte for byte (read by pyarrow); afterwards
+/// both clusters are identical and the rows are gone from the old primary;
+/// `mark-resynced` is refused before the export and accepted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_cut_off_primary_accepted_are_kept_before_the_resync_removes_them() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let s3 = dr_tests::s3::S3Server::start(dir.path()).await?;
+    let agents = format!("backup:\n  s3: {}\n", s3.s3_yaml(dir.path(), "dr/")?);
+    let d = deploy_with(
+        "fo_divergent",
+        FAST_WIDE_BUDGET,
+        None,
+        Extra {
+            agents: &agents,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let db = d.env.name.clone();
+
+    info!("cut dc-a off: from the witnesses (silently) and from dc-b's agent, both ways");
+    d.w.isolate_a(true);
+    d.pa.block(true);
+    d.pb.block(true);
+    wait_source(&d, "dc-b", 2).await?;
+    wait_until(LONG, "dc-a fenced", || async {
+        let s = d.status("dc-a").await?;
+        (s.role != "source").then_some(())
+    })
+    .await
+    .with_context(|| d.logs())?;
+
+    info!("writes its clients still make to dc-a's Milvus: 10 new keys, 3 changed, 3 deleted");
+    let extra: Vec<i64> = (5000..5010).collect();
+    let changed: Vec<i64> = (0..3).collect();
+    data::insert(&d.env.primary, &db, "c", SIMPLE, &extra, 5).await?;
+    data::upsert(&d.env.primary, &db, "c", SIMPLE, &changed, 7).await?;
+    data::delete(&d.env.primary, &db, "c", SIMPLE, &[10, 11, 12]).await?;
+    // And the new primary's own writes.
+    data::insert(
+        &d.env.standby,
+        &db,
+        "c",
+        SIMPLE,
+        &(6000..6005).collect::<Vec<_>>(),
+        1,
+    )
+    .await?;
+
+    let refused = d
+        .ctl
+        .witness_command(&OperatorRequest::MarkResynced {
+            dc: "dc-a".into(),
+            by: String::new(),
+            discard_divergent: false,
+        })
+        .await
+        .expect_err("mark-resynced before dc-a kept its divergent writes");
+    ensure!(
+        format!("{refused:#}").contains("--discard-divergent"),
+        "{refused:#}"
+    );
+
+    info!("heal: dc-a comes back as the standby");
+    d.w.isolate_a(false);
+    d.pa.block(false);
+    d.pb.block(false);
+    let st = wait_leader_status(&d.ctl, LONG, "dc-a's export recorded", |s| {
+        s.cluster.divergent.contains_key("dc-a")
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let kept = &st.cluster.divergent["dc-a"];
+    ensure!(
+        kept.primary_epoch == 1 && kept.rows == 13 && kept.deleted_keys == 3,
+        "{kept:?}"
+    );
+    ensure!(
+        kept.location.starts_with("s3://") && kept.location.contains("divergent/dc-a-epoch1"),
+        "{kept:?}"
+    );
+
+    info!("the export, byte for byte, by pyarrow");
+    let manifest_path = s3.object_path(&format!(
+        "dr/{}",
+        dr_agent::replication::divergent::manifest_key("dc-a-epoch1")
+    ));
+    let manifest: dr_agent::replication::divergent::Manifest =
+        serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
+    ensure!(
+        manifest.total_rows == 13 && manifest.demoted_at_epoch == 2,
+        "{manifest:?}"
+    );
+    let c = manifest
+        .collections
+        .iter()
+        .find(|c| c.collection.name == "c")
+        .context("collection c in the manifest")?;
+    ensure!(
+        (c.extra_rows, c.changed_rows, c.deleted_count) == (10, 3, 3),
+        "{c:?}"
+    );
+    ensure!(
+        c.deleted_keys
+            == vec![
+                serde_json::json!(10),
+                serde_json::json!(11),
+                serde_json::json!(12)
+            ],
+        "{:?}",
+        c.deleted_keys
+    );
+    let script = r#"
+import sys, json, pathlib, struct, pyarrow.parquet as pq
+m = pathlib.Path(sys.argv[1])
+man = json.loads(m.read_text())
+for c in man["collections"]:
+    for o in c["collection"]["objects"]:
+        t = pq.read_table(m.parent / o["key"])
+        for i, v, tag, n in zip(*(t.column(x).to_pylist() for x in ("id", "v", "tag", "n"))):
+            print(f"{i}|{struct.pack('<%df' % len(v), *v).hex()}|{tag}|{n}")
+"#;
+    let out = std::process::Command::new(dr_tests::venv_python()?)
+        .arg("-c")
+        .arg(script)
+        .arg(&manifest_path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<String> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    let mut want = simple_lines(&changed, 7);
+    want.extend(simple_lines(&extra, 5));
+    want.sort();
+    ensure!(
+        got == want,
+        "export:\n{}\nwritten:\n{}",
+        got.join("\n"),
+        want.join("\n")
+    );
+
+    info!("then the resync: both identical, the divergent rows gone from dc-a");
+    let (a, b) = wait_until(LONG, "c identical on both", || async {
+        let a = data::read_all(&d.env.primary, &db, "c").await.ok()?;
+        let b = data::read_all(&d.env.standby, &db, "c").await.ok()?;
+        (a == b).then_some((a, b))
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let pks = |ids: &[i64]| data::pks(SIMPLE, ids);
+    ensure!(
+        pks(&extra).iter().all(|k| !a.contains_key(k)),
+        "the extra keys are gone from dc-a"
+    );
+    ensure!(
+        pks(&[10, 11, 12, 6000]).iter().all(|k| a.contains_key(k)),
+        "dc-a holds what dc-b holds"
+    );
+    ensure!(
+        a.len() == 205 && b.len() == 205,
+        "rows: {} {}",
+        a.len(),
+        b.len()
+    );
+
+    let status = d.drctl(&["witness", "status"])?;
+    let text = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        text.contains("dc-a: divergent writes from epoch 1 kept: 13 rows, 3 deleted keys"),
+        "{text}"
+    );
+    d.ctl
+        .witness_command(&OperatorRequest::MarkResynced {
+            dc: "dc-a".into(),
+            by: String::new(),
+            discard_divergent: false,
+        })
+        .await?;
+    let st = wait_leader_status(&d.ctl, LONG, "dc-a resynced", |s| {
+        s.cluster.needs_resync.is_empty()
+    })
+    .await?;
+    ensure!(
+        st.cluster.divergent.is_empty(),
+        "{:?}",
+        st.cluster.divergent
+    );
+    ensure!(
+        st.audit
+            .iter()
+            .any(|a| a.evidence.contains("kept at s3://")),
+        "the audit names where they are"
+    );
     Ok(())
 }

@@ -391,6 +391,7 @@ async fn witnesses_check_identities_datacenters_timing_and_input() -> Result<()>
         epoch: 1,
         what: what.into(),
         evidence: "e".into(),
+        divergent: None,
     };
     let e = agent
         .report(report("dc-b", "DNS switched"))

@@ -212,6 +212,10 @@ pub enum OperatorRequest {
     MarkResynced {
         dc: Dc,
         by: String,
+        /// Go ahead although the datacenter's agent has not recorded that
+        /// it kept its divergent writes (they are given up).
+        #[serde(default)]
+        discard_divergent: bool,
     },
     /// Records an operator's note in the audit (a drill and its result);
     /// changes nothing else.
@@ -513,14 +517,37 @@ impl Decider {
                 self.pending = Some((now, cmd.clone()));
                 Action::Propose(cmd)
             }
-            OperatorRequest::MarkResynced { dc, by } => {
+            OperatorRequest::MarkResynced {
+                dc,
+                by,
+                discard_divergent,
+            } => {
                 if !c.needs_resync.contains(&dc) {
                     return Action::OperatorReply(Err(format!("{dc} is not waiting for a resync")));
                 }
+                let evidence = match c.divergent.get(&dc) {
+                    Some(d) if d.rows == 0 && d.deleted_keys == 0 => {
+                        format!("stated by {by}; {dc} held no divergent writes")
+                    }
+                    Some(d) => format!(
+                        "stated by {by}; {dc}'s divergent writes ({} rows, {} deleted keys) are kept at {}",
+                        d.rows, d.deleted_keys, d.location
+                    ),
+                    None if discard_divergent => format!(
+                        "stated by {by}, who gave up any writes {dc} accepted and had not replicated (--discard-divergent)"
+                    ),
+                    None => {
+                        return Action::OperatorReply(Err(format!(
+                            "{dc}'s agent has not yet recorded that it kept the writes it accepted as primary and had not replicated \
+                             (it exports them when it comes back, before it resynchronises; `drctl witness status` shows it). \
+                             Wait for it, or give them up with `drctl witness mark-resynced {dc} --discard-divergent`"
+                        )))
+                    }
+                };
                 let cmd = Command::MarkResynced {
                     dc,
                     wall_ms,
-                    evidence: format!("stated by {by}"),
+                    evidence,
                 };
                 self.pending = Some((now, cmd.clone()));
                 Action::Propose(cmd)

@@ -6,7 +6,7 @@
 //! command is deterministic and compare-and-swap on the epoch, so a command
 //! proposed against a stale view is rejected, never applied twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +66,26 @@ pub struct Cluster {
     /// Datacenters demoted by a failover and not resynchronised since: no
     /// automatic failover or switchover may pick them (no automatic failback).
     pub needs_resync: BTreeSet<Dc>,
+    /// For a demoted datacenter: what became of the writes it held that it
+    /// had not replicated (recorded by its agent before it resynchronises;
+    /// `mark-resynced` waits for it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub divergent: BTreeMap<Dc, Divergent>,
     /// Commands applied so far (a newer view of the same epoch has more).
     pub version: u64,
+}
+
+/// A demoted datacenter's divergent writes, as its agent exported them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergent {
+    /// The epoch at which it was primary.
+    pub primary_epoch: Epoch,
+    /// Rows extra or changed there, compared with what it had replicated.
+    pub rows: u64,
+    /// Keys it had replicated and no longer holds.
+    pub deleted_keys: u64,
+    /// Where the rows were written (empty when there were none).
+    pub location: String,
 }
 
 /// What the witness state machine holds: the cluster view agents see, and
@@ -126,6 +144,7 @@ impl Default for Cluster {
             phase: Phase::Stable,
             last_failover_wall_ms: None,
             needs_resync: BTreeSet::new(),
+            divergent: BTreeMap::new(),
             version: 0,
         }
     }
@@ -185,6 +204,9 @@ impl Cluster {
                 self.epoch += 1;
                 self.phase = Phase::Stable;
                 self.last_failover_wall_ms = Some(*wall_ms);
+                // A new demotion: whatever was kept before is another story.
+                self.divergent.remove(&old);
+                self.divergent.remove(to);
                 self.needs_resync.insert(old);
                 self.needs_resync.remove(to);
                 Ok(())
@@ -234,6 +256,16 @@ impl Cluster {
                 if !self.needs_resync.remove(dc) {
                     return Err(format!("{dc} was not waiting for a resync"));
                 }
+                self.divergent.remove(dc);
+                Ok(())
+            }
+            Command::DivergentKept { dc, kept, .. } => {
+                if !self.needs_resync.contains(dc) {
+                    return Err(format!(
+                        "{dc} is not waiting for a resync (recorded in the audit only)"
+                    ));
+                }
+                self.divergent.insert(dc.clone(), kept.clone());
                 Ok(())
             }
             Command::Note { .. } => Ok(()),
@@ -283,6 +315,14 @@ pub enum Command {
         wall_ms: u64,
         evidence: String,
     },
+    /// A demoted datacenter's agent kept the writes it held that it had
+    /// not replicated, before resynchronising.
+    DivergentKept {
+        dc: Dc,
+        wall_ms: u64,
+        kept: Divergent,
+        evidence: String,
+    },
     /// An audited event that changes nothing (a held failover, a forced
     /// failover request).
     Note {
@@ -301,6 +341,7 @@ impl Command {
             | Command::CompleteSwitchover { wall_ms, .. }
             | Command::AbortSwitchover { wall_ms, .. }
             | Command::MarkResynced { wall_ms, .. }
+            | Command::DivergentKept { wall_ms, .. }
             | Command::Note { wall_ms, .. } => *wall_ms,
         }
     }
@@ -313,6 +354,7 @@ impl Command {
             | Command::CompleteSwitchover { evidence, .. }
             | Command::AbortSwitchover { evidence, .. }
             | Command::MarkResynced { evidence, .. }
+            | Command::DivergentKept { evidence, .. }
             | Command::Note { evidence, .. } => evidence,
         }
     }
@@ -341,6 +383,19 @@ impl Command {
                 format!("switchover aborted at epoch {from_epoch}")
             }
             Command::MarkResynced { dc, .. } => format!("{dc} marked resynchronised"),
+            Command::DivergentKept { dc, kept, .. } => {
+                if kept.rows == 0 && kept.deleted_keys == 0 {
+                    format!(
+                        "{dc} held no divergent writes from epoch {}",
+                        kept.primary_epoch
+                    )
+                } else {
+                    format!(
+                        "{dc} kept its divergent writes from epoch {}: {} rows, {} deleted keys, at {}",
+                        kept.primary_epoch, kept.rows, kept.deleted_keys, kept.location
+                    )
+                }
+            }
             Command::Note { what, .. } => what.clone(),
         }
     }
@@ -398,6 +453,51 @@ mod tests {
             })
             .is_err());
         assert_eq!(c.cluster.epoch, 2);
+    }
+
+    fn kept(dc: &str, primary_epoch: Epoch, rows: u64) -> Command {
+        Command::DivergentKept {
+            dc: dc.into(),
+            wall_ms: 3,
+            kept: Divergent {
+                primary_epoch,
+                rows,
+                deleted_keys: 0,
+                location: "s3://b/divergent/x/".into(),
+            },
+            evidence: String::new(),
+        }
+    }
+
+    #[test]
+    fn divergent_writes_are_recorded_per_demotion() {
+        let mut c = init();
+        // Not demoted: nothing to record.
+        assert!(c.apply(&kept("a", 1, 5)).is_err());
+        c.apply(&failover(1, "b")).unwrap();
+        c.apply(&kept("a", 1, 5)).unwrap();
+        assert_eq!(c.cluster.divergent["a"].rows, 5);
+        assert!(c.audit.last().unwrap().what.contains("5 rows"));
+        // Resynchronised: the record goes with the demotion.
+        c.apply(&Command::MarkResynced {
+            dc: "a".into(),
+            wall_ms: 4,
+            evidence: String::new(),
+        })
+        .unwrap();
+        assert!(c.cluster.divergent.is_empty());
+        // A record from an earlier demotion never carries over to a new one.
+        let mut c = init();
+        c.apply(&failover(1, "b")).unwrap();
+        c.apply(&kept("a", 1, 0)).unwrap();
+        c.apply(&failover(2, "a")).unwrap();
+        c.apply(&failover(3, "b")).unwrap();
+        assert!(c.cluster.divergent.is_empty());
+        // And the state written before this field existed still reads.
+        let mut v = serde_json::to_value(&c.cluster).unwrap();
+        v.as_object_mut().unwrap().remove("divergent");
+        let back: Cluster = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c.cluster);
     }
 
     #[test]

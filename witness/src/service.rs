@@ -176,7 +176,8 @@ impl Inner {
         operator
     }
 
-    async fn propose(self: &Arc<Self>, cmd: Command) {
+    /// Proposes a command; whether it was committed and accepted.
+    async fn propose(self: &Arc<Self>, cmd: Command) -> bool {
         let cmd_kind = cmd.clone();
         let what = cmd.describe();
         let evidence = cmd.evidence().to_string();
@@ -185,6 +186,7 @@ impl Inner {
             self.raft.client_write(cmd),
         )
         .await;
+        let accepted = matches!(&res, Ok(Ok(r)) if r.data.result.is_ok());
         match res {
             Ok(Ok(r)) => {
                 self.metrics.lock().unwrap().decisions += 1;
@@ -242,6 +244,7 @@ impl Inner {
                     .step(now, Input::ProposalFailed);
             }
         }
+        accepted
     }
 
     /// One round: leadership, applied state, probes, observations, decisions.
@@ -592,14 +595,28 @@ impl WitnessApi for Service {
             return Ok(Response::new(pb::ReportReply { recorded: false }));
         }
         info!(%dc, epoch = r.epoch, what = %r.what, "agent report");
-        inner
-            .propose(Command::Note {
+        let demoted = inner.state.borrow().cluster.needs_resync.contains(&dc);
+        let cmd = match r.divergent {
+            // Recorded in the cluster state, where `mark-resynced` looks.
+            Some(d) if demoted => Command::DivergentKept {
+                dc,
+                wall_ms: wall_ms(),
+                kept: crate::model::Divergent {
+                    primary_epoch: d.primary_epoch,
+                    rows: d.rows,
+                    deleted_keys: d.deleted_keys,
+                    location: d.location,
+                },
+                evidence: r.evidence,
+            },
+            _ => Command::Note {
                 wall_ms: wall_ms(),
                 what: format!("{dc} at epoch {}: {}", r.epoch, r.what),
                 evidence: r.evidence,
-            })
-            .await;
-        Ok(Response::new(pb::ReportReply { recorded: true }))
+            },
+        };
+        let recorded = inner.propose(cmd).await;
+        Ok(Response::new(pb::ReportReply { recorded }))
     }
 
     async fn status(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
@@ -616,9 +633,15 @@ impl WitnessApi for Service {
         let req = match req {
             OperatorRequest::ForceFailover { .. } => OperatorRequest::ForceFailover { by: who },
             OperatorRequest::Switchover { to, .. } => OperatorRequest::Switchover { to, by: who },
-            OperatorRequest::MarkResynced { dc, .. } => {
-                OperatorRequest::MarkResynced { dc, by: who }
-            }
+            OperatorRequest::MarkResynced {
+                dc,
+                discard_divergent,
+                ..
+            } => OperatorRequest::MarkResynced {
+                dc,
+                by: who,
+                discard_divergent,
+            },
             OperatorRequest::Note { what, evidence, .. } => OperatorRequest::Note {
                 what,
                 evidence,

@@ -186,6 +186,8 @@ impl TryFrom<pb::ClusterView> for Cluster {
             phase,
             last_failover_wall_ms: c.last_failover_wall_ms,
             needs_resync: c.needs_resync.into_iter().collect(),
+            // Agents do not need it (operators see it in the status).
+            divergent: Default::default(),
             version: c.version,
         })
     }
@@ -285,6 +287,7 @@ mod tests {
             },
             last_failover_wall_ms: Some(1_600_000_000_000),
             needs_resync: ["dc-b".to_string()].into(),
+            divergent: Default::default(),
             version: 42,
         }
     }

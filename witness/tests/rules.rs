@@ -1042,6 +1042,54 @@ fn no_switchover_to_a_datacenter_awaiting_resync() {
     );
 }
 
+/// `mark-resynced` waits until the demoted datacenter's agent recorded
+/// that it kept its divergent writes, unless the operator gives them up.
+#[test]
+fn mark_resynced_waits_for_the_divergent_writes_to_be_kept() {
+    let mark = |discard_divergent| OperatorRequest::MarkResynced {
+        dc: "a".into(),
+        by: "op".into(),
+        discard_divergent,
+    };
+    let mut d = leader(&failed_over_to_b(1), 0);
+    let r = op(&mut d, 100, mark(false));
+    assert!(
+        matches!(r.as_slice(), [Action::OperatorReply(Err(why))] if why.contains("--discard-divergent")),
+        "{r:?}"
+    );
+    let mut d = leader(&failed_over_to_b(1), 0);
+    match op(&mut d, 100, mark(true)).as_slice() {
+        [Action::Propose(Command::MarkResynced { evidence, .. })] => {
+            assert!(evidence.contains("gave up"), "{evidence}")
+        }
+        other => panic!("expected a proposal, got {other:?}"),
+    }
+    let kept = then(
+        &failed_over_to_b(1),
+        &Command::DivergentKept {
+            dc: "a".into(),
+            wall_ms: 2,
+            kept: dr_witness::model::Divergent {
+                primary_epoch: 1,
+                rows: 13,
+                deleted_keys: 3,
+                location: "s3://b/dr/divergent/a-epoch1/".into(),
+            },
+            evidence: "test".into(),
+        },
+    );
+    let mut d = leader(&kept, 0);
+    match op(&mut d, 100, mark(false)).as_slice() {
+        [Action::Propose(Command::MarkResynced { evidence, .. })] => {
+            assert!(
+                evidence.contains("13 rows") && evidence.contains("s3://b/dr/divergent/a-epoch1/"),
+                "{evidence}"
+            )
+        }
+        other => panic!("expected a proposal, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Observer
 // ---------------------------------------------------------------------------

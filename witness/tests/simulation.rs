@@ -602,9 +602,12 @@ impl World {
             87..=92 => self.operator(OperatorRequest::ForceFailover { by: "sim".into() }),
             _ => {
                 if let Some(dc) = self.committed().needs_resync.iter().next().cloned() {
+                    // The simulated agents export nothing: the operator
+                    // gives divergent writes up.
                     self.operator(OperatorRequest::MarkResynced {
                         dc,
                         by: "sim".into(),
+                        discard_divergent: true,
                     });
                 }
             }

@@ -159,17 +159,146 @@ impl SharedBuf {
     }
 }
 
-struct ObjectWriter {
+/// Where an object's bytes go: an S3 multipart upload, or a local file.
+pub enum Out {
+    S3(Upload),
+    File {
+        file: std::fs::File,
+        path: std::path::PathBuf,
+        sha: Sha256,
+        bytes: u64,
+    },
+}
+
+impl Out {
+    /// A new local file (its folders created).
+    pub fn file(path: &std::path::Path) -> Result<Out> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let file =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        Ok(Out::File {
+            file,
+            path: path.to_path_buf(),
+            sha: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Out::S3(u) => u.bytes(),
+            Out::File { bytes, .. } => *bytes,
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Out::S3(u) => u.write(data).await,
+            Out::File {
+                file,
+                path,
+                sha,
+                bytes,
+            } => {
+                file.write_all(data)
+                    .with_context(|| format!("write {}", path.display()))?;
+                sha.update(data);
+                *bytes += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(self) -> Result<super::store::Uploaded> {
+        match self {
+            Out::S3(u) => u.finish().await,
+            Out::File {
+                file,
+                path,
+                sha,
+                bytes,
+            } => {
+                file.sync_all()
+                    .with_context(|| format!("write {}", path.display()))?;
+                Ok(super::store::Uploaded {
+                    bytes,
+                    sha256: hex::encode(sha.finalize()),
+                    parts: 1,
+                })
+            }
+        }
+    }
+
+    async fn abort(&mut self) {
+        match self {
+            Out::S3(u) => u.abort().await,
+            Out::File { path, .. } => {
+                let _ = std::fs::remove_file(&*path);
+            }
+        }
+    }
+}
+
+/// One Parquet object being written: a row group per page, each a checked
+/// segment (see [`ObjectEntry::segments`]).
+pub struct ObjectWriter {
     key: String,
     partition: Option<String>,
     writer: ArrowWriter<SharedBuf>,
     buf: SharedBuf,
-    upload: Upload,
+    upload: Out,
     digest: Digest,
     segments: Vec<Segment>,
 }
 
 impl ObjectWriter {
+    /// `key` is the object's path relative to its backup folder.
+    pub fn new(
+        key: String,
+        partition: Option<String>,
+        upload: Out,
+        schema: &arrow_schema::SchemaRef,
+        cols: &[Column],
+        page_rows: usize,
+    ) -> Result<ObjectWriter> {
+        let buf = SharedBuf::default();
+        Ok(ObjectWriter {
+            upload,
+            key,
+            partition,
+            writer: ArrowWriter::try_new(
+                buf.clone(),
+                schema.clone(),
+                Some(writer_props(page_rows, cols)),
+            )?,
+            buf,
+            digest: Digest::default(),
+            segments: Vec::new(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.upload.bytes()
+    }
+
+    /// Writes one page as one row group (one segment).
+    pub async fn write(&mut self, batch: &arrow_array::RecordBatch, hashes: &[u64]) -> Result<()> {
+        self.writer.write(batch).context("encode Parquet")?;
+        self.writer.flush().context("encode Parquet")?;
+        // The row group, whole, into the buffer: one segment.
+        self.writer.sync().context("encode Parquet")?;
+        self.drain().await?;
+        self.digest.add_hashes(hashes);
+        Ok(())
+    }
+
+    pub async fn abort(mut self) {
+        self.upload.abort().await;
+    }
+
     /// Uploads what the writer produced since the last call, as one
     /// segment: called after each row group and after the footer.
     async fn drain(&mut self) -> Result<()> {
@@ -184,7 +313,7 @@ impl ObjectWriter {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<ObjectEntry> {
+    pub async fn finish(mut self) -> Result<ObjectEntry> {
         let r = async {
             self.writer.finish().context("finish the Parquet file")?;
             self.drain().await
@@ -394,38 +523,24 @@ async fn write_rows(
                 let batch = columns::to_batch(&schema, &cols, &page.fields)?;
                 drop(page);
                 if current.is_none() {
-                    let key = format!(
-                        "data/{}/{}/{}/{:05}.parquet",
-                        info.database, info.name, part_dir, seq
-                    );
+                    let key = object_key(&info.database, &info.name, &part_dir, seq);
                     seq += 1;
-                    let buf = SharedBuf::default();
-                    current = Some(ObjectWriter {
-                        upload: store.upload(&format!("{id}/{key}")),
-                        key,
-                        partition: partition.clone(),
-                        writer: ArrowWriter::try_new(
-                            buf.clone(),
-                            schema.clone(),
-                            Some(writer_props(settings.page_rows, &cols)),
-                        )?,
-                        buf,
-                        digest: Digest::default(),
-                        segments: Vec::new(),
-                    });
+                    current = Some(ObjectWriter::new(
+                        key.clone(),
+                        partition.clone(),
+                        Out::S3(store.upload(&format!("{id}/{key}"))),
+                        &schema,
+                        &cols,
+                        settings.page_rows,
+                    )?);
                 }
                 let Some(w) = current.as_mut() else {
                     unreachable!()
                 };
-                w.writer.write(&batch).context("encode Parquet")?;
-                w.writer.flush().context("encode Parquet")?;
-                // The row group, whole, into the buffer: one segment.
-                w.writer.sync().context("encode Parquet")?;
-                let before = w.upload.bytes();
-                w.drain().await?;
-                w.digest.add_hashes(&hashes);
-                progress.add(hashes.len() as u64, w.upload.bytes() - before);
-                if w.upload.bytes() >= settings.object_max {
+                let before = w.bytes();
+                w.write(&batch, &hashes).await?;
+                progress.add(hashes.len() as u64, w.bytes() - before);
+                if w.bytes() >= settings.object_max {
                     if let Some(w) = current.take() {
                         let o = w.finish().await?;
                         total.merge(&digest_of(&o));
@@ -442,8 +557,8 @@ async fn write_rows(
         }
         .await;
         if let Err(e) = r {
-            if let Some(mut w) = current.take() {
-                w.upload.abort().await;
+            if let Some(w) = current.take() {
+                w.abort().await;
             }
             return Err(e);
         }
@@ -459,7 +574,12 @@ async fn write_rows(
     Ok(())
 }
 
-fn digest_of(o: &ObjectEntry) -> Digest {
+/// An object's path in its backup folder.
+pub fn object_key(db: &str, collection: &str, part_dir: &str, seq: u32) -> String {
+    format!("data/{db}/{collection}/{part_dir}/{seq:05}.parquet")
+}
+
+pub fn digest_of(o: &ObjectEntry) -> Digest {
     Digest {
         rows: o.rows,
         sum: parse_digest(&o.digest).unwrap_or(0),

@@ -127,6 +127,10 @@ pub struct Runtime {
     pub dns: Option<crate::dns::Switcher>,
     /// Events for drill reports, and a drilled outage of this datacenter.
     pub drills: crate::drill::Drills,
+    /// The capture base (shared with the divergent-writes export).
+    pub base: Arc<Base>,
+    /// Told before this agent acts as primary at an epoch.
+    pub divergence: Option<crate::replication::divergent::Divergence>,
 }
 
 fn view_path(dir: &std::path::Path) -> PathBuf {
@@ -180,12 +184,7 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
         actions: tx,
         acting_until: watch::channel(None).0,
     });
-    let mut witnesses = BTreeMap::new();
-    for (id, addr) in &rt.witnesses {
-        let ch = dr_witness::api::channel_with_timing(&rt.tls, *id, addr, &rt.timing)
-            .with_context(|| format!("witness {id} at {addr}"))?;
-        witnesses.insert(*id, WitnessClient::new(ch));
-    }
+    let witnesses = witness_clients(&rt.tls, &rt.witnesses, &rt.timing)?;
     let peer = {
         let tls = rt.tls.client_config(&rt.peer_identity)?;
         let ch = dr_proto::channel::lazy(&rt.peer_address, &tls, rt.liveness)?;
@@ -193,7 +192,7 @@ pub fn start(rt: Runtime, shutdown: CancellationToken) -> Result<(Arc<Failover>,
     };
     let local = Local {
         source: None,
-        base: None,
+        base: Some(rt.base.clone()),
         persisted: persisted.map_or(0, |c| c.epoch),
         start_refused: None,
     };
@@ -314,8 +313,37 @@ async fn retry_persist(
     }
 }
 
-/// Stops the source: cancels it, and aborts it if it has not finished
-/// within a short grace; it never stays running detached.
+/// A client for every witness.
+pub fn witness_clients(
+    tls: &dr_proto::tls::Tls,
+    addrs: &BTreeMap<u64, String>,
+    timing: &Timing,
+) -> Result<BTreeMap<u64, WitnessClient<tonic::transport::Channel>>> {
+    let mut witnesses = BTreeMap::new();
+    for (id, addr) in addrs {
+        let ch = dr_witness::api::channel_with_timing(tls, *id, addr, timing)
+            .with_context(|| format!("witness {id} at {addr}"))?;
+        witnesses.insert(*id, WitnessClient::new(ch));
+    }
+    Ok(witnesses)
+}
+
+/// Sends a report to every witness; whether their leader recorded it.
+pub async fn send_report(
+    witnesses: &BTreeMap<u64, WitnessClient<tonic::transport::Channel>>,
+    req: &pb::AgentReport,
+) -> bool {
+    let mut recorded = false;
+    for (id, c) in witnesses {
+        let mut c = c.clone();
+        match c.report(req.clone()).await {
+            Ok(r) => recorded |= r.into_inner().recorded,
+            Err(s) => tracing::debug!(witness = id, error = %s.message(), "report failed"),
+        }
+    }
+    recorded
+}
+
 /// Tells every witness what this agent did at `epoch`; the leader records
 /// it in the audit. Best effort (logged).
 async fn report(
@@ -330,15 +358,9 @@ async fn report(
         epoch,
         what,
         evidence,
+        divergent: None,
     };
-    let mut recorded = false;
-    for (id, c) in witnesses {
-        let mut c = c.clone();
-        match c.report(req.clone()).await {
-            Ok(r) => recorded |= r.into_inner().recorded,
-            Err(s) => tracing::debug!(witness = id, error = %s.message(), "report failed"),
-        }
-    }
+    let recorded = send_report(witnesses, &req).await;
     if recorded {
         info!(epoch, what = %req.what, "reported to the witnesses' audit");
     } else {
@@ -373,6 +395,8 @@ pub fn record_dns(drills: &crate::drill::Drills, epoch: u64, r: &crate::dns::Swi
     }
 }
 
+/// Stops the source: cancels it, and aborts it if it has not finished
+/// within a short grace; it never stays running detached.
 async fn stop_source(source: &mut Option<SourceRun>) {
     if let Some(s) = source.take() {
         s.stop.cancel();
@@ -490,6 +514,14 @@ async fn execute(
                         error!(error = %format!("{e:#}"), "cannot open the capture base; not acting as source");
                         return;
                     }
+                }
+            }
+            if let Some(d) = &rt.divergence {
+                // Persisted first: if it is demoted later, what it accepts
+                // from now on and does not replicate is kept.
+                if let Err(e) = d.acting(epoch) {
+                    error!(error = %format!("{e:#}"), epoch, "not acting as primary: could not record it in the state directory; fenced");
+                    return;
                 }
             }
             info!(epoch, "acting as primary: starting the replication source");

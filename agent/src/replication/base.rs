@@ -479,6 +479,16 @@ impl PageDiff {
     }
 }
 
+/// A scanned page's keys with their row hashes and positions, the form
+/// [`diff_page`] takes.
+pub fn indexed(keys: Vec<Pk>, hashes: &[u64]) -> Vec<(Pk, u64, usize)> {
+    keys.into_iter()
+        .zip(hashes.iter().copied())
+        .enumerate()
+        .map(|(i, (k, h))| (k, h, i))
+        .collect()
+}
+
 /// Merges a page (keys sorted ascending with their hashes) with the base
 /// entries of the same key range.
 pub fn diff_page(page: &[(Pk, u64, usize)], base: &[(Pk, u64)]) -> PageDiff {

@@ -15,6 +15,7 @@
 pub mod antientropy;
 pub mod base;
 pub mod catalog;
+pub mod divergent;
 pub mod sink;
 pub mod source;
 

@@ -103,6 +103,8 @@ struct Inner {
     floor: AtomicU64,
     /// Answers the peer's failsafe requests (when witnesses run).
     failsafe: std::sync::OnceLock<Arc<dyn FailsafeResponder>>,
+    /// Keeps a former primary's divergent writes before it resynchronises.
+    divergence: std::sync::OnceLock<super::divergent::Divergence>,
     /// Collections refused for a permanent reason, with the error.
     held: std::sync::Mutex<BTreeMap<(String, HeldKind), String>>,
 }
@@ -144,12 +146,19 @@ impl Sink {
                 floor: AtomicU64::new(0),
                 held: Default::default(),
                 failsafe: std::sync::OnceLock::new(),
+                divergence: std::sync::OnceLock::new(),
             }),
         })
     }
 
     pub fn set_failsafe(&self, r: Arc<dyn FailsafeResponder>) {
         let _ = self.inner.failsafe.set(r);
+    }
+
+    /// From now on, the first stream after this agent acted as primary
+    /// waits until its divergent writes are kept.
+    pub fn set_divergence(&self, d: super::divergent::Divergence) {
+        let _ = self.inner.divergence.set(d);
     }
 
     /// Follows the witness view: sources older than `epoch` are refused
@@ -364,6 +373,12 @@ impl Replication for Sink {
                 "stale epoch: this sink knows epoch {floor}, the source is at {}",
                 hello.epoch
             )));
+        }
+        if let Some(d) = self.inner.divergence.get() {
+            if let Err(held) = d.gate(hello.epoch) {
+                info!(source_dc = %hello.source_dc, epoch = hello.epoch, "stream held: {}", held.message());
+                return Err(held);
+            }
         }
         let my_gen = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let reply = {

@@ -656,12 +656,7 @@ async fn scan_scope(
         debug!(collection = %entry.key(), rows = keys.len(), "scanned page");
         let hashes = rows::row_hashes(&fields)?;
         let last = keys.last().cloned();
-        let page: Vec<(Pk, u64, usize)> = keys
-            .into_iter()
-            .zip(hashes.iter().copied())
-            .enumerate()
-            .map(|(i, (k, h))| (k, h, i))
-            .collect();
+        let page = base::indexed(keys, &hashes);
         seen += page.len() as u64;
         let base_rows = s.base.range(scope, after.as_ref(), last.as_ref(), is_str)?;
         let diff = base::diff_page(&page, &base_rows);

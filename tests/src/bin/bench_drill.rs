@@ -144,6 +144,7 @@ async fn main() -> Result<()> {
             .witness_command(&OperatorRequest::MarkResynced {
                 dc: demoted.clone(),
                 by: String::new(),
+                discard_divergent: false,
             })
             .await?;
     }

@@ -111,8 +111,14 @@ enum WitnessCmd {
         accept_data_loss: bool,
     },
     /// State that a demoted datacenter has been resynchronised and may be
-    /// chosen again.
-    MarkResynced { datacenter: String },
+    /// chosen again. Refused until its agent has recorded that it kept the
+    /// writes it accepted as primary and had not replicated.
+    MarkResynced {
+        datacenter: String,
+        /// Go ahead without that record: those writes are given up.
+        #[arg(long)]
+        discard_divergent: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -345,7 +351,14 @@ fn main() -> ExitCode {
                     }
                     OperatorRequest::ForceFailover { by: String::new() }
                 }
-                WitnessCmd::MarkResynced { datacenter } => OperatorRequest::MarkResynced { dc: datacenter, by: String::new() },
+                WitnessCmd::MarkResynced {
+                    datacenter,
+                    discard_divergent,
+                } => OperatorRequest::MarkResynced {
+                    dc: datacenter,
+                    by: String::new(),
+                    discard_divergent,
+                },
             };
             let before = client::newest_cluster(&cfg).await;
             match cfg.witness_command(&req).await {

@@ -234,6 +234,20 @@ pub fn witness_table(all: &[(u64, Result<WitnessStatus>)]) -> String {
                 s.cluster.needs_resync
             );
         }
+        for dc in &s.cluster.needs_resync {
+            out += &match s.cluster.divergent.get(dc) {
+                None => format!(
+                    "  {dc}: divergent writes not kept yet (its agent keeps them when it comes back; mark-resynced waits)\n"
+                ),
+                Some(d) if d.rows == 0 && d.deleted_keys == 0 => {
+                    format!("  {dc}: held no divergent writes from epoch {}\n", d.primary_epoch)
+                }
+                Some(d) => format!(
+                    "  {dc}: divergent writes from epoch {} kept: {} rows, {} deleted keys, at {}\n",
+                    d.primary_epoch, d.rows, d.deleted_keys, d.location
+                ),
+            };
+        }
         out += "recent decisions:\n";
         for a in s.audit.iter().rev().take(8) {
             out += &format!("  epoch {:<4} {}  [{}]\n", a.epoch, a.what, a.evidence);
