@@ -53,6 +53,9 @@ pub struct DrillConfig {
     pub rpo_target_ms: u64,
 }
 
+/// Markers written before a drilled outage starts, at least.
+const MIN_MARKERS: u64 = 10;
+
 fn d_rto() -> u64 {
     60_000
 }
@@ -410,6 +413,14 @@ pub async fn run(cfg: &DrctlConfig, opts: &Options, dir: &Path) -> Result<Report
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(opts.warmup).await;
+    // And enough markers to measure with, however slowly this Milvus
+    // acknowledges them (a loaded machine writes fewer than one per tick).
+    while Instant::now() < flowing {
+        match drill_call(cfg, &from, &id, pb::DrillAction::MarkersRead, 0, None).await {
+            Ok(r) if r.markers_written >= MIN_MARKERS => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
     let timeout_ms = opts.timeout.as_millis() as u64;
     let (t0, mut acked) = match opts.kind {
         Kind::Failover => {

@@ -14,16 +14,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
-use super::base::{self, Base, UNKNOWN};
+use super::base::{Base, UNKNOWN};
 use super::catalog::{Catalog, CollectionEntry};
 use super::SharedState;
 use crate::milvus::{Pk, PkType};
-use dr_proto::pb::{self, replication_client::ReplicationClient};
+use dr_proto::pb::replication_client::ReplicationClient;
 
 /// Sample keys kept per collection (log, alert).
 pub const SAMPLES: usize = 10;
@@ -299,38 +299,21 @@ async fn check_scope(
     is_str: bool,
     found: &mut Finding,
 ) -> Result<u64> {
-    let req = pb::InventoryRequest {
-        epoch: cx.epoch,
-        database: entry.info.database.clone(),
-        collection: entry.info.name.clone(),
-        partition: partition.unwrap_or_default().to_string(),
-        source_id: entry.info.id,
-        page_rows: cx.page_rows as u32,
-    };
-    let mut pages = cx
-        .client
-        .clone()
-        .inventory(req)
-        .await
-        .with_context(|| format!("ask the standby what it holds of {}", entry.key()))?
-        .into_inner();
+    let mut pages = super::source::Inventory::open(
+        &mut cx.client.clone(),
+        cx.epoch,
+        entry,
+        partition,
+        cx.page_rows,
+    )
+    .await?;
     let mut after: Option<Pk> = None;
     let mut rows = 0u64;
-    while let Some(p) = pages.message().await? {
-        let keys = base::keys_from_pb(p.keys.as_ref().unwrap_or(&pb::Keys::default()));
-        if keys.len() != p.hashes.len() {
-            bail!(
-                "the standby's inventory of {} has {} keys but {} hashes",
-                entry.key(),
-                keys.len(),
-                p.hashes.len()
-            );
-        }
-        let Some(last) = keys.last().cloned() else {
+    while let Some(sink) = pages.next().await? {
+        let Some(last) = sink.last().map(|(k, _)| k.clone()) else {
             continue;
         };
-        rows += keys.len() as u64;
-        let sink: Vec<(Pk, u64)> = keys.into_iter().zip(p.hashes).collect();
+        rows += sink.len() as u64;
         let base_rows = store(cx.base.range(scope, after.as_ref(), Some(&last), is_str))?;
         repair(cx.base, scope, &compare(&sink, &base_rows), found)?;
         after = Some(last);

@@ -576,32 +576,16 @@ async fn seed_scope(
     if s.held.lock().unwrap().contains_key(&entry.key()) {
         return Ok(false);
     }
-    let req = pb::InventoryRequest {
-        epoch: s.cfg.epoch,
-        database: entry.info.database.clone(),
-        collection: entry.info.name.clone(),
-        partition: partition.unwrap_or_default().to_string(),
-        source_id: entry.info.id,
-        page_rows: s.cfg.page_rows as u32,
-    };
-    let mut pages = s
-        .client
-        .inventory(req)
-        .await
-        .with_context(|| format!("ask the standby what it holds of {}", entry.key()))?
-        .into_inner();
+    let mut pages = Inventory::open(
+        &mut s.client,
+        s.cfg.epoch,
+        entry,
+        partition,
+        s.cfg.page_rows,
+    )
+    .await?;
     let (mut first, mut rows) = (true, 0usize);
-    while let Some(p) = pages.message().await? {
-        let keys = base::keys_from_pb(p.keys.as_ref().unwrap_or(&pb::Keys::default()));
-        if keys.len() != p.hashes.len() {
-            bail!(
-                "the standby's inventory of {} has {} keys but {} hashes",
-                entry.key(),
-                keys.len(),
-                p.hashes.len()
-            );
-        }
-        let entries: Vec<(Pk, u64)> = keys.into_iter().zip(p.hashes).collect();
+    while let Some(entries) = pages.next().await? {
         rows += entries.len();
         s.base.seed(scope, first, &entries)?;
         first = false;
@@ -616,6 +600,58 @@ async fn seed_scope(
         "capture base seeded from the standby's inventory: only differences will be sent"
     );
     Ok(true)
+}
+
+/// The standby's inventory of one scope: its keys with their row hashes,
+/// in key order, page by page.
+pub struct Inventory {
+    pages: tonic::Streaming<pb::InventoryPage>,
+    what: String,
+}
+
+impl Inventory {
+    pub async fn open(
+        client: &mut ReplicationClient<tonic::transport::Channel>,
+        epoch: u64,
+        entry: &CollectionEntry,
+        partition: Option<&str>,
+        page_rows: usize,
+    ) -> Result<Inventory> {
+        let req = pb::InventoryRequest {
+            epoch,
+            database: entry.info.database.clone(),
+            collection: entry.info.name.clone(),
+            partition: partition.unwrap_or_default().to_string(),
+            source_id: entry.info.id,
+            page_rows: page_rows as u32,
+        };
+        let pages = client
+            .inventory(req)
+            .await
+            .with_context(|| format!("ask the standby what it holds of {}", entry.key()))?
+            .into_inner();
+        Ok(Inventory {
+            pages,
+            what: entry.key(),
+        })
+    }
+
+    /// The next page, `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<(Pk, u64)>>> {
+        let Some(p) = self.pages.message().await? else {
+            return Ok(None);
+        };
+        let keys = base::keys_from_pb(p.keys.as_ref().unwrap_or(&pb::Keys::default()));
+        if keys.len() != p.hashes.len() {
+            bail!(
+                "the standby's inventory of {} has {} keys but {} hashes",
+                self.what,
+                keys.len(),
+                p.hashes.len()
+            );
+        }
+        Ok(Some(keys.into_iter().zip(p.hashes).collect()))
+    }
 }
 
 /// Scans one scope in key order, one page ahead, and sends its changes.
