@@ -724,11 +724,15 @@ async fn certificates_rotate_under_a_running_group_without_a_restart() -> Result
         "a process restarted: {pids:?} -> {pids_now:?}"
     );
     // Agents: none at all. Witnesses: none since the rotation (openraft
-    // logs the peers it cannot reach yet while the group starts).
+    // logs the peers it cannot reach yet while the group starts), except
+    // openraft's own AppendEntries deadline (100 ms in the fast profile),
+    // which a loaded machine misses now and then: a slow answer, retried,
+    // not a refused handshake (that would log a connection error).
     let since_rotation = |log: &std::path::Path| -> Vec<String> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         text.lines()
             .filter(|l| l.contains(" ERROR "))
+            .filter(|l| !l.contains("openraft::replication: RPCError err=timeout after"))
             .filter(|l| {
                 chrono::DateTime::parse_from_rfc3339(l.split(' ').next().unwrap_or_default())
                     .map_or(true, |t| t.timestamp_millis() >= rotated_ms)
