@@ -191,7 +191,16 @@ impl Divergence {
             "the divergent-writes record",
             "delete it only after checking that no export is needed (a former primary then exports again)",
         )?
-        .unwrap_or_default();
+        .unwrap_or_else(|| Memory {
+            // No record yet (a new agent, or one from before this record
+            // existed): a capture base written as source says it acted
+            // as primary at that epoch.
+            acted_epoch: match (base.epoch(), base.next_seq()) {
+                (Ok(e), Ok(seq)) if seq > 1 => e,
+                _ => 0,
+            },
+            ..Default::default()
+        });
         Ok(Divergence {
             inner: Arc::new(Inner {
                 datacenter,
@@ -716,6 +725,27 @@ mod tests {
         // Never primary: every stream opens.
         let d = open(dir.path());
         assert!(d.gate(2).is_ok());
+        // Without a record, a base written as source at epoch 2 counts as
+        // having acted as primary then (agents from before the record).
+        {
+            let other = tempfile::tempdir().unwrap();
+            let b = Base::open(&other.path().join("base.redb")).unwrap();
+            b.set_epoch(2).unwrap();
+            b.set_next_seq(5).unwrap();
+            let d = Divergence::new(
+                "dc-a".into(),
+                milvus.clone(),
+                Arc::new(b),
+                Filter::default(),
+                100,
+                Dest::Dir(other.path().join("out")),
+                other.path(),
+                None,
+            )
+            .unwrap();
+            assert!(d.gate(2).is_ok());
+            assert!(d.gate(3).is_err());
+        }
         // Primary at epoch 3: a stream of epoch 3 (itself) is no demotion;
         // epoch 4 is held while the export runs (here it cannot reach
         // Milvus, so it keeps retrying and says so).
