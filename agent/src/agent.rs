@@ -23,6 +23,9 @@ use dr_proto::pb::{admin_server::AdminServer, replication_server::ReplicationSer
 pub struct Bound {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The front door, when configured.
+    #[serde(default)]
+    pub frontdoor: Option<SocketAddr>,
     pub pid: u32,
 }
 
@@ -106,6 +109,10 @@ pub async fn run(
     }
     .load()?;
     let state: SharedState = Default::default();
+    if cfg.witnesses.is_empty() {
+        // Without witnesses the configured initial primary stays primary.
+        state.lock().unwrap().primary = cfg.initial_primary.clone();
+    }
     let health = crate::health::not_probed();
 
     // Every channel notices a dead path within about one lease.
@@ -123,16 +130,28 @@ pub async fn run(
     let metrics_listener = TcpListener::bind(cfg.listen.metrics)
         .await
         .with_context(|| format!("bind listen.metrics {}", cfg.listen.metrics))?;
+    let frontdoor_listener = match &cfg.frontdoor {
+        Some(fd) => Some(
+            TcpListener::bind(fd.listen)
+                .await
+                .with_context(|| format!("bind frontdoor.listen {}", fd.listen))?,
+        ),
+        None => None,
+    };
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         metrics: metrics_listener.local_addr()?,
+        frontdoor: frontdoor_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
         pid: std::process::id(),
     };
     std::fs::write(
         cfg.state_dir.join("bound.json"),
         serde_json::to_vec(&bound)?,
     )?;
-    info!(grpc = %bound.grpc, metrics = %metrics::describe(bound.metrics), datacenter = %cfg.datacenter, "listening");
+    info!(grpc = %bound.grpc, metrics = %metrics::describe(bound.metrics), frontdoor = ?bound.frontdoor, datacenter = %cfg.datacenter, "listening");
 
     let sink = Sink::new(
         cfg.datacenter.clone(),
@@ -235,6 +254,34 @@ pub async fn run(
     ));
     let backup_stats: crate::backup::SharedStats = Default::default();
     let lease: crate::metrics::Lease = Default::default();
+    let frontdoor_stats = cfg
+        .frontdoor
+        .as_ref()
+        .map(|_| crate::frontdoor::Stats::default());
+    // Stopped first on shutdown: no client call is taken once replication
+    // starts stopping.
+    let frontdoor_stop = CancellationToken::new();
+    let frontdoor_task = match (&cfg.frontdoor, frontdoor_listener) {
+        (Some(fd), Some(listener)) => {
+            let door = crate::frontdoor::Frontdoor::new(
+                crate::frontdoor::Gate {
+                    datacenter: cfg.datacenter.clone(),
+                    state: state.clone(),
+                    lease: timing.is_some().then(|| lease.clone()),
+                    reads: fd.reads_when_not_primary,
+                },
+                &local.milvus.endpoint,
+                frontdoor_stats.clone().unwrap_or_default(),
+            )
+            .context("frontdoor")?;
+            Some(tokio::spawn(crate::frontdoor::serve(
+                listener,
+                door,
+                frontdoor_stop.clone(),
+            )))
+        }
+        _ => None,
+    };
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
         MetricsSource {
@@ -244,6 +291,7 @@ pub async fn run(
             backup: backup_stats.clone(),
             lease: timing.is_some().then(|| lease.clone()),
             tls: Some(tls.clone()),
+            frontdoor: frontdoor_stats,
         },
         server_shutdown.clone(),
     ));
@@ -384,6 +432,10 @@ pub async fn run(
             ("the gRPC server", grpc.is_finished()),
             ("the metrics server", metrics_task.is_finished()),
             (
+                "the front door",
+                frontdoor_task.as_ref().is_some_and(|t| t.is_finished()),
+            ),
+            (
                 "the failover runtime",
                 failover_task.as_ref().is_some_and(|t| t.is_finished()),
             ),
@@ -406,7 +458,12 @@ pub async fn run(
     }
     systemd.stopping();
     info!("shutting down: stopping replication first");
-    // Order: stop being a source, then the probes, then the APIs.
+    // Order: stop taking client calls, then stop being a source, then the
+    // probes, then the APIs.
+    frontdoor_stop.cancel();
+    if let Some(t) = frontdoor_task {
+        let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
+    }
     source_stop.cancel();
     if let Some(t) = failover_task {
         if tokio::time::timeout(Duration::from_secs(15), t)

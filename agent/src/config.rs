@@ -55,6 +55,33 @@ pub struct Config {
     pub failover: dr_witness::timing::FailoverSection,
     #[serde(default)]
     pub hooks: Hooks,
+    /// The front door: a gRPC proxy for Milvus clients. Off when absent.
+    #[serde(default)]
+    pub frontdoor: Option<Frontdoor>,
+}
+
+/// `frontdoor`: clients (pymilvus, the SDKs) connect here instead of to
+/// Milvus; calls are forwarded unchanged to this datacenter's Milvus, and
+/// writes are refused unless this agent is the acting primary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frontdoor {
+    /// Where clients connect: cleartext HTTP/2 (gRPC without TLS), e.g.
+    /// `0.0.0.0:19530`.
+    pub listen: SocketAddr,
+    /// What reads (search, query, describe, ...) get while this agent is
+    /// not the acting primary: `allow` (default: served by the local
+    /// Milvus, which may lag the primary) or `refuse` (refused like writes).
+    #[serde(default)]
+    pub reads_when_not_primary: ReadsWhenNotPrimary,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadsWhenNotPrimary {
+    #[default]
+    Allow,
+    Refuse,
 }
 
 /// Commands run on role changes.
@@ -683,6 +710,28 @@ impl Config {
                 "use another port for metrics",
             ));
         }
+        if let Some(fd) = &self.frontdoor {
+            for (other, addr) in [
+                ("listen.grpc", self.listen.grpc),
+                ("listen.metrics", self.listen.metrics),
+            ] {
+                if fd.listen == addr && addr.port() != 0 {
+                    return Err(err(
+                        "frontdoor.listen",
+                        format!("same address as {other}"),
+                        "give the front door a port of its own, e.g. 19530",
+                    ));
+                }
+            }
+            let endpoint = &self.local().milvus.endpoint;
+            if !endpoint.starts_with("http://") {
+                return Err(err(
+                    format!("datacenters.{}.milvus.endpoint", self.datacenter),
+                    format!("'{endpoint}' is not cleartext: the front door forwards to Milvus over h2c only"),
+                    "use the local Milvus's http:// endpoint, or remove the frontdoor section",
+                ));
+            }
+        }
         let r = &self.replication;
         if r.page_rows == 0 || r.page_rows > crate::milvus::MAX_QUERY_WINDOW {
             return Err(err(
@@ -1154,6 +1203,55 @@ tls: { ca: certs/ca.pem, cert: certs/agent.dc-a.pem, key: certs/agent.dc-a.key }
         ))
         .unwrap();
         with("dns: { provider: route53, record: m.example.net., values: { dc-a: [lb-a.example.net] }, route53: { hosted_zone_id: Z1 } }").unwrap();
+    }
+
+    #[test]
+    fn frontdoor_is_off_by_default_and_allows_reads_unless_told() {
+        let with = |extra: &str| Config::parse(&format!("{SAMPLE}{extra}\n")).unwrap();
+        assert!(with("").frontdoor.is_none());
+        let c = with("frontdoor: { listen: \"127.0.0.1:19540\" }");
+        c.validate().unwrap();
+        let fd = c.frontdoor.unwrap();
+        assert_eq!(fd.listen, "127.0.0.1:19540".parse().unwrap());
+        assert_eq!(fd.reads_when_not_primary, ReadsWhenNotPrimary::Allow);
+        let c = with("frontdoor: { listen: \"0.0.0.0:19530\", reads_when_not_primary: refuse }");
+        c.validate().unwrap();
+        assert_eq!(
+            c.frontdoor.unwrap().reads_when_not_primary,
+            ReadsWhenNotPrimary::Refuse
+        );
+    }
+
+    #[test]
+    fn frontdoor_errors_name_the_field_and_the_fix() {
+        let parse = |extra: &str| Config::parse(&format!("{SAMPLE}{extra}\n"));
+        let e = parse("frontdoor: { listen: \"127.0.0.1:7443\" }")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "frontdoor.listen");
+        assert!(e.problem.contains("listen.grpc"), "{e}");
+        let e = parse("frontdoor: { listen: \"127.0.0.1:9464\" }")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "frontdoor.listen");
+        let e = Config::parse(&format!(
+            "{}frontdoor: {{ listen: \"127.0.0.1:19540\" }}\n",
+            SAMPLE.replace("http://127.0.0.1:19530", "https://127.0.0.1:19530")
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "datacenters.dc-a.milvus.endpoint");
+        assert!(e.fix.contains("http://"), "{e}");
+        let e = parse("frontdoor: { listen: \"127.0.0.1:19540\", reads_when_not_primary: maybe }")
+            .unwrap_err();
+        assert!(e.problem.contains("allow"), "{e}");
+        let e = parse("frontdoor: { listen: nowhere }").unwrap_err();
+        assert!(e.field.starts_with("line"), "{e}");
+        let e = parse("frontdoor: { listen: \"127.0.0.1:19540\", tls: true }").unwrap_err();
+        assert!(e.problem.contains("tls"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod config;
 pub mod dns;
 pub mod drill;
 pub mod failover;
+pub mod frontdoor;
 pub mod health;
 pub use dr_proto::logging;
 pub mod metrics;

@@ -30,6 +30,8 @@ pub struct MetricsSource {
     pub lease: Option<Lease>,
     /// The certificates in use, for their expiry.
     pub tls: Option<dr_proto::tls::Tls>,
+    /// The front door's counters, when it is on.
+    pub frontdoor: Option<crate::frontdoor::Stats>,
 }
 
 /// Until when this agent may act as primary (set once failover starts).
@@ -184,6 +186,9 @@ pub fn render(src: &MetricsSource) -> String {
     );
     anti_entropy_metrics(&mut reg, &s);
     backup_metrics(&mut reg, &src.backup.lock().unwrap().clone());
+    if let Some(fd) = &src.frontdoor {
+        frontdoor_metrics(&mut reg, fd);
+    }
     if let Some(tls) = &src.tls {
         reg.register(
             CERT_EXPIRY.0,
@@ -255,6 +260,25 @@ fn anti_entropy_metrics(reg: &mut Registry, s: &crate::replication::ReplicationS
             ae.last_run_ms as f64 / 1000.0,
         );
     }
+}
+
+fn frontdoor_metrics(reg: &mut Registry, fd: &crate::frontdoor::Stats) {
+    // The families are shared with the front door: registered by clone.
+    reg.register(
+        "frontdoor_requests",
+        "Calls through the front door, by method and outcome (ok, error: a non-zero grpc-status from Milvus or no answer, refused: fenced here)",
+        fd.requests.clone(),
+    );
+    reg.register(
+        "frontdoor_request_duration_seconds",
+        "Time from a call's arrival at the front door to the end of its response",
+        fd.duration.clone(),
+    );
+    reg.register(
+        "frontdoor_refused_writes",
+        "Write calls refused because this agent was not the acting primary",
+        fd.refused_writes.clone(),
+    );
 }
 
 fn backup_metrics(reg: &mut Registry, b: &crate::backup::BackupStats) {
@@ -366,6 +390,7 @@ mod tests {
             backup: Default::default(),
             lease: None,
             tls: None,
+            frontdoor: None,
         };
         let text = render(&src);
         assert!(
@@ -407,6 +432,7 @@ mod tests {
             backup: Default::default(),
             lease: None,
             tls: None,
+            frontdoor: None,
         };
         let text = render(&src);
         assert!(
@@ -459,6 +485,48 @@ mod tests {
     }
 
     #[test]
+    fn frontdoor_metrics_appear_only_with_the_front_door() {
+        let mut src = MetricsSource {
+            datacenter: "dc-b".into(),
+            state: Default::default(),
+            health: Arc::new(Mutex::new(Health {
+                healthy: true,
+                detail: "ok".into(),
+            })),
+            backup: Default::default(),
+            lease: None,
+            tls: None,
+            frontdoor: None,
+        };
+        assert!(!render(&src).contains("frontdoor"));
+        let fd = crate::frontdoor::Stats::default();
+        src.frontdoor = Some(fd.clone());
+        let text = render(&src);
+        assert!(
+            text.contains("milvus_dr_frontdoor_refused_writes_total{datacenter=\"dc-b\"} 0"),
+            "a series from the start: {text}"
+        );
+        fd.refused_writes.inc();
+        fd.requests
+            .get_or_create(&vec![
+                ("method".into(), "Insert".into()),
+                ("outcome".into(), "refused".into()),
+            ])
+            .inc();
+        fd.duration
+            .get_or_create(&vec![("method".into(), "Insert".into())])
+            .observe(0.002);
+        let text = render(&src);
+        for want in [
+            "milvus_dr_frontdoor_refused_writes_total{datacenter=\"dc-b\"} 1",
+            "milvus_dr_frontdoor_requests_total{datacenter=\"dc-b\",method=\"Insert\",outcome=\"refused\"} 1",
+            "milvus_dr_frontdoor_request_duration_seconds_count{datacenter=\"dc-b\",method=\"Insert\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+    }
+
+    #[test]
     fn dr_primary_is_200_only_for_the_acting_source_with_a_valid_lease() {
         use crate::replication::Role;
         use std::time::{Duration, Instant};
@@ -474,6 +542,7 @@ mod tests {
             backup: Default::default(),
             lease: Some(lease.clone()),
             tls: None,
+            frontdoor: None,
         };
         let set = |role: Role, epoch: u64| {
             let mut st = state.lock().unwrap();

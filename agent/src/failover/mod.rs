@@ -269,8 +269,12 @@ async fn run(
         }
         retry_persist(&rt, &fo, &mut local, &witnesses, &peer).await;
         let (text, lease) = fo.describe();
+        let primary = fo.role.lock().unwrap().cluster().map(|c| c.primary.clone());
         let mut s = rt.state.lock().unwrap();
         s.failover = text;
+        if let Some(p) = primary {
+            s.primary = p;
+        }
         s.lease_remaining_ms = lease.map_or(0, |l| l as i64);
     }
     stop_source(&mut local.source).await;
@@ -507,6 +511,7 @@ async fn execute(
                 return;
             }
             rt.sink.set_view(epoch, &rt.datacenter);
+            rt.state.lock().unwrap().primary = rt.datacenter.clone();
             if base.is_none() {
                 match Base::open(&rt.state_dir.join("capture-base.redb")) {
                     Ok(b) => *base = Some(Arc::new(b)),
@@ -659,6 +664,7 @@ async fn execute(
             }
             s.role = Role::Sink;
             s.epoch = s.epoch.max(epoch);
+            s.primary = primary;
         }
         Action::SwitchDns { epoch } => {
             info!(epoch, datacenter = %rt.datacenter, "promoted: primary at a new epoch (DNS switch hook)");

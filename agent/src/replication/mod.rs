@@ -64,6 +64,9 @@ impl std::fmt::Display for Role {
 pub struct ReplicationState {
     pub role: Role,
     pub epoch: u64,
+    /// The datacenter named primary: the witnesses' view, or without
+    /// witnesses the configured initial primary. Empty until known.
+    pub primary: String,
     pub connected: bool,
     pub sent_seq: u64,
     pub acked_seq: u64,

@@ -1,0 +1,571 @@
+//! The front door: a gRPC reverse proxy for Milvus clients on every agent.
+//!
+//! Clients (pymilvus, the SDKs) connect to `frontdoor.listen` instead of to
+//! Milvus, in cleartext HTTP/2 with prior knowledge (h2c, as gRPC clients
+//! speak without TLS). Every call to `milvus.proto.milvus.MilvusService` is
+//! forwarded unchanged to this datacenter's Milvus: method, path and
+//! headers (`authorization`, `dbname`, `grpc-timeout`, ...), the request
+//! body streamed frame by frame without decoding (search and insert
+//! payloads are large and never re-encoded), and the response streamed
+//! back with its trailers (`grpc-status`, `grpc-message`).
+//!
+//! Fencing at the door: a write ([`WRITE_METHODS`]) is refused unless this
+//! agent is the acting primary (the replication source at its epoch, with
+//! a valid lease when there are witnesses), with FAILED_PRECONDITION and a
+//! message naming the primary. With `reads_when_not_primary: refuse`,
+//! every call is refused that way.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ReadsWhenNotPrimary;
+use crate::metrics::Lease;
+use crate::replication::{Role, SharedState};
+
+/// The only service the front door serves.
+pub const SERVICE: &str = "milvus.proto.milvus.MilvusService";
+
+/// `MilvusService` methods that change something in Milvus: data (insert,
+/// upsert, delete, import, flush), schema and databases, partitions,
+/// indexes, aliases, load state (loading and releasing change what the
+/// cluster serves), resource groups, users, roles and privileges. They are
+/// refused unless this agent is the acting primary. Every other method
+/// (search, query, describe, show, list, get, check health) is a read.
+pub const WRITE_METHODS: &[&str] = &[
+    "Insert",
+    "Upsert",
+    "Delete",
+    "Import",
+    "Flush",
+    "CreateCollection",
+    "DropCollection",
+    "AlterCollection",
+    "CreatePartition",
+    "DropPartition",
+    "LoadCollection",
+    "ReleaseCollection",
+    "LoadPartitions",
+    "ReleasePartitions",
+    "CreateIndex",
+    "DropIndex",
+    "AlterIndex",
+    "CreateAlias",
+    "DropAlias",
+    "AlterAlias",
+    "CreateDatabase",
+    "DropDatabase",
+    "CreateResourceGroup",
+    "DropResourceGroup",
+    "TransferNode",
+    "TransferReplica",
+    "CreateCredential",
+    "UpdateCredential",
+    "DeleteCredential",
+    "CreateRole",
+    "DropRole",
+    "OperateUserRole",
+    "OperatePrivilege",
+    "RenameCollection",
+];
+
+pub fn is_write(method: &str) -> bool {
+    WRITE_METHODS.contains(&method)
+}
+
+/// gRPC status codes the front door answers with itself.
+const UNIMPLEMENTED: u32 = 12;
+const FAILED_PRECONDITION: u32 = 9;
+const UNAVAILABLE: u32 = 14;
+
+type Labels = Vec<(String, String)>;
+
+/// The front door's metrics, shared with the metrics endpoint.
+#[derive(Clone)]
+pub struct Stats {
+    /// By method and outcome (ok, error, refused).
+    pub requests: Family<Labels, Counter>,
+    /// By method: until the response's end (its trailers) was sent.
+    pub duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub refused_writes: Counter,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 4.0, 9))
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: Default::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            refused_writes: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Error,
+    Refused,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+impl Stats {
+    fn record(&self, method: &str, outcome: Outcome, elapsed: Duration) {
+        self.requests
+            .get_or_create(&vec![
+                ("method".into(), method.into()),
+                ("outcome".into(), outcome.as_str().into()),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("method".into(), method.into())])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Decides, call by call, what may go through.
+#[derive(Clone)]
+pub struct Gate {
+    pub datacenter: String,
+    pub state: SharedState,
+    /// With witnesses: the lease (see [`crate::metrics::MetricsSource`]).
+    pub lease: Option<Lease>,
+    pub reads: ReadsWhenNotPrimary,
+}
+
+impl Gate {
+    /// Whether this agent acts as primary now: the replication source at
+    /// its epoch and, with witnesses, holding an unexpired lease (as
+    /// `/dr/primary` answers).
+    fn acting(&self, role: Role) -> bool {
+        if role != Role::Source {
+            return false;
+        }
+        match &self.lease {
+            None => true,
+            Some(lease) => lease
+                .get()
+                .and_then(|rx| *rx.borrow())
+                .is_some_and(|until| until > std::time::Instant::now()),
+        }
+    }
+
+    /// `None` when `method` may go through now; otherwise why not, as the
+    /// client is told.
+    pub fn check(&self, method: &str) -> Option<String> {
+        let write = is_write(method);
+        if !write && self.reads == ReadsWhenNotPrimary::Allow {
+            return None;
+        }
+        let (role, epoch, primary) = {
+            let s = self.state.lock().unwrap();
+            (s.role, s.epoch, s.primary.clone())
+        };
+        if self.acting(role) {
+            return None;
+        }
+        let dc = &self.datacenter;
+        let whom = if primary.is_empty() {
+            "the primary is not known yet".to_string()
+        } else if primary == *dc {
+            format!("{dc} is named primary but does not act as one now: no valid lease, or its Milvus is unhealthy")
+        } else {
+            format!("{primary} is")
+        };
+        let what = if write {
+            "writes are refused here"
+        } else {
+            "reads and writes are refused here (frontdoor.reads_when_not_primary: refuse)"
+        };
+        Some(format!(
+            "milvus-dr: {dc} is not the primary at epoch {epoch} ({whom}): {what}; connect through the service name"
+        ))
+    }
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec asks:
+/// every byte outside printable ASCII, and `%`.
+pub fn percent_encode(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A trailers-only gRPC response: HTTP 200, the status in the headers,
+/// no body.
+fn trailers_only(code: u32, msg: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(msg)) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
+fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The method of a `MilvusService` path, if it is one (a plain name: it
+/// becomes a metrics label).
+fn method_of(path: &str) -> Option<&str> {
+    let m = path
+        .strip_prefix('/')?
+        .strip_prefix(SERVICE)?
+        .strip_prefix('/')?;
+    (!m.is_empty() && m.len() <= 64 && m.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(m)
+}
+
+/// The response body from Milvus, passed through frame by frame; records
+/// the call's outcome once it ends (or is dropped, e.g. cancelled).
+struct Observed {
+    inner: Incoming,
+    status: Option<u32>,
+    failed: bool,
+    done: Option<(Stats, String, Instant)>,
+}
+
+impl Observed {
+    fn finish(&mut self) {
+        if let Some((stats, method, start)) = self.done.take() {
+            let outcome = if !self.failed && self.status == Some(0) {
+                Outcome::Ok
+            } else {
+                Outcome::Error
+            };
+            stats.record(&method, outcome, start.elapsed());
+        }
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(t) = f.trailers_ref() {
+                    this.status = grpc_status(t).or(this.status);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.failed = true;
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The proxy: one per agent, cloned into every connection.
+#[derive(Clone)]
+pub struct Frontdoor {
+    gate: Gate,
+    scheme: hyper::http::uri::Scheme,
+    authority: hyper::http::uri::Authority,
+    client: Client<HttpConnector, Incoming>,
+    stats: Stats,
+}
+
+impl Frontdoor {
+    /// A front door forwarding to the Milvus at `endpoint`
+    /// (`http://host:port`).
+    pub fn new(gate: Gate, endpoint: &str, stats: Stats) -> Result<Frontdoor> {
+        let uri: Uri = endpoint
+            .parse()
+            .with_context(|| format!("the Milvus endpoint {endpoint}"))?;
+        let scheme = uri.scheme().cloned().context("no scheme")?;
+        anyhow::ensure!(
+            scheme == hyper::http::uri::Scheme::HTTP,
+            "the front door forwards to Milvus in cleartext only; {endpoint} is not http://"
+        );
+        let authority = uri.authority().cloned().context("no host:port")?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_adaptive_window(true)
+            .build(connector);
+        Ok(Frontdoor {
+            gate,
+            scheme,
+            authority,
+            client,
+            stats,
+        })
+    }
+
+    async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+        let start = Instant::now();
+        let path = req.uri().path().to_string();
+        let Some(method) = method_of(&path).map(str::to_string) else {
+            debug!(%path, "front door: not a MilvusService call");
+            return Ok(trailers_only(
+                UNIMPLEMENTED,
+                &format!("milvus-dr: the front door serves {SERVICE} only, not {path}"),
+            ));
+        };
+        if let Some(msg) = self.gate.check(&method) {
+            self.stats
+                .record(&method, Outcome::Refused, start.elapsed());
+            if is_write(&method) {
+                self.stats.refused_writes.inc();
+            }
+            debug!(%method, %msg, "front door: refused");
+            return Ok(trailers_only(FAILED_PRECONDITION, &msg));
+        }
+        let (mut parts, body) = req.into_parts();
+        let mut uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        if let Some(pq) = parts.uri.path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        }
+        parts.uri = match uri.build() {
+            Ok(u) => u,
+            Err(e) => {
+                self.stats.record(&method, Outcome::Error, start.elapsed());
+                return Ok(trailers_only(
+                    UNIMPLEMENTED,
+                    &format!("milvus-dr: cannot forward {path}: {e}"),
+                ));
+            }
+        };
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let body = Observed {
+                    inner: body,
+                    status: grpc_status(&parts.headers),
+                    failed: false,
+                    done: Some((self.stats.clone(), method, start)),
+                };
+                Ok(Response::from_parts(parts, body.boxed_unsync()))
+            }
+            Err(e) => {
+                self.stats.record(&method, Outcome::Error, start.elapsed());
+                let msg = format!(
+                    "milvus-dr: the front door of {} could not reach its Milvus at {}: {e}",
+                    self.gate.datacenter, self.authority
+                );
+                warn!(%method, error = %e, "front door: Milvus did not answer");
+                Ok(trailers_only(UNAVAILABLE, &msg))
+            }
+        }
+    }
+}
+
+/// Serves the front door on `listener` until `shutdown`, then lets the
+/// calls in flight finish (for up to 5 s).
+pub async fn serve(
+    listener: TcpListener,
+    frontdoor: Frontdoor,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.adaptive_window(true);
+    info!(addr = %listener.local_addr()?, upstream = %frontdoor.authority, "front door: forwarding MilvusService calls");
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // E.g. out of file descriptors: keep serving the others.
+                    warn!(error = %e, "front door: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let fd = frontdoor.clone();
+        let svc = hyper::service::service_fn(move |req| fd.clone().handle(req));
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "front door: connection ended");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("front door: calls still in flight 5s after shutdown; closed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::ReplicationState;
+
+    fn gate(reads: ReadsWhenNotPrimary) -> Gate {
+        Gate {
+            datacenter: "dc-b".into(),
+            state: Default::default(),
+            lease: None,
+            reads,
+        }
+    }
+
+    #[test]
+    fn writes_are_refused_unless_acting_primary_and_the_message_names_the_primary() {
+        let g = gate(ReadsWhenNotPrimary::Allow);
+        *g.state.lock().unwrap() = ReplicationState {
+            role: Role::Sink,
+            epoch: 3,
+            primary: "dc-a".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            g.check("Insert").unwrap(),
+            "milvus-dr: dc-b is not the primary at epoch 3 (dc-a is): writes are refused here; connect through the service name"
+        );
+        for m in [
+            "Upsert",
+            "Delete",
+            "CreateIndex",
+            "DropDatabase",
+            "LoadCollection",
+        ] {
+            assert!(g.check(m).is_some(), "{m}");
+        }
+        for m in [
+            "Search",
+            "Query",
+            "DescribeCollection",
+            "CheckHealth",
+            "ShowCollections",
+        ] {
+            assert!(g.check(m).is_none(), "{m}");
+        }
+        g.state.lock().unwrap().role = Role::Source;
+        assert!(g.check("Insert").is_none());
+    }
+
+    #[test]
+    fn reads_are_refused_too_when_configured() {
+        let g = gate(ReadsWhenNotPrimary::Refuse);
+        g.state.lock().unwrap().role = Role::Idle;
+        let msg = g.check("Search").unwrap();
+        assert!(msg.contains("the primary is not known yet"), "{msg}");
+        assert!(msg.contains("reads_when_not_primary"), "{msg}");
+        g.state.lock().unwrap().role = Role::Source;
+        assert!(g.check("Search").is_none());
+    }
+
+    #[test]
+    fn with_witnesses_the_source_needs_a_valid_lease() {
+        use std::time::Instant;
+        let lease: Lease = Default::default();
+        let g = Gate {
+            lease: Some(lease.clone()),
+            ..gate(ReadsWhenNotPrimary::Allow)
+        };
+        *g.state.lock().unwrap() = ReplicationState {
+            role: Role::Source,
+            epoch: 4,
+            primary: "dc-b".into(),
+            ..Default::default()
+        };
+        let msg = g.check("Insert").unwrap();
+        assert!(msg.contains("named primary but does not act"), "{msg}");
+        let (tx, rx) = tokio::sync::watch::channel(Some(Instant::now() + Duration::from_secs(5)));
+        lease.set(rx).unwrap();
+        assert!(g.check("Insert").is_none());
+        tx.send_replace(None);
+        assert!(g.check("Insert").is_some());
+    }
+
+    #[test]
+    fn method_names_and_grpc_messages() {
+        assert_eq!(
+            method_of("/milvus.proto.milvus.MilvusService/Insert"),
+            Some("Insert")
+        );
+        assert_eq!(method_of("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(method_of("/milvus.proto.milvus.MilvusService/a.b"), None);
+        assert_eq!(
+            percent_encode("dc-b (dc-a is): 100% ü"),
+            "dc-b (dc-a is): 100%25 %C3%BC"
+        );
+        let r = trailers_only(9, "no");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "9");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert!(r.body().is_end_stream());
+    }
+}
