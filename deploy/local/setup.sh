@@ -2,7 +2,8 @@
 # Installs what the local demo and the tests need, idempotently:
 # - a Python venv ($MILVUS_DR_VENV, default <repo>/.venv) with the PyPI
 #   `milvus` 2.3.5 server package (a real Milvus standalone server) and
-#   pyarrow (the tests read backups with it),
+#   pyarrow (the tests read backups with it), pymilvus (the front door
+#   tests use it),
 # - the server's binaries extracted once into the venv.
 # A second run does nothing and takes well under 2 s.
 set -euo pipefail
@@ -42,6 +43,18 @@ have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("p
 if [ "$have" != "$PYARROW_VERSION" ]; then
   echo "setup: installing pyarrow==$PYARROW_VERSION into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
+fi
+
+# pymilvus: the front door tests drive the agent's gRPC proxy with the
+# official Python client, as applications would. 2.3.7 still imports
+# pkg_resources (setuptools < 81) and its environs needs marshmallow 3:
+# both pinned with it.
+PYMILVUS_VERSION=2.3.7
+have=$("$venv/bin/python" -W ignore -c 'import importlib.metadata as m, pymilvus; print(m.version("pymilvus"))' 2>/dev/null || true)
+if [ "$have" != "$PYMILVUS_VERSION" ]; then
+  echo "setup: installing pymilvus==$PYMILVUS_VERSION into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "pymilvus==$PYMILVUS_VERSION" \
+    "setuptools==80.9.0" "marshmallow==3.26.1"
 fi
 
 # moto: a local emulator of the Route 53 API, answering the real AWS SDK.

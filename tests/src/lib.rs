@@ -495,6 +495,8 @@ pub struct Agent {
     pub log: PathBuf,
     pub grpc: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// The front door, when the config has one.
+    pub frontdoor: Option<std::net::SocketAddr>,
     /// Environment variables of the process besides the test's own (kept
     /// across restarts).
     pub vars: Vec<(String, String)>,
@@ -596,6 +598,7 @@ replication:
             log: env.dir.path().join(format!("{}.log", spec.dc)),
             grpc: ([127, 0, 0, 1], 0).into(),
             metrics: ([127, 0, 0, 1], 0).into(),
+            frontdoor: None,
             vars: vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -621,6 +624,7 @@ replication:
         self.child = Some(child);
         self.grpc = b.grpc;
         self.metrics = b.metrics;
+        self.frontdoor = b.frontdoor;
         Ok(())
     }
 
