@@ -32,6 +32,8 @@ pub struct AdminService {
     pub drills: crate::drill::Drills,
     /// The DNS provider this agent switches with, described.
     pub dns: Option<String>,
+    /// The front door, when on.
+    pub frontdoor: Option<crate::frontdoor::Described>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -235,6 +237,7 @@ impl Admin for AdminService {
             failover: s.failover.clone(),
             lease_remaining_ms: s.lease_remaining_ms,
             dns: self.dns.clone().unwrap_or_default(),
+            frontdoor: self.frontdoor.as_ref().map(|f| f.to_pb(&s)),
         }))
     }
 

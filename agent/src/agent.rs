@@ -214,6 +214,40 @@ pub async fn run(
     };
     let sink_handle = sink.clone();
     let drills = crate::drill::Drills::new(milvus.clone());
+    let lease: crate::metrics::Lease = Default::default();
+    let frontdoor_stats = cfg
+        .frontdoor
+        .as_ref()
+        .map(|_| crate::frontdoor::Stats::default());
+    // The change log: opened before the door serves and the source starts.
+    let changelog = match &cfg.frontdoor {
+        Some(fd) => Some(Arc::new(
+            crate::frontdoor::changelog::ChangeLog::open(
+                &cfg.state_dir.join("changelog.redb"),
+                fd.change_log_max_mb * 1024 * 1024,
+            )?,
+        )),
+        None => None,
+    };
+    let sync = Arc::new(crate::frontdoor::capture::Sync::new(
+        cfg.replication.mode == crate::config::Mode::Sync,
+        cfg.replication.sync_timeout,
+        cfg.replication.sync_on_timeout == crate::config::SyncOnTimeout::Refuse,
+    ));
+    if let Some(log) = &changelog {
+        let mut s = state.lock().unwrap();
+        s.change_log = true;
+        s.log_depth = log.depth();
+    }
+    let gate = crate::frontdoor::Gate {
+        datacenter: cfg.datacenter.clone(),
+        state: state.clone(),
+        lease: timing.is_some().then(|| lease.clone()),
+        reads: cfg
+            .frontdoor
+            .as_ref()
+            .map_or(Default::default(), |fd| fd.reads_when_not_primary),
+    };
     let admin = AdminService {
         datacenter: cfg.datacenter.clone(),
         peer: cfg.peer_id().to_string(),
@@ -229,6 +263,12 @@ pub async fn run(
         sink: sink.clone(),
         drills: drills.clone(),
         dns: dns.as_ref().map(|d| d.provider.describe()),
+        frontdoor: bound.frontdoor.map(|addr| crate::frontdoor::Described {
+            listen: addr.to_string(),
+            stats: frontdoor_stats.clone().unwrap_or_default(),
+            sync: sync.clone(),
+            gate: gate.clone(),
+        }),
     };
     let server_shutdown = CancellationToken::new();
     let tls_watch = tls.watch(server_shutdown.clone());
@@ -253,25 +293,23 @@ pub async fn run(
         server_shutdown.clone(),
     ));
     let backup_stats: crate::backup::SharedStats = Default::default();
-    let lease: crate::metrics::Lease = Default::default();
-    let frontdoor_stats = cfg
-        .frontdoor
-        .as_ref()
-        .map(|_| crate::frontdoor::Stats::default());
     // Stopped first on shutdown: no client call is taken once replication
     // starts stopping.
     let frontdoor_stop = CancellationToken::new();
     let frontdoor_task = match (&cfg.frontdoor, frontdoor_listener) {
-        (Some(fd), Some(listener)) => {
+        (Some(_), Some(listener)) => {
             let door = crate::frontdoor::Frontdoor::new(
-                crate::frontdoor::Gate {
-                    datacenter: cfg.datacenter.clone(),
-                    state: state.clone(),
-                    lease: timing.is_some().then(|| lease.clone()),
-                    reads: fd.reads_when_not_primary,
-                },
+                gate.clone(),
                 &local.milvus.endpoint,
                 frontdoor_stats.clone().unwrap_or_default(),
+                changelog.as_ref().map(|log| {
+                    Arc::new(crate::frontdoor::capture::Capture::new(
+                        log.clone(),
+                        milvus.clone(),
+                        sync.clone(),
+                        state.clone(),
+                    ))
+                }),
             )
             .context("frontdoor")?;
             Some(tokio::spawn(crate::frontdoor::serve(
@@ -336,6 +374,11 @@ pub async fn run(
             held_retry: cfg.replication.held_retry,
             drill: Some(drills.clone()),
             anti_entropy_interval: cfg.replication.anti_entropy_interval,
+            log: changelog.clone(),
+            scan_interval: cfg
+                .frontdoor
+                .as_ref()
+                .map_or(cfg.replication.poll_interval, |fd| fd.scan_interval),
         })
     };
     let mut failover_task = None;

@@ -74,6 +74,51 @@ pub struct Frontdoor {
     /// Milvus, which may lag the primary) or `refuse` (refused like writes).
     #[serde(default)]
     pub reads_when_not_primary: ReadsWhenNotPrimary,
+    /// Bound of the change log on disk (writes acknowledged to clients and
+    /// not yet applied on the standby), in MiB. Past it the log is cleared
+    /// and a full scan pass replicates what it held (alert
+    /// `change_log_overflow`).
+    #[serde(default = "d_change_log_max_mb")]
+    pub change_log_max_mb: u64,
+    /// With the front door, writes reach the standby through the change
+    /// log; the scan of every collection becomes the backstop for writes
+    /// that bypass the door, run this often (alert `bypass_writes` when it
+    /// finds any).
+    #[serde(default = "d_scan_interval", with = "humantime_serde")]
+    pub scan_interval: Duration,
+}
+
+fn d_change_log_max_mb() -> u64 {
+    1024
+}
+
+fn d_scan_interval() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// `replication.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A write is acknowledged once the primary's Milvus has it (and the
+    /// change log, with the front door).
+    #[default]
+    Async,
+    /// A write through the front door is acknowledged once the standby
+    /// applied it too (RPO 0).
+    Sync,
+}
+
+/// `replication.sync_on_timeout`: what sync mode does while the standby
+/// does not confirm writes in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncOnTimeout {
+    /// Refuse writes (UNAVAILABLE) until the standby confirms again.
+    #[default]
+    Refuse,
+    /// Accept them asynchronously, with the alert `sync_degraded`.
+    Async,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -197,6 +242,20 @@ pub struct Replication {
     /// or deleted straight in the standby's Milvus. `0s` = never.
     #[serde(default = "d_anti_entropy", with = "humantime_serde")]
     pub anti_entropy_interval: Duration,
+    /// `async` (default) or `sync` (needs the front door).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Sync mode: how long a write waits for the standby.
+    #[serde(default = "d_sync_timeout", with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    /// Sync mode: `refuse` (default) or `async` while the standby does not
+    /// confirm in time.
+    #[serde(default)]
+    pub sync_on_timeout: SyncOnTimeout,
+}
+
+fn d_sync_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn d_anti_entropy() -> Duration {
@@ -218,6 +277,9 @@ impl Default for Replication {
             reconnect_backoff: d_reconnect(),
             held_retry: d_held_retry(),
             anti_entropy_interval: d_anti_entropy(),
+            mode: Mode::Async,
+            sync_timeout: d_sync_timeout(),
+            sync_on_timeout: SyncOnTimeout::Refuse,
         }
     }
 }
@@ -731,8 +793,36 @@ impl Config {
                     "use the local Milvus's http:// endpoint, or remove the frontdoor section",
                 ));
             }
+            if fd.change_log_max_mb == 0 {
+                return Err(err(
+                    "frontdoor.change_log_max_mb",
+                    "0",
+                    "give the change log room for the writes of a standby outage, e.g. 1024",
+                ));
+            }
+            if fd.scan_interval < Duration::from_secs(1) {
+                return Err(err(
+                    "frontdoor.scan_interval",
+                    "shorter than 1s",
+                    "use minutes (default 10m): the scan is the backstop for writes that bypass the front door",
+                ));
+            }
         }
         let r = &self.replication;
+        if r.mode == Mode::Sync && self.frontdoor.is_none() {
+            return Err(err(
+                "replication.mode",
+                "sync without a frontdoor section",
+                "add a frontdoor section (sync mode acknowledges writes that come through it), or use mode: async",
+            ));
+        }
+        if r.mode == Mode::Sync && (r.sync_timeout < Duration::from_millis(10) || r.sync_timeout > Duration::from_secs(60)) {
+            return Err(err(
+                "replication.sync_timeout",
+                format!("{} is out of range", humantime::format_duration(r.sync_timeout)),
+                "use 10ms to 60s (default 2s): every write waits up to this long for the standby",
+            ));
+        }
         if r.page_rows == 0 || r.page_rows > crate::milvus::MAX_QUERY_WINDOW {
             return Err(err(
                 "replication.page_rows",

@@ -11,11 +11,15 @@
 //!
 //! Fencing at the door: a write ([`WRITE_METHODS`]) is refused unless this
 //! agent is the acting primary (the replication source at its epoch, with
-//! a valid lease when there are witnesses), with FAILED_PRECONDITION and a
+//! a valid lease when there are witnesses), with PERMISSION_DENIED and a
 //! message naming the primary. With `reads_when_not_primary: refuse`,
 //! every call is refused that way.
 
+pub mod capture;
+pub mod changelog;
+
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -91,8 +95,13 @@ pub fn is_write(method: &str) -> bool {
 }
 
 /// gRPC status codes the front door answers with itself.
+const INVALID_ARGUMENT: u32 = 3;
+/// A write (or, when configured, a read) where this agent is not the
+/// acting primary. PERMISSION_DENIED rather than FAILED_PRECONDITION: the
+/// Milvus SDKs retry FAILED_PRECONDITION for minutes (pymilvus 75 times),
+/// and a client on a stale address must fail at once, with the message.
+const PERMISSION_DENIED: u32 = 7;
 const UNIMPLEMENTED: u32 = 12;
-const FAILED_PRECONDITION: u32 = 9;
 const UNAVAILABLE: u32 = 14;
 
 type Labels = Vec<(String, String)>;
@@ -105,6 +114,8 @@ pub struct Stats {
     /// By method: until the response's end (its trailers) was sent.
     pub duration: Family<Labels, Histogram, fn() -> Histogram>,
     pub refused_writes: Counter,
+    /// Every call, for status.
+    pub total: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -118,6 +129,7 @@ impl Default for Stats {
             requests: Default::default(),
             duration: Family::new_with_constructor(duration_histogram),
             refused_writes: Default::default(),
+            total: Default::default(),
         }
     }
 }
@@ -141,6 +153,7 @@ impl Outcome {
 
 impl Stats {
     fn record(&self, method: &str, outcome: Outcome, elapsed: Duration) {
+        self.total.inc();
         self.requests
             .get_or_create(&vec![
                 ("method".into(), method.into()),
@@ -210,6 +223,31 @@ impl Gate {
         Some(format!(
             "milvus-dr: {dc} is not the primary at epoch {epoch} ({whom}): {what}; connect through the service name"
         ))
+    }
+}
+
+/// What `drctl status` shows of the front door.
+#[derive(Clone)]
+pub struct Described {
+    pub listen: String,
+    pub stats: Stats,
+    pub sync: Arc<capture::Sync>,
+    pub gate: Gate,
+}
+
+impl Described {
+    pub fn to_pb(&self, s: &crate::replication::ReplicationState) -> dr_proto::pb::FrontdoorStatus {
+        dr_proto::pb::FrontdoorStatus {
+            listen: self.listen.clone(),
+            mode: if self.sync.on { "sync" } else { "async" }.into(),
+            sync_state: self.sync.describe().into(),
+            requests: self.stats.total.get(),
+            refused_writes: self.stats.refused_writes.get(),
+            log_entries: s.log_depth.entries,
+            log_bytes: s.log_depth.bytes,
+            bypass_rows: s.bypass.total.values().sum(),
+            accepting_writes: self.gate.check("Insert").is_none(),
+        }
     }
 }
 
@@ -330,14 +368,27 @@ pub struct Frontdoor {
     gate: Gate,
     scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     stats: Stats,
+    /// With write-path capture: the change log and what feeds it.
+    capture: Option<Arc<capture::Capture>>,
+}
+
+type RequestBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+fn full(b: Bytes) -> RequestBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
 impl Frontdoor {
     /// A front door forwarding to the Milvus at `endpoint`
     /// (`http://host:port`).
-    pub fn new(gate: Gate, endpoint: &str, stats: Stats) -> Result<Frontdoor> {
+    pub fn new(
+        gate: Gate,
+        endpoint: &str,
+        stats: Stats,
+        capture: Option<Arc<capture::Capture>>,
+    ) -> Result<Frontdoor> {
         let uri: Uri = endpoint
             .parse()
             .with_context(|| format!("the Milvus endpoint {endpoint}"))?;
@@ -360,7 +411,31 @@ impl Frontdoor {
             authority,
             client,
             stats,
+            capture,
         })
+    }
+
+    /// The request's parts, addressed to Milvus.
+    fn upstream(&self, mut parts: hyper::http::request::Parts) -> Result<hyper::http::request::Parts, String> {
+        let mut uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        if let Some(pq) = parts.uri.path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        }
+        parts.uri = uri.build().map_err(|e| format!("milvus-dr: cannot forward {}: {e}", parts.uri.path()))?;
+        Ok(parts)
+    }
+
+    fn unreachable(&self, method: &str, e: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+        warn!(%method, error = %e, "front door: Milvus did not answer");
+        trailers_only(
+            UNAVAILABLE,
+            &format!(
+                "milvus-dr: the front door of {} could not reach its Milvus at {}: {e}",
+                self.gate.datacenter, self.authority
+            ),
+        )
     }
 
     async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
@@ -380,26 +455,25 @@ impl Frontdoor {
                 self.stats.refused_writes.inc();
             }
             debug!(%method, %msg, "front door: refused");
-            return Ok(trailers_only(FAILED_PRECONDITION, &msg));
+            return Ok(trailers_only(PERMISSION_DENIED, &msg));
         }
-        let (mut parts, body) = req.into_parts();
-        let mut uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
-        if let Some(pq) = parts.uri.path_and_query() {
-            uri = uri.path_and_query(pq.clone());
+        if let (Some(cap), Some(kind)) = (&self.capture, capture::kind(&method)) {
+            let cap = cap.clone();
+            return Ok(self.captured(&cap, kind, method, req, start).await);
         }
-        parts.uri = match uri.build() {
-            Ok(u) => u,
-            Err(e) => {
+        let (parts, body) = req.into_parts();
+        let parts = match self.upstream(parts) {
+            Ok(p) => p,
+            Err(msg) => {
                 self.stats.record(&method, Outcome::Error, start.elapsed());
-                return Ok(trailers_only(
-                    UNIMPLEMENTED,
-                    &format!("milvus-dr: cannot forward {path}: {e}"),
-                ));
+                return Ok(trailers_only(UNIMPLEMENTED, &msg));
             }
         };
-        match self.client.request(Request::from_parts(parts, body)).await {
+        match self
+            .client
+            .request(Request::from_parts(parts, body.boxed_unsync()))
+            .await
+        {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 let body = Observed {
@@ -412,14 +486,212 @@ impl Frontdoor {
             }
             Err(e) => {
                 self.stats.record(&method, Outcome::Error, start.elapsed());
-                let msg = format!(
-                    "milvus-dr: the front door of {} could not reach its Milvus at {}: {e}",
-                    self.gate.datacenter, self.authority
-                );
-                warn!(%method, error = %e, "front door: Milvus did not answer");
-                Ok(trailers_only(UNAVAILABLE, &msg))
+                Ok(self.unreachable(&method, &e))
             }
         }
+    }
+
+    /// A write the change log records: the whole request is read, the
+    /// call forwarded under the collection's write order, the whole reply
+    /// read; once Milvus acknowledged it, it is logged (and in sync mode
+    /// applied on the standby) before the client gets Milvus's answer.
+    async fn captured(
+        &self,
+        cap: &capture::Capture,
+        kind: capture::Kind,
+        method: String,
+        req: Request<Incoming>,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        use capture::Kind;
+        use milvus::proto::milvus::{DeleteRequest, InsertRequest};
+        use prost::Message;
+        let refuse = |code: u32, msg: &str, outcome: Outcome| {
+            self.stats.record(&method, outcome, start.elapsed());
+            trailers_only(code, msg)
+        };
+        let (epoch, connected) = {
+            let s = self.gate.state.lock().unwrap();
+            (s.epoch, s.connected)
+        };
+        if kind != Kind::Ddl
+            && cap.sync.on
+            && cap.sync.refuse_when_degraded
+            && (cap.sync.degraded() || !connected)
+        {
+            self.stats.refused_writes.inc();
+            return refuse(
+                UNAVAILABLE,
+                &format!(
+                    "milvus-dr: replication.mode is sync and the standby of {} does not confirm writes (not connected, or slower than replication.sync_timeout {}): writes are refused until it does (replication.sync_on_timeout: refuse)",
+                    self.gate.datacenter,
+                    humantime::format_duration(cap.sync.timeout)
+                ),
+                Outcome::Refused,
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return refuse(
+                    UNAVAILABLE,
+                    &format!("milvus-dr: the request ended early: {e}"),
+                    Outcome::Error,
+                )
+            }
+        };
+        let headers = parts.headers.clone();
+        let parts = match self.upstream(parts) {
+            Ok(p) => p,
+            Err(msg) => return refuse(UNIMPLEMENTED, &msg, Outcome::Error),
+        };
+        let bad = |what: &str, e: String| {
+            refuse(
+                INVALID_ARGUMENT,
+                &format!("milvus-dr: the front door cannot read this {what} request: {e}"),
+                Outcome::Error,
+            )
+        };
+        // What to decode, and the collection whose write order it takes.
+        enum Parsed {
+            Rows(InsertRequest, String),
+            Delete(DeleteRequest, String),
+            Ddl,
+        }
+        let parsed = match kind {
+            Kind::Rows => match capture::grpc_message(&body)
+                .and_then(|m| InsertRequest::decode(m).map_err(|e| e.to_string()))
+            {
+                Ok(r) => {
+                    let db = capture::database(&r.db_name, &headers);
+                    Parsed::Rows(r, db)
+                }
+                Err(e) => return bad(&method, e),
+            },
+            Kind::Delete => match capture::grpc_message(&body)
+                .and_then(|m| DeleteRequest::decode(m).map_err(|e| e.to_string()))
+            {
+                Ok(r) => {
+                    let db = capture::database(&r.db_name, &headers);
+                    Parsed::Delete(r, db)
+                }
+                Err(e) => return bad(&method, e),
+            },
+            Kind::Ddl => Parsed::Ddl,
+        };
+        let _order = match &parsed {
+            Parsed::Rows(r, db) => Some(cap.lock(db, &r.collection_name).await),
+            Parsed::Delete(r, db) => Some(cap.lock(db, &r.collection_name).await),
+            Parsed::Ddl => None,
+        };
+        // A delete's keys, resolved just before it runs; `None`: they could
+        // not be (a scan pass will find the deleted rows).
+        let resolved = match &parsed {
+            Parsed::Delete(r, db) => match cap.resolve_delete(db, r).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    warn!(collection = %r.collection_name, expr = %r.expr, error = %format!("{e:#}"), "front door: could not resolve a delete to keys; a scan pass will replicate it");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let resp = match self
+            .client
+            .request(Request::from_parts(parts, full(body.clone())))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.record(&method, Outcome::Error, start.elapsed());
+                return self.unreachable(&method, &e);
+            }
+        };
+        let (rparts, rbody) = resp.into_parts();
+        let collected = match rbody.collect().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Milvus may have applied it: let a scan pass look.
+                let _ = cap.log.request_rescan();
+                return refuse(
+                    UNAVAILABLE,
+                    &format!("milvus-dr: the answer of Milvus was cut: {e}"),
+                    Outcome::Error,
+                );
+            }
+        };
+        let trailers = collected.trailers().cloned();
+        let reply = collected.to_bytes();
+        let status = trailers
+            .as_ref()
+            .and_then(grpc_status)
+            .or_else(|| grpc_status(&rparts.headers));
+        let mut logged = None;
+        let mut ok = status == Some(0);
+        match parsed {
+            Parsed::Rows(r, db) => {
+                ok = false;
+                if let Some(m) = capture::mutation_ok(status, &reply) {
+                    ok = true;
+                    if r.num_rows > 0 && !r.fields_data.is_empty() {
+                        let raw = capture::grpc_message(&body).unwrap_or_default();
+                        logged = cap.log(capture::rows_entry(epoch, &db, &r, raw, &m)).await;
+                    }
+                }
+            }
+            Parsed::Delete(r, db) => {
+                ok = false;
+                if capture::mutation_ok(status, &reply).is_some() {
+                    ok = true;
+                    logged = match resolved {
+                        Some(keys) if keys.is_empty() => None,
+                        Some(keys) => cap.log(capture::delete_entry(epoch, &db, &r, &keys)).await,
+                        None => {
+                            let _ = cap.log.request_rescan();
+                            None
+                        }
+                    };
+                }
+            }
+            Parsed::Ddl => {
+                cap.forget_schemas();
+                if ok {
+                    logged = cap
+                        .log(dr_proto::pb::ChangeLogEntry {
+                            epoch,
+                            acked_ms: dr_proto::now_ms(),
+                            catalog: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+        }
+        drop(_order);
+        if let (Some(at), true, false) = (logged, cap.sync.on, kind == Kind::Ddl) {
+            if !cap.wait_applied(at).await && cap.sync.refuse_when_degraded {
+                self.stats.record(&method, Outcome::Error, start.elapsed());
+                return trailers_only(
+                    UNAVAILABLE,
+                    &format!(
+                        "milvus-dr: replication.mode is sync and the standby did not apply this write within {}: it is applied on the primary and will be replicated, but not confirmed (replication.sync_on_timeout: refuse)",
+                        humantime::format_duration(cap.sync.timeout)
+                    ),
+                );
+            }
+        }
+        self.stats.record(
+            &method,
+            if ok { Outcome::Ok } else { Outcome::Error },
+            start.elapsed(),
+        );
+        let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = vec![Ok(Frame::data(reply))];
+        if let Some(t) = trailers {
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        let body = StreamBody::new(tokio_stream::iter(frames)).boxed_unsync();
+        Response::from_parts(rparts, body)
     }
 }
 

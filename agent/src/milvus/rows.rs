@@ -327,6 +327,89 @@ fn take_vector(v: &VectorField, idx: &[usize]) -> VectorField {
     }
 }
 
+/// Appends the rows of `more` to `into`, column by column (matched by
+/// name). Returns `false`, changing nothing, when the two do not have the
+/// same columns of the same types.
+pub fn append(into: &mut [FieldData], more: &[FieldData]) -> bool {
+    fn same_kind(a: &FieldData, b: &FieldData) -> bool {
+        match (&a.field, &b.field) {
+            (Some(Field::Scalars(x)), Some(Field::Scalars(y))) => {
+                x.valid_data.is_empty()
+                    && y.valid_data.is_empty()
+                    && std::mem::discriminant(&x.data) == std::mem::discriminant(&y.data)
+                    && match (&x.data, &y.data) {
+                        (Some(S::ArrayData(p)), Some(S::ArrayData(q))) => {
+                            p.element_type == q.element_type
+                        }
+                        _ => true,
+                    }
+            }
+            (Some(Field::Vectors(x)), Some(Field::Vectors(y))) => {
+                x.dim == y.dim
+                    && std::mem::discriminant(&x.data) == std::mem::discriminant(&y.data)
+                    && matches!(
+                        x.data,
+                        Some(V::FloatVector(_))
+                            | Some(V::BinaryVector(_))
+                            | Some(V::Float16Vector(_))
+                            | Some(V::Bfloat16Vector(_))
+                            | Some(V::Int8Vector(_))
+                    )
+            }
+            _ => false,
+        }
+    }
+    if into.len() != more.len() {
+        return false;
+    }
+    let mut pairs = Vec::with_capacity(into.len());
+    for (i, a) in into.iter().enumerate() {
+        let Some(j) = more.iter().position(|b| b.field_name == a.field_name) else {
+            return false;
+        };
+        if !same_kind(a, &more[j]) {
+            return false;
+        }
+        pairs.push((i, j));
+    }
+    for (i, j) in pairs {
+        match (&mut into[i].field, &more[j].field) {
+            (Some(Field::Scalars(x)), Some(Field::Scalars(y))) => match (&mut x.data, &y.data) {
+                (Some(S::BoolData(a)), Some(S::BoolData(b))) => a.data.extend_from_slice(&b.data),
+                (Some(S::IntData(a)), Some(S::IntData(b))) => a.data.extend_from_slice(&b.data),
+                (Some(S::LongData(a)), Some(S::LongData(b))) => a.data.extend_from_slice(&b.data),
+                (Some(S::FloatData(a)), Some(S::FloatData(b))) => a.data.extend_from_slice(&b.data),
+                (Some(S::DoubleData(a)), Some(S::DoubleData(b))) => {
+                    a.data.extend_from_slice(&b.data)
+                }
+                (Some(S::StringData(a)), Some(S::StringData(b))) => {
+                    a.data.extend_from_slice(&b.data)
+                }
+                (Some(S::BytesData(a)), Some(S::BytesData(b))) => {
+                    a.data.extend_from_slice(&b.data)
+                }
+                (Some(S::JsonData(a)), Some(S::JsonData(b))) => a.data.extend_from_slice(&b.data),
+                (Some(S::ArrayData(a)), Some(S::ArrayData(b))) => {
+                    a.data.extend_from_slice(&b.data)
+                }
+                _ => {}
+            },
+            (Some(Field::Vectors(x)), Some(Field::Vectors(y))) => match (&mut x.data, &y.data) {
+                (Some(V::FloatVector(a)), Some(V::FloatVector(b))) => {
+                    a.data.extend_from_slice(&b.data)
+                }
+                (Some(V::BinaryVector(a)), Some(V::BinaryVector(b)))
+                | (Some(V::Float16Vector(a)), Some(V::Float16Vector(b)))
+                | (Some(V::Bfloat16Vector(a)), Some(V::Bfloat16Vector(b)))
+                | (Some(V::Int8Vector(a)), Some(V::Int8Vector(b))) => a.extend_from_slice(b),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The rows at `idx` (in that order) of every column.
 pub fn take(fields: &[FieldData], idx: &[usize]) -> Vec<FieldData> {
     fields

@@ -330,37 +330,44 @@ impl Base {
     /// says what the sink will hold once it applies the batch, and the keys
     /// stay pending until [`Base::ack`].
     pub fn stage(&self, seq: u64, scope: u64, changes: &[Change]) -> Result<()> {
+        self.stage_scopes(seq, &[(scope, changes)])
+    }
+
+    /// [`Base::stage`] for a batch that changes several scopes (a delete
+    /// across every partition of a collection).
+    pub fn stage_scopes(&self, seq: u64, scopes: &[(u64, &[Change])]) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
-            let mut pending = PendingScope {
-                scope,
-                ..Default::default()
-            };
+            let mut keys = PendingKeys::default();
             let mut ints = txn.open_table(INT)?;
             let mut strs = txn.open_table(STR)?;
-            for (pk, h) in changes {
-                match (pk, h) {
-                    (Pk::Int(k), Some(h)) => {
-                        ints.insert((scope, *k), *h)?;
-                        pending.ints.push(*k);
-                    }
-                    (Pk::Int(k), None) => {
-                        ints.remove((scope, *k))?;
-                        pending.ints.push(*k);
-                    }
-                    (Pk::Str(k), Some(h)) => {
-                        strs.insert((scope, k.as_str()), *h)?;
-                        pending.strs.push(k.clone());
-                    }
-                    (Pk::Str(k), None) => {
-                        strs.remove((scope, k.as_str()))?;
-                        pending.strs.push(k.clone());
+            for &(scope, changes) in scopes {
+                let mut pending = PendingScope {
+                    scope,
+                    ..Default::default()
+                };
+                for (pk, h) in changes {
+                    match (pk, h) {
+                        (Pk::Int(k), Some(h)) => {
+                            ints.insert((scope, *k), *h)?;
+                            pending.ints.push(*k);
+                        }
+                        (Pk::Int(k), None) => {
+                            ints.remove((scope, *k))?;
+                            pending.ints.push(*k);
+                        }
+                        (Pk::Str(k), Some(h)) => {
+                            strs.insert((scope, k.as_str()), *h)?;
+                            pending.strs.push(k.clone());
+                        }
+                        (Pk::Str(k), None) => {
+                            strs.remove((scope, k.as_str()))?;
+                            pending.strs.push(k.clone());
+                        }
                     }
                 }
+                keys.scopes.push(pending);
             }
-            let keys = PendingKeys {
-                scopes: vec![pending],
-            };
             txn.open_table(PENDING)?
                 .insert(seq, keys.encode_to_vec().as_slice())?;
             txn.open_table(META)?

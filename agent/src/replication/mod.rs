@@ -87,13 +87,45 @@ pub struct ReplicationState {
     pub lease_remaining_ms: i64,
     /// Source: the anti-entropy runs' outcome.
     pub anti_entropy: antientropy::State,
+    /// Source with the front door: the change log is the stream's source
+    /// and lag is the age of its oldest entry.
+    pub change_log: bool,
+    pub log_depth: crate::frontdoor::changelog::Depth,
+    /// Source with the front door: writes the scan found that did not come
+    /// through it.
+    pub bypass: Bypass,
+}
+
+/// Writes around the front door, as the scan passes found them.
+#[derive(Debug, Default, Clone)]
+pub struct Bypass {
+    /// Rows since the agent started, by `database.collection`.
+    pub total: std::collections::BTreeMap<String, u64>,
+    /// Scan passes completed with the change log on.
+    pub passes: u64,
+    /// Rows the newest pass found.
+    pub last_pass_rows: u64,
+    /// The newest pass's findings: collection, rows, sample keys.
+    pub findings: Vec<(String, u64, Vec<String>)>,
 }
 
 impl ReplicationState {
     /// Age of the newest primary state known to be applied on the sink, or
     /// `None` when nothing was ever applied.
+    ///
+    /// With the change log (front door), once the standby has applied a
+    /// first pass: the age of the oldest write acknowledged to a client and
+    /// not yet applied on the standby, 0 when there is none. It does not
+    /// grow with the collections' size.
     pub fn lag_ms(&self, now: i64) -> Option<i64> {
-        (self.applied_snapshot_ms > 0).then(|| (now - self.applied_snapshot_ms).max(0))
+        if self.applied_snapshot_ms <= 0 {
+            return None;
+        }
+        if self.change_log && self.role == Role::Source {
+            let oldest = self.log_depth.oldest_ms;
+            return Some(if oldest > 0 { (now - oldest).max(0) } else { 0 });
+        }
+        Some((now - self.applied_snapshot_ms).max(0))
     }
 
     pub fn to_pb(&self, now: i64) -> pb::ReplicationStatus {
@@ -128,5 +160,22 @@ mod tests {
         s.applied_snapshot_ms = 1000;
         assert_eq!(s.lag_ms(1500), Some(500));
         assert_eq!(s.lag_ms(9000), Some(8000));
+    }
+
+    #[test]
+    fn with_the_change_log_lag_is_the_age_of_the_oldest_unapplied_write() {
+        let mut s = ReplicationState {
+            role: Role::Source,
+            change_log: true,
+            ..Default::default()
+        };
+        // Not before the standby applied a first pass.
+        s.log_depth.oldest_ms = 900;
+        assert_eq!(s.lag_ms(1000), None);
+        s.applied_snapshot_ms = 100;
+        assert_eq!(s.lag_ms(1000), Some(100));
+        // Nothing waiting: no lag, however old the last pass.
+        s.log_depth = Default::default();
+        assert_eq!(s.lag_ms(1_000_000), Some(0));
     }
 }

@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::antientropy::{self, Schedule};
+use crate::frontdoor::changelog::ChangeLog;
 use super::base::{self, Base, Change};
 use super::catalog::{self, Catalog, CollectionEntry, Filter};
 use super::SharedState;
 use crate::milvus::retry;
 use crate::milvus::{self as mv, rows, Milvus, Pk};
 use dr_proto::now_ms;
+use milvus::proto::schema::FieldData;
 use dr_proto::pb::{self, replication_client::ReplicationClient, sink_message, source_message};
 
 /// Everything the source needs.
@@ -45,6 +47,11 @@ pub struct SourceConfig {
     /// How often the standby's content is checked against the capture
     /// base ([`antientropy`](super::antientropy)); zero: never.
     pub anti_entropy_interval: Duration,
+    /// With the front door: its change log, the stream's main source;
+    /// scan passes then run every `scan_interval` (and when the log asks),
+    /// as the backstop for writes that bypass the door.
+    pub log: Option<Arc<ChangeLog>>,
+    pub scan_interval: Duration,
 }
 
 /// Collections the sink holds: `database.collection` -> (why, retry at).
@@ -128,6 +135,8 @@ enum Ended {
 struct Acks {
     /// seq -> snapshot time, for pass marks not yet acknowledged.
     pass_marks: std::sync::Mutex<BTreeMap<u64, i64>>,
+    /// seq -> the newest change-log position the batch completes.
+    log_marks: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
 
 async fn session(
@@ -141,6 +150,12 @@ async fn session(
 ) -> Result<Ended> {
     let mut rotated = cfg.peer_tls.tls().subscribe();
     rotated.mark_unchanged();
+    if let Some(log) = &cfg.log {
+        let dropped = log.keep_only_epoch(cfg.epoch)?;
+        if dropped > 0 {
+            info!(entries = dropped, epoch = cfg.epoch, "dropped change-log entries of an older epoch (kept as that epoch's divergent writes)");
+        }
+    }
     let recovered = base.recover_pending()?;
     if recovered > 0 {
         info!(keys = recovered, "unacknowledged changes will be resent");
@@ -222,10 +237,11 @@ async fn session(
     let window = Arc::new(Semaphore::new(cfg.max_in_flight));
     let acks = Arc::new(Acks {
         pass_marks: Default::default(),
+        log_marks: Default::default(),
     });
     let broken = CancellationToken::new();
     let mut reader = {
-        let (base, state, window, acks, broken, held, retry) = (
+        let (base, state, window, acks, broken, held, retry, log) = (
             base.clone(),
             state.clone(),
             window.clone(),
@@ -233,6 +249,7 @@ async fn session(
             broken.clone(),
             held.clone(),
             cfg.held_retry,
+            cfg.log.clone(),
         );
         tokio::spawn(async move {
             let r: Result<()> = async {
@@ -258,7 +275,18 @@ async fn session(
                         let done: Vec<u64> = marks.range(..=a.seq).map(|(k, _)| *k).collect();
                         done.iter().filter_map(|k| marks.remove(k)).max()
                     };
+                    let applied_log = {
+                        let mut marks = acks.log_marks.lock().unwrap();
+                        let done: Vec<u64> = marks.range(..=a.seq).map(|(k, _)| *k).collect();
+                        done.iter().filter_map(|k| marks.remove(k)).max()
+                    };
+                    if let (Some(log), Some(upto)) = (&log, applied_log) {
+                        log.trim(upto)?;
+                    }
                     let mut s = state.lock().unwrap();
+                    if let Some(log) = &log {
+                        s.log_depth = log.depth();
+                    }
                     s.acked_seq = a.seq;
                     if let Some(t) = snap {
                         s.applied_snapshot_ms = s.applied_snapshot_ms.max(t);
@@ -285,11 +313,39 @@ async fn session(
         seq: first_seq,
         lineage: lineage.clone(),
         catalog: None,
+        milvus: milvus.clone(),
+        log_sent: cfg.log.as_ref().map_or(0, |l| l.applied()),
+        touched: None,
+        bypass: BTreeMap::new(),
     };
+    let mut appended = cfg.log.as_ref().map(|l| l.subscribe_appended());
+    let mut rescan = cfg.log.as_ref().map(|l| l.subscribe_rescan());
+    // With the change log, scan passes are the slow backstop; the first
+    // runs at once (it finds writes Milvus took while no agent logged them,
+    // e.g. one killed between Milvus's answer and its log entry).
+    let mut next_scan = Instant::now();
     let result = async {
         loop {
+            let scan_now = match &cfg.log {
+                None => true,
+                Some(log) => {
+                    let asked = log.take_rescan()?;
+                    if asked {
+                        info!("a scan pass was asked for by the change log (bound reached, or a write it could not describe)");
+                    }
+                    asked || Instant::now() >= next_scan
+                }
+            };
+            if scan_now {
+                tokio::select! {
+                    r = pass(&mut sender, milvus) => r?,
+                    _ = broken.cancelled() => break,
+                    _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                }
+                next_scan = Instant::now() + cfg.scan_interval;
+            }
             tokio::select! {
-                r = pass(&mut sender, milvus) => r?,
+                r = drain(&mut sender) => r?,
                 _ = broken.cancelled() => break,
                 _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             }
@@ -302,8 +358,15 @@ async fn session(
                 anti_entropy.ran();
             }
             if !rotated.has_changed().unwrap_or(false) {
+                let wait = if cfg.log.is_some() {
+                    next_scan.saturating_duration_since(Instant::now())
+                } else {
+                    cfg.poll_interval
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(cfg.poll_interval) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
+                    Some(_) = changed(&mut appended) => continue,
+                    Some(_) = changed(&mut rescan) => continue,
                     _ = broken.cancelled() => break,
                     _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
                     Ok(()) = rotated.changed() => {}
@@ -362,6 +425,27 @@ struct Sender<'a> {
     lineage: String,
     /// The catalog of the newest pass (for anti-entropy).
     catalog: Option<Catalog>,
+    milvus: Milvus,
+    /// The newest change-log position sent on this stream.
+    log_sent: u64,
+    /// While a scan pass runs: keys the change log sent since it began.
+    /// The pass, pinned to its start, must not undo them.
+    touched: Option<std::collections::HashSet<(u64, Pk)>>,
+    /// Rows the current pass found that did not come through the front
+    /// door, by collection.
+    bypass: BTreeMap<String, (u64, Vec<String>)>,
+}
+
+/// Resolves when the watched value changes; never if there is none or
+/// its sender is gone.
+async fn changed<T>(rx: &mut Option<tokio::sync::watch::Receiver<T>>) -> Option<()> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Sender<'_> {
@@ -369,9 +453,20 @@ impl Sender<'_> {
     /// free slot in the in-flight window).
     async fn send(
         &mut self,
-        mut batch: pb::ChangeBatch,
+        batch: pb::ChangeBatch,
         scope: u64,
         changes: &[Change],
+    ) -> Result<()> {
+        self.send_staged(batch, &[(scope, changes)], None).await
+    }
+
+    /// [`Sender::send`] for changes in several scopes; `log_upto`: the
+    /// newest change-log position the batch completes.
+    async fn send_staged(
+        &mut self,
+        mut batch: pb::ChangeBatch,
+        staged: &[(u64, &[Change])],
+        log_upto: Option<u64>,
     ) -> Result<()> {
         if let Some(d) = &self.cfg.drill {
             d.check_source()?;
@@ -388,7 +483,15 @@ impl Sender<'_> {
         batch.seq = seq;
         batch.epoch = self.cfg.epoch;
         batch.produced_ms = now_ms();
-        self.base.stage(seq, scope, changes)?;
+        self.base.stage_scopes(seq, staged)?;
+        if let Some(upto) = log_upto {
+            self.acks.log_marks.lock().unwrap().insert(seq, upto);
+            if let Some(t) = &mut self.touched {
+                for (scope, changes) in staged {
+                    t.extend(changes.iter().map(|(k, _)| (*scope, k.clone())));
+                }
+            }
+        }
         if batch.pass_snapshot_ms > 0 {
             self.acks
                 .pass_marks
@@ -426,48 +529,11 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
     let started = Instant::now();
     let ts = retry("AllocTimestamp", 5, || milvus.alloc_timestamp()).await?;
     let snapshot_ms = mv::hybrid_ts_to_ms(ts);
-    let cat: Catalog = retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
-
-    // Collections dropped or recreated on the primary: forget their rows.
-    let known: BTreeMap<String, i64> = match s.base.meta("catalog_ids")? {
-        None => BTreeMap::new(),
-        Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
-            anyhow!(
-                "the capture base's collection list is corrupt ({e}); fix: stop the agent and run \
-                 `dr-agent --config FILE reset-capture-base` (everything is then resent once)"
-            )
-        })?,
-    };
-    let now_ids: BTreeMap<String, i64> = cat
-        .collections
-        .iter()
-        .map(|c| (format!("{}/{}/", c.info.database, c.info.name), c.info.id))
-        .collect();
-    for (prefix, id) in &known {
-        if now_ids.get(prefix) != Some(id) {
-            for (scope, _) in s.base.scopes_with_prefix(prefix)? {
-                s.base.drop_scope(&scope)?;
-            }
-            debug!(collection = %prefix, "forgot the capture base of a dropped or recreated collection");
-        }
+    if s.cfg.log.is_some() {
+        s.touched = Some(Default::default());
+        s.bypass.clear();
     }
-    s.base
-        .set_meta("catalog_ids", &serde_json::to_vec(&now_ids)?)?;
-
-    // The catalog first, so that every collection exists before its rows.
-    let ddl = catalog::to_ddl(&cat);
-    s.send(
-        pb::ChangeBatch {
-            ddl,
-            catalog: true,
-            unreplicated: cat.unreplicated.clone(),
-            ..Default::default()
-        },
-        0,
-        &[],
-    )
-    .await?;
-    s.catalog_seq = s.seq - 1;
+    let cat = send_catalog(s, milvus).await?;
 
     let mut statuses = Vec::new();
     for entry in &cat.collections {
@@ -527,9 +593,81 @@ async fn pass(s: &mut Sender<'_>, milvus: &Milvus) -> Result<()> {
     st.last_pass_duration_ms = started.elapsed().as_millis() as i64;
     st.passes += 1;
     st.lineage = s.lineage.clone();
+    if s.cfg.log.is_some() {
+        let found: u64 = s.bypass.values().map(|(n, _)| *n).sum();
+        for (c, (n, _)) in &s.bypass {
+            *st.bypass.total.entry(c.clone()).or_default() += n;
+        }
+        st.bypass.passes += 1;
+        st.bypass.last_pass_rows = found;
+        st.bypass.findings = s
+            .bypass
+            .iter()
+            .map(|(c, (n, sample))| (c.clone(), *n, sample.clone()))
+            .collect();
+    }
     drop(st);
+    if !s.bypass.is_empty() {
+        for (c, (n, sample)) in &s.bypass {
+            warn!(collection = %c, rows = n, sample = ?sample, "the scan found writes that did not come through the front door (written straight into the primary's Milvus, or the door was bypassed); replicated now");
+        }
+    }
+    s.touched = None;
     s.catalog = Some(cat);
     Ok(())
+}
+
+/// Reads the catalog and sends it, so that every collection exists on the
+/// standby before its rows; forgets the base of collections dropped or
+/// recreated on the primary.
+async fn send_catalog(s: &mut Sender<'_>, milvus: &Milvus) -> Result<Catalog> {
+    send_catalog_marked(s, milvus, None).await
+}
+
+async fn send_catalog_marked(
+    s: &mut Sender<'_>,
+    milvus: &Milvus,
+    log_upto: Option<u64>,
+) -> Result<Catalog> {
+    let cat: Catalog = retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
+    let known: BTreeMap<String, i64> = match s.base.meta("catalog_ids")? {
+        None => BTreeMap::new(),
+        Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
+            anyhow!(
+                "the capture base's collection list is corrupt ({e}); fix: stop the agent and run \
+                 `dr-agent --config FILE reset-capture-base` (everything is then resent once)"
+            )
+        })?,
+    };
+    let now_ids: BTreeMap<String, i64> = cat
+        .collections
+        .iter()
+        .map(|c| (format!("{}/{}/", c.info.database, c.info.name), c.info.id))
+        .collect();
+    for (prefix, id) in &known {
+        if now_ids.get(prefix) != Some(id) {
+            for (scope, _) in s.base.scopes_with_prefix(prefix)? {
+                s.base.drop_scope(&scope)?;
+            }
+            debug!(collection = %prefix, "forgot the capture base of a dropped or recreated collection");
+        }
+    }
+    s.base
+        .set_meta("catalog_ids", &serde_json::to_vec(&now_ids)?)?;
+    let ddl = catalog::to_ddl(&cat);
+    s.send_staged(
+        pb::ChangeBatch {
+            ddl,
+            catalog: true,
+            unreplicated: cat.unreplicated.clone(),
+            ..Default::default()
+        },
+        &[(0, &[])],
+        log_upto,
+    )
+    .await?;
+    s.catalog_seq = s.seq - 1;
+    Ok(cat)
 }
 
 /// An anti-entropy run, once the sink has acknowledged every batch sent (so
@@ -575,6 +713,12 @@ async fn seed_scope(
     }
     if s.held.lock().unwrap().contains_key(&entry.key()) {
         return Ok(false);
+    }
+    if s.cfg.log.is_some() {
+        // Change-log batches may be in flight for this scope: the
+        // inventory must include them.
+        let all = u32::try_from(s.cfg.max_in_flight).unwrap_or(u32::MAX);
+        drop(s.window.acquire_many(all).await?);
     }
     let mut pages = Inventory::open(
         &mut s.client,
@@ -695,9 +839,34 @@ async fn scan_scope(
         let page = base::indexed(keys, &hashes);
         seen += page.len() as u64;
         let base_rows = s.base.range(scope, after.as_ref(), last.as_ref(), is_str)?;
-        let diff = base::diff_page(&page, &base_rows);
+        let mut diff = base::diff_page(&page, &base_rows);
         after = last;
+        if let Some(t) = &s.touched {
+            // Sent by the change log since the pass began: newer than this
+            // page.
+            diff.inserts.retain(|&i| !t.contains(&(scope, page[i].0.clone())));
+            diff.upserts.retain(|&i| !t.contains(&(scope, page[i].0.clone())));
+            diff.deletes.retain(|k| !t.contains(&(scope, k.clone())));
+            if !seeded_now {
+                let known = |k: &Pk| {
+                    base_rows
+                        .binary_search_by(|(b, _)| b.cmp(k))
+                        .is_ok_and(|i| base_rows[i].1 != base::UNKNOWN)
+                };
+                let found: Vec<&Pk> = diff
+                    .inserts
+                    .iter()
+                    .map(|&i| &page[i].0)
+                    .chain(diff.upserts.iter().map(|&i| &page[i].0).filter(|k| known(k)))
+                    .chain(diff.deletes.iter().filter(|k| known(k)))
+                    .collect();
+                note_bypass(s, entry, &found);
+            }
+        }
         if diff.is_empty() {
+            if s.cfg.log.is_some() {
+                drain(s).await?;
+            }
             continue;
         }
         deleted_extra += diff.deletes.len();
@@ -733,10 +902,24 @@ async fn scan_scope(
             ..Default::default()
         };
         s.send(batch, scope, &changes).await?;
+        if s.cfg.log.is_some() {
+            drain(s).await?;
+        }
     }
 
     // Whatever the base still has after the last key is gone from the primary.
-    let rest = s.base.range(scope, after.as_ref(), None, is_str)?;
+    let mut rest = s.base.range(scope, after.as_ref(), None, is_str)?;
+    if let Some(t) = &s.touched {
+        rest.retain(|(k, _)| !t.contains(&(scope, k.clone())));
+        if !seeded_now {
+            let found: Vec<&Pk> = rest
+                .iter()
+                .filter(|(_, h)| *h != base::UNKNOWN)
+                .map(|(k, _)| k)
+                .collect();
+            note_bypass(s, entry, &found);
+        }
+    }
     deleted_extra += rest.len();
     if seeded_now && deleted_extra > 0 {
         warn!(
@@ -761,4 +944,263 @@ async fn scan_scope(
         .await?;
     }
     Ok(seen)
+}
+
+/// Counts rows a scan pass found that the change log did not send.
+fn note_bypass(s: &mut Sender<'_>, entry: &CollectionEntry, found: &[&Pk]) {
+    if found.is_empty() {
+        return;
+    }
+    let (n, sample) = s.bypass.entry(entry.key()).or_default();
+    *n += found.len() as u64;
+    for k in found.iter().take(5usize.saturating_sub(sample.len())) {
+        sample.push(k.to_string());
+    }
+}
+
+/// Rows or deletes of one target being gathered into one batch.
+struct Gathered {
+    database: String,
+    collection: String,
+    partition: String,
+    rows: Option<Vec<FieldData>>,
+    deletes: Vec<Pk>,
+    n: usize,
+}
+
+/// Sends what the change log holds beyond what this stream sent:
+/// consecutive writes to one collection (and partition) are gathered into
+/// one batch of upserts, or of deletes, in log order.
+async fn drain(s: &mut Sender<'_>) -> Result<()> {
+    let Some(log) = s.cfg.log.clone() else {
+        return Ok(());
+    };
+    loop {
+        let entries = log.read_after(s.log_sent, 1024, 32 << 20)?;
+        let Some(&(last, _)) = entries.last() else {
+            return Ok(());
+        };
+        let mut acc: Option<Gathered> = None;
+        let mut upto = s.log_sent;
+        let mut marked = s.log_sent;
+        for (pos, e) in entries {
+            if e.epoch != s.cfg.epoch {
+                upto = pos;
+                continue;
+            }
+            if e.catalog {
+                if let Some(g) = acc.take() {
+                    flush(s, g, upto).await?;
+                }
+                let milvus = s.milvus.clone();
+                let cat = send_catalog_marked(s, &milvus, Some(pos)).await?;
+                s.catalog = Some(cat);
+                upto = pos;
+                marked = pos;
+                continue;
+            }
+            let Some(entry) = collection_of(s, &e.database, &e.collection).await? else {
+                // Not replicated (filtered out), or gone.
+                upto = pos;
+                continue;
+            };
+            let target = |g: &Gathered| {
+                g.database == e.database && g.collection == e.collection && g.partition == e.partition
+            };
+            if let Some(keys) = &e.deletes {
+                let keys = base::keys_from_pb(keys);
+                match &mut acc {
+                    Some(g) if target(g) && g.rows.is_none() && g.n + keys.len() <= 65_536 => {
+                        g.n += keys.len();
+                        g.deletes.extend(keys);
+                    }
+                    _ => {
+                        if let Some(g) = acc.take() {
+                            flush(s, g, upto).await?;
+                            marked = upto;
+                        }
+                        acc = Some(Gathered {
+                            database: e.database.clone(),
+                            collection: e.collection.clone(),
+                            partition: e.partition.clone(),
+                            rows: None,
+                            n: keys.len(),
+                            deletes: keys,
+                        });
+                    }
+                }
+            } else if !e.rows_request.is_empty() {
+                let fields = log_rows(&entry.info, &e)?;
+                let n = rows::num_rows(&fields)?;
+                let mut merged = false;
+                if let Some(g) = &mut acc {
+                    if target(g) && g.n + n <= s.cfg.page_rows {
+                        if let Some(into) = &mut g.rows {
+                            merged = rows::append(into, &fields);
+                        }
+                        if merged {
+                            g.n += n;
+                        }
+                    }
+                }
+                if !merged {
+                    if let Some(g) = acc.take() {
+                        flush(s, g, upto).await?;
+                        marked = upto;
+                    }
+                    acc = Some(Gathered {
+                        database: e.database.clone(),
+                        collection: e.collection.clone(),
+                        partition: e.partition.clone(),
+                        rows: Some(fields),
+                        deletes: vec![],
+                        n,
+                    });
+                }
+            }
+            upto = pos;
+        }
+        if let Some(g) = acc.take() {
+            flush(s, g, last).await?;
+        } else if marked < last {
+            // Only entries that need nothing sent: mark them applied once
+            // what precedes them is.
+            s.send_staged(pb::ChangeBatch::default(), &[(0, &[])], Some(last))
+                .await?;
+        }
+        s.log_sent = last;
+    }
+}
+
+/// The replicated collection `database.collection`, reading the catalog
+/// again (and sending it) when it is not known yet.
+async fn collection_of(
+    s: &mut Sender<'_>,
+    database: &str,
+    collection: &str,
+) -> Result<Option<CollectionEntry>> {
+    let find = |c: &Option<Catalog>| {
+        c.as_ref().and_then(|c| {
+            c.collections
+                .iter()
+                .find(|e| e.info.database == database && e.info.name == collection)
+                .cloned()
+        })
+    };
+    if let Some(e) = find(&s.catalog) {
+        return Ok(Some(e));
+    }
+    let milvus = s.milvus.clone();
+    let cat = send_catalog(s, &milvus).await?;
+    s.catalog = Some(cat);
+    Ok(find(&s.catalog))
+}
+
+/// The rows of a logged insert or upsert, as the standby will upsert
+/// them: with the keys Milvus chose when the collection has auto-id.
+fn log_rows(info: &mv::CollectionInfo, e: &pb::ChangeLogEntry) -> Result<Vec<FieldData>> {
+    use milvus::proto::schema::{field_data::Field, scalar_field::Data, LongArray, ScalarField, StringArray};
+    let req = milvus::proto::milvus::InsertRequest::decode(e.rows_request.as_slice())
+        .context("decode a logged insert")?;
+    let mut fields = req.fields_data;
+    let pk = info
+        .primary_field()
+        .ok_or_else(|| anyhow!("{}: no primary key", info.name))?;
+    if !fields.iter().any(|f| f.field_name == pk.name) {
+        let ids = e.ids.clone().unwrap_or_default();
+        let data = if ids.strs.is_empty() {
+            Data::LongData(LongArray { data: ids.ints })
+        } else {
+            Data::StringData(StringArray { data: ids.strs })
+        };
+        fields.push(FieldData {
+            r#type: pk.data_type,
+            field_name: pk.name.clone(),
+            field_id: pk.field_id,
+            field: Some(Field::Scalars(ScalarField {
+                data: Some(data),
+                valid_data: vec![],
+            })),
+            ..Default::default()
+        });
+    }
+    mv::normalize(info, &mut fields);
+    Ok(fields)
+}
+
+/// Sends one gathered batch; `log_upto`: the change-log position it
+/// completes.
+async fn flush(s: &mut Sender<'_>, g: Gathered, log_upto: u64) -> Result<()> {
+    let Some(entry) = collection_of(s, &g.database, &g.collection).await? else {
+        return Ok(());
+    };
+    let parts = entry.scan_partitions();
+    let whole = parts.len() == 1 && parts[0].is_none();
+    let scope_of = |s: &Sender<'_>, p: Option<&str>| s.base.scope_id(&scope_name(&entry, p));
+    let mut batch = pb::ChangeBatch {
+        database: g.database.clone(),
+        collection: g.collection.clone(),
+        partition: g.partition.clone(),
+        ..Default::default()
+    };
+    let mut staged: Vec<(u64, Vec<Change>)> = Vec::new();
+    match g.rows {
+        Some(mut fields) => {
+            let pk = entry
+                .info
+                .primary_field()
+                .map(|f| f.name.clone())
+                .unwrap_or_default();
+            let mut keys = rows::primary_keys(&fields, &pk)?;
+            // One row per key, the newest: Milvus would keep both.
+            let mut last: std::collections::HashMap<&Pk, usize> = Default::default();
+            for (i, k) in keys.iter().enumerate() {
+                last.insert(k, i);
+            }
+            if last.len() < keys.len() {
+                let mut idx: Vec<usize> = last.into_values().collect();
+                idx.sort_unstable();
+                fields = rows::take(&fields, &idx);
+                keys = idx.iter().map(|&i| keys[i].clone()).collect();
+            }
+            let hashes = rows::row_hashes(&fields)?;
+            let scope = if whole {
+                scope_of(s, None)?
+            } else {
+                let p = if g.partition.is_empty() {
+                    "_default"
+                } else {
+                    g.partition.as_str()
+                };
+                scope_of(s, Some(p))?
+            };
+            staged.push((
+                scope,
+                keys.into_iter().zip(hashes).map(|(k, h)| (k, Some(h))).collect(),
+            ));
+            batch.upserts = Some(pb::Rows {
+                num_rows: rows::num_rows(&fields)? as u64,
+                fields: fields.iter().map(|f| f.encode_to_vec()).collect(),
+            });
+        }
+        None => {
+            let changes: Vec<Change> = g.deletes.iter().map(|k| (k.clone(), None)).collect();
+            let scopes = if whole {
+                vec![scope_of(s, None)?]
+            } else if !g.partition.is_empty() {
+                vec![scope_of(s, Some(&g.partition))?]
+            } else {
+                parts
+                    .iter()
+                    .map(|p| scope_of(s, p.as_deref()))
+                    .collect::<Result<_>>()?
+            };
+            for sc in scopes {
+                staged.push((sc, changes.clone()));
+            }
+            batch.deletes = Some(base::keys_to_pb(&g.deletes));
+        }
+    }
+    let refs: Vec<(u64, &[Change])> = staged.iter().map(|(sc, c)| (*sc, c.as_slice())).collect();
+    s.send_staged(batch, &refs, Some(log_upto)).await
 }

@@ -1,0 +1,416 @@
+//! Write-path capture: the front door's mutations and DDL, logged once
+//! Milvus has acknowledged them.
+//!
+//! Insert, Upsert and Delete of one collection go through one at a time
+//! (a per-collection lock held from before the call reaches Milvus until
+//! its log entry is on disk), so the change log has them in the order
+//! Milvus applied them. A delete by expression is resolved to primary keys
+//! under that lock, just before it runs, so the standby deletes exactly
+//! the rows the primary deleted. The client gets Milvus's own answer,
+//! after the entry is durable (and in sync mode, after the standby applied
+//! it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use hyper::header::HeaderMap;
+use prost::Message;
+
+use super::changelog::{Appended, ChangeLog};
+use crate::milvus::{self as mv, rows, Milvus, Pk};
+use crate::replication::base;
+use dr_proto::pb;
+use milvus::proto::milvus::{DeleteRequest, InsertRequest, MutationResult};
+
+/// What the front door does with a call besides forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Insert or Upsert: the rows are logged.
+    Rows,
+    /// Delete: resolved to keys, which are logged.
+    Delete,
+    /// A catalog change: a catalog marker is logged.
+    Ddl,
+}
+
+/// Methods that change the catalog the standby replicates: databases,
+/// collections, partitions, indexes, load state.
+pub const DDL_METHODS: &[&str] = &[
+    "CreateDatabase",
+    "DropDatabase",
+    "CreateCollection",
+    "DropCollection",
+    "AlterCollection",
+    "RenameCollection",
+    "CreatePartition",
+    "DropPartition",
+    "CreateIndex",
+    "DropIndex",
+    "AlterIndex",
+    "LoadCollection",
+    "ReleaseCollection",
+    "LoadPartitions",
+    "ReleasePartitions",
+];
+
+pub fn kind(method: &str) -> Option<Kind> {
+    match method {
+        "Insert" | "Upsert" => Some(Kind::Rows),
+        "Delete" => Some(Kind::Delete),
+        m if DDL_METHODS.contains(&m) => Some(Kind::Ddl),
+        _ => None,
+    }
+}
+
+/// The one message of a unary gRPC body (`flag, length, message`).
+pub fn grpc_message(body: &[u8]) -> Result<&[u8], String> {
+    if body.len() < 5 {
+        return Err(format!("a gRPC message of {} bytes", body.len()));
+    }
+    if body[0] != 0 {
+        return Err("a compressed gRPC message (turn compression off on the client)".into());
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != 5 + len {
+        return Err(format!(
+            "a gRPC body of {} bytes for a message of {len}",
+            body.len()
+        ));
+    }
+    Ok(&body[5..])
+}
+
+/// The database a call is for: the request's own, else the `dbname`
+/// header pymilvus and the SDKs send, else `default`.
+pub fn database(in_request: &str, headers: &HeaderMap) -> String {
+    if !in_request.is_empty() {
+        return in_request.to_string();
+    }
+    headers
+        .get("dbname")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// Whether Milvus accepted the call: gRPC OK and a success status in the
+/// reply (Milvus 2.3 reports most failures there).
+pub fn mutation_ok(grpc_status: Option<u32>, body: &[u8]) -> Option<MutationResult> {
+    if grpc_status != Some(0) {
+        return None;
+    }
+    let r = MutationResult::decode(grpc_message(body).ok()?).ok()?;
+    #[allow(deprecated)] // Milvus 2.3 still sets error_code.
+    let ok = r
+        .status
+        .as_ref()
+        .is_none_or(|s| s.code == 0 && s.error_code == 0);
+    ok.then_some(r)
+}
+
+/// The keys of a mutation reply (auto-id collections get theirs here).
+pub fn ids_of(r: &MutationResult) -> Option<pb::Keys> {
+    use milvus::proto::schema::i_ds::IdField;
+    match r.i_ds.as_ref()?.id_field.as_ref()? {
+        IdField::IntId(a) => Some(pb::Keys {
+            ints: a.data.clone(),
+            strs: vec![],
+        }),
+        IdField::StrId(a) => Some(pb::Keys {
+            ints: vec![],
+            strs: a.data.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Sync mode's state: whether the standby is confirming writes in time.
+#[derive(Debug, Default)]
+pub struct Sync {
+    pub on: bool,
+    pub timeout: Duration,
+    pub refuse_when_degraded: bool,
+    degraded: AtomicBool,
+}
+
+impl Sync {
+    pub fn new(on: bool, timeout: Duration, refuse_when_degraded: bool) -> Sync {
+        Sync {
+            on,
+            timeout,
+            refuse_when_degraded,
+            degraded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn set_degraded(&self, v: bool) {
+        self.degraded.store(v, Ordering::Relaxed);
+    }
+
+    /// What status shows: "async", or in sync mode whether writes wait for
+    /// the standby.
+    pub fn describe(&self) -> &'static str {
+        match (self.on, self.degraded(), self.refuse_when_degraded) {
+            (false, _, _) => "async",
+            (true, false, _) => "sync: writes wait until the standby applied them",
+            (true, true, true) => {
+                "sync, degraded: the standby does not confirm in time; writes are refused"
+            }
+            (true, true, false) => {
+                "sync, degraded: the standby does not confirm in time; writes are accepted asynchronously"
+            }
+        }
+    }
+}
+
+/// The door's capture: the log, and what resolving deletes needs.
+pub struct Capture {
+    pub log: Arc<ChangeLog>,
+    pub milvus: Milvus,
+    pub sync: Arc<Sync>,
+    state: crate::replication::SharedState,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    schemas: std::sync::Mutex<HashMap<String, mv::CollectionInfo>>,
+}
+
+impl Capture {
+    pub fn new(
+        log: Arc<ChangeLog>,
+        milvus: Milvus,
+        sync: Arc<Sync>,
+        state: crate::replication::SharedState,
+    ) -> Capture {
+        Capture {
+            log,
+            milvus,
+            sync,
+            state,
+            locks: Default::default(),
+            schemas: Default::default(),
+        }
+    }
+
+    /// The write order of one collection.
+    pub async fn lock(&self, db: &str, collection: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .locks
+            .lock()
+            .unwrap()
+            .entry(format!("{db}.{collection}"))
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// A DDL call went through: schemas may have changed.
+    pub fn forget_schemas(&self) {
+        self.schemas.lock().unwrap().clear();
+    }
+
+    async fn schema(&self, db: &str, collection: &str) -> Result<mv::CollectionInfo> {
+        let key = format!("{db}.{collection}");
+        if let Some(i) = self.schemas.lock().unwrap().get(&key) {
+            return Ok(i.clone());
+        }
+        let info = self.milvus.describe(db, collection).await?;
+        self.schemas.lock().unwrap().insert(key, info.clone());
+        Ok(info)
+    }
+
+    /// The primary keys a delete will remove: every key matching its
+    /// expression now (strong consistency), page by page in key order.
+    pub async fn resolve_delete(&self, db: &str, req: &DeleteRequest) -> Result<Vec<Pk>> {
+        if !req.expr_template_values.is_empty() {
+            bail!("expression templates are not resolved by the front door");
+        }
+        let info = self.schema(db, &req.collection_name).await?;
+        let pk = info
+            .primary_field()
+            .ok_or_else(|| anyhow!("{}: no primary key", req.collection_name))?
+            .name
+            .clone();
+        let partition = (!req.partition_name.is_empty()).then_some(req.partition_name.as_str());
+        let mut keys: Vec<Pk> = Vec::new();
+        loop {
+            let expr = match keys.last() {
+                None => format!("({})", req.expr),
+                Some(Pk::Int(v)) => format!("({}) and {pk} > {v}", req.expr),
+                Some(Pk::Str(v)) => format!("({}) and {pk} > {}", req.expr, mv::quote(v)),
+            };
+            let f = self
+                .milvus
+                .query(
+                    &info,
+                    partition,
+                    &expr,
+                    std::slice::from_ref(&pk),
+                    Some(mv::MAX_QUERY_WINDOW),
+                    0,
+                )
+                .await?;
+            if rows::num_rows(&f)? == 0 {
+                break;
+            }
+            let mut page = rows::primary_keys(&f, &pk)?;
+            page.sort();
+            let n = page.len();
+            if keys.last().is_some_and(|l| page.first().is_some_and(|f| f <= l)) {
+                bail!("Milvus returned keys out of order while resolving a delete");
+            }
+            keys.extend(page);
+            if n < mv::MAX_QUERY_WINDOW {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Logs what Milvus acknowledged; a write the log cannot take asks for
+    /// a scan pass instead (nothing acknowledged is lost: the scan finds
+    /// it). Returns the position to wait for in sync mode.
+    pub async fn log(&self, entry: pb::ChangeLogEntry) -> Option<u64> {
+        let log = self.log.clone();
+        let r = tokio::task::spawn_blocking(move || log.append(&entry)).await;
+        match r {
+            Ok(Ok(Appended::At(at))) => {
+                self.state.lock().unwrap().log_depth = self.log.depth();
+                Some(at)
+            }
+            Ok(Ok(Appended::Overflowed)) => {
+                tracing::warn!("front door: the change log reached frontdoor.change_log_max_bytes; cleared, a full scan pass replicates what it held");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "front door: a write Milvus acknowledged could not be logged; a full scan pass will replicate it");
+                let _ = self.log.request_rescan();
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "front door: logging a write failed");
+                let _ = self.log.request_rescan();
+                None
+            }
+        }
+    }
+
+    /// Sync mode: waits until the standby applied position `at`, or the
+    /// timeout. Returns whether it did.
+    pub async fn wait_applied(&self, at: u64) -> bool {
+        let mut rx = self.log.subscribe_applied();
+        let ok = tokio::time::timeout(self.sync.timeout, rx.wait_for(|a| *a >= at))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ok && !self.sync.degraded() {
+            tracing::warn!(timeout = ?self.sync.timeout, "sync mode: the standby did not apply a write in time; degraded until it catches up");
+        }
+        self.sync.set_degraded(!ok);
+        ok
+    }
+}
+
+/// A log entry for rows a client inserted or upserted.
+pub fn rows_entry(
+    epoch: u64,
+    db: &str,
+    req: &InsertRequest,
+    raw: &[u8],
+    result: &MutationResult,
+) -> pb::ChangeLogEntry {
+    pb::ChangeLogEntry {
+        epoch,
+        acked_ms: dr_proto::now_ms(),
+        database: db.to_string(),
+        collection: req.collection_name.clone(),
+        partition: req.partition_name.clone(),
+        rows_request: raw.to_vec(),
+        ids: ids_of(result),
+        ..Default::default()
+    }
+}
+
+/// A log entry for resolved deletes.
+pub fn delete_entry(epoch: u64, db: &str, req: &DeleteRequest, keys: &[Pk]) -> pb::ChangeLogEntry {
+    pb::ChangeLogEntry {
+        epoch,
+        acked_ms: dr_proto::now_ms(),
+        database: db.to_string(),
+        collection: req.collection_name.clone(),
+        partition: req.partition_name.clone(),
+        deletes: Some(base::keys_to_pb(keys)),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(msg: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    }
+
+    #[test]
+    fn grpc_bodies_are_unframed_and_bad_ones_named() {
+        assert_eq!(grpc_message(&framed(b"abc")).unwrap(), b"abc");
+        assert!(grpc_message(b"\0\0").unwrap_err().contains("2 bytes"));
+        let mut c = framed(b"abc");
+        c[0] = 1;
+        assert!(grpc_message(&c).unwrap_err().contains("compressed"));
+        let mut short = framed(b"abc");
+        short.pop();
+        assert!(grpc_message(&short).is_err());
+    }
+
+    #[test]
+    fn a_mutation_counts_only_when_milvus_says_success() {
+        use milvus::proto::common::Status;
+        let ok = MutationResult {
+            status: Some(Status::default()),
+            insert_cnt: 2,
+            ..Default::default()
+        };
+        assert!(mutation_ok(Some(0), &framed(&ok.encode_to_vec())).is_some());
+        assert!(mutation_ok(Some(14), &framed(&ok.encode_to_vec())).is_none());
+        let failed = MutationResult {
+            status: Some(Status {
+                code: 1100,
+                reason: "field dim mismatch".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(mutation_ok(Some(0), &framed(&failed.encode_to_vec())).is_none());
+    }
+
+    #[test]
+    fn the_database_comes_from_the_request_then_the_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(database("", &h), "default");
+        h.insert("dbname", "sales".parse().unwrap());
+        assert_eq!(database("", &h), "sales");
+        assert_eq!(database("hr", &h), "hr");
+    }
+
+    #[test]
+    fn methods_are_sorted_into_what_is_logged() {
+        assert_eq!(kind("Insert"), Some(Kind::Rows));
+        assert_eq!(kind("Upsert"), Some(Kind::Rows));
+        assert_eq!(kind("Delete"), Some(Kind::Delete));
+        assert_eq!(kind("CreateIndex"), Some(Kind::Ddl));
+        assert_eq!(kind("Search"), None);
+        for m in DDL_METHODS {
+            assert!(super::super::is_write(m), "{m} must be fenced too");
+        }
+    }
+}
