@@ -221,12 +221,10 @@ pub async fn run(
         .map(|_| crate::frontdoor::Stats::default());
     // The change log: opened before the door serves and the source starts.
     let changelog = match &cfg.frontdoor {
-        Some(fd) => Some(Arc::new(
-            crate::frontdoor::changelog::ChangeLog::open(
-                &cfg.state_dir.join("changelog.redb"),
-                fd.change_log_max_mb * 1024 * 1024,
-            )?,
-        )),
+        Some(fd) => Some(Arc::new(crate::frontdoor::changelog::ChangeLog::open(
+            &cfg.state_dir.join("changelog.redb"),
+            fd.change_log_max_mb * 1024 * 1024,
+        )?)),
         None => None,
     };
     let sync = Arc::new(crate::frontdoor::capture::Sync::new(

@@ -816,10 +816,16 @@ impl Config {
                 "add a frontdoor section (sync mode acknowledges writes that come through it), or use mode: async",
             ));
         }
-        if r.mode == Mode::Sync && (r.sync_timeout < Duration::from_millis(10) || r.sync_timeout > Duration::from_secs(60)) {
+        if r.mode == Mode::Sync
+            && (r.sync_timeout < Duration::from_millis(10)
+                || r.sync_timeout > Duration::from_secs(60))
+        {
             return Err(err(
                 "replication.sync_timeout",
-                format!("{} is out of range", humantime::format_duration(r.sync_timeout)),
+                format!(
+                    "{} is out of range",
+                    humantime::format_duration(r.sync_timeout)
+                ),
                 "use 10ms to 60s (default 2s): every write waits up to this long for the standby",
             ));
         }

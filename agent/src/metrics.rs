@@ -186,6 +186,9 @@ pub fn render(src: &MetricsSource) -> String {
     );
     anti_entropy_metrics(&mut reg, &s);
     backup_metrics(&mut reg, &src.backup.lock().unwrap().clone());
+    if s.change_log {
+        change_log_metrics(&mut reg, &s);
+    }
     if let Some(fd) = &src.frontdoor {
         frontdoor_metrics(&mut reg, fd);
     }
@@ -260,6 +263,32 @@ fn anti_entropy_metrics(reg: &mut Registry, s: &crate::replication::ReplicationS
             ae.last_run_ms as f64 / 1000.0,
         );
     }
+}
+
+fn change_log_metrics(reg: &mut Registry, s: &crate::replication::ReplicationState) {
+    gauge_f(
+        reg,
+        "change_log_entries",
+        "Writes acknowledged to clients through the front door and not yet applied on the standby",
+        s.log_depth.entries as f64,
+    );
+    gauge_f(
+        reg,
+        "change_log_bytes",
+        "Size of those writes in the change log",
+        s.log_depth.bytes as f64,
+    );
+    let bypass = Family::<Vec<(String, String)>, Counter>::default();
+    for (collection, n) in &s.bypass.total {
+        bypass
+            .get_or_create(&vec![("collection".into(), collection.clone())])
+            .inc_by(*n);
+    }
+    reg.register(
+        "bypass_rows",
+        "Rows a scan pass found on the primary that did not come through the front door (then replicated by the scan)",
+        bypass,
+    );
 }
 
 fn frontdoor_metrics(reg: &mut Registry, fd: &crate::frontdoor::Stats) {

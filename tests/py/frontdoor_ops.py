@@ -8,12 +8,16 @@ runs on different collections compare equal).
             and (unless --keep) drop it.
   read:     search and query an existing collection.
   insert:   insert one row; prints the error if the call is refused.
+  burst:    insert --count rows from --id on, --batch at a time, until a
+            call fails (the agent was killed): prints the ids acknowledged
+            and those whose outcome is unknown. A progress line per batch.
 
 Used by tests/tests/frontdoor.rs with the venv's python.
 """
 import argparse
 import json
 import sys
+import time
 import warnings
 
 warnings.filterwarnings("ignore")
@@ -84,24 +88,57 @@ def sequence(c, name, keep):
     return out
 
 
+def create(c, name):
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("n", DataType.INT64)
+    index = MilvusClient.prepare_index_params()
+    index.add_index("vector", index_type="FLAT", metric_type="L2")
+    c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    c.load_collection(name)
+
+
+def burst(c, name, start, count, batch):
+    acked, unknown = [], []
+    for lo in range(start, start + count, batch):
+        ids = list(range(lo, min(lo + batch, start + count)))
+        try:
+            c.insert(name, rows(ids), timeout=5, retry_times=0)
+        except Exception as e:  # the agent is gone: stop here
+            unknown.extend(ids)
+            print(json.dumps({"failed": str(e)[:200]}), flush=True)
+            break
+        acked.extend(ids)
+        print(json.dumps({"progress": len(acked)}), flush=True)
+    return {"acked": acked, "unknown": unknown}
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("op", choices=["sequence", "read", "insert"])
+    p.add_argument("op", choices=["sequence", "read", "insert", "burst", "create"])
     p.add_argument("--uri", required=True)
     p.add_argument("--db", default="")
     p.add_argument("--collection", required=True)
     p.add_argument("--keep", action="store_true")
     p.add_argument("--id", type=int, default=9999)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=10)
     a = p.parse_args()
     c = MilvusClient(uri=a.uri, db_name=a.db)
     if a.op == "sequence":
         out = sequence(c, a.collection, a.keep)
     elif a.op == "read":
         out = reads(c, a.collection)
+    elif a.op == "create":
+        create(c, a.collection)
+        out = {"created": c.has_collection(a.collection)}
+    elif a.op == "burst":
+        out = burst(c, a.collection, a.id, a.count, a.batch)
     else:
         try:
-            # pymilvus 2.3 retries FAILED_PRECONDITION (75 times, minutes)
-            # unless a timeout ends the retries sooner.
+            # The timeout bounds pymilvus' retries of UNAVAILABLE (sync
+            # mode's refusal); PERMISSION_DENIED is not retried.
             out = {"insert": c.insert(a.collection, rows([a.id]), timeout=2)["insert_count"]}
         except MilvusException as e:
             # After retries pymilvus wraps the gRPC error, its code a method.

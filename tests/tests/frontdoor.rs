@@ -7,7 +7,8 @@ use anyhow::{ensure, Context, Result};
 use dr_agent::client::DrctlConfig;
 use dr_agent::milvus::Pk;
 use dr_proto::now_ms;
-use dr_tests::{data, start_pair, wait_until, Agent, TestEnv};
+use dr_tests::webhook::Receiver;
+use dr_tests::{data, start_pair, wait_until, Agent, AgentSpec, TestEnv};
 use serde_json::Value;
 use tracing::info;
 
@@ -214,7 +215,7 @@ async fn the_standbys_front_door_refuses_writes_and_serves_reads() -> Result<()>
     ])
     .await?;
     info!(%r, "the standby's answer");
-    assert_eq!(r["error"]["code"], "FAILED_PRECONDITION", "{r}");
+    assert_eq!(r["error"]["code"], "PERMISSION_DENIED", "{r}");
     let msg = r["error"]["message"].as_str().context("a message")?;
     assert!(
         msg.contains(
@@ -266,12 +267,12 @@ async fn the_standbys_front_door_refuses_writes_and_serves_reads() -> Result<()>
             .collect::<Vec<_>>()
     };
     info!(dc_b = ?lines(&mb), dc_a = ?lines(&ma), "front door metrics");
-    // pymilvus retries a refused call until its timeout: at least once.
+    // PERMISSION_DENIED: pymilvus does not retry it.
     let refused = sample(
         &mb,
         "milvus_dr_frontdoor_refused_writes_total{datacenter=\"dc-b\"}",
     );
-    assert!(refused.is_some_and(|n| n >= 1.0), "{mb}");
+    assert_eq!(refused, Some(1.0), "{mb}");
     assert_eq!(
         sample(
             &mb,
@@ -307,5 +308,464 @@ async fn the_standbys_front_door_refuses_writes_and_serves_reads() -> Result<()>
         "milvus_dr_frontdoor_request_duration_seconds_count{datacenter=\"dc-a\",method=\"Search\"}",
     );
     assert!(timed.is_some_and(|n| n >= 1.0), "{ma}");
+    Ok(())
+}
+
+/// `database.collection` is the same on both clusters (and `count(*)`
+/// equals its distinct keys on each: `read_all` checks).
+async fn identical(env: &TestEnv, coll: &str) -> Option<usize> {
+    let a = data::read_all(&env.primary, &env.name, coll).await.ok()?;
+    let b = data::read_all(&env.standby, &env.name, coll).await.ok()?;
+    (a == b).then_some(a.len())
+}
+
+const PASSES: &str = "milvus_dr_replication_passes_total{datacenter=\"dc-a\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_front_door_reach_the_standby_from_the_change_log_not_a_scan(
+) -> Result<()> {
+    let env = TestEnv::new("t_fd_log").await?;
+    let db = env.name.clone();
+    // Scans every 10 minutes: only the first pass runs during the test.
+    let (a, _b) = start_pair(
+        &env,
+        "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }",
+        None,
+    )
+    .await?;
+    let ctl = env.drctl(&a, &_b);
+    caught_up(&ctl, 1).await?;
+    let passes = sample(&metrics(&a).await?, PASSES);
+    assert_eq!(passes, Some(1.0), "one pass at start");
+
+    info!("phase: create, insert, upsert, delete by ids and by filter through the door");
+    let started = std::time::Instant::now();
+    py(&[
+        "sequence",
+        "--uri",
+        &door(&a)?,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+        "--keep",
+    ])
+    .await?;
+    let rows = wait_until(
+        Duration::from_secs(60),
+        "the standby to equal the primary",
+        || identical(&env, "c"),
+    )
+    .await?;
+    info!(
+        rows,
+        secs = started.elapsed().as_secs_f64(),
+        "replicated from the change log"
+    );
+    assert_eq!(rows, 92);
+    let m = metrics(&a).await?;
+    assert_eq!(sample(&m, PASSES), Some(1.0), "no scan pass ran: {m}");
+    let depth = wait_until(LONG, "the change log to be trimmed", || async {
+        let m = metrics(&a).await.ok()?;
+        (sample(&m, "milvus_dr_change_log_entries{datacenter=\"dc-a\"}")? == 0.0).then_some(m)
+    })
+    .await?;
+    assert!(
+        sample(
+            &depth,
+            "milvus_dr_replication_lag_seconds{datacenter=\"dc-a\"}"
+        )
+        .is_some_and(|l| l == 0.0),
+        "nothing unapplied: no lag: {depth}"
+    );
+    let st = ctl.status("dc-a").await?;
+    let fd = st.frontdoor.context("status shows the front door")?;
+    info!(?fd, "dc-a's front door in status");
+    assert_eq!(fd.mode, "async");
+    assert!(fd.accepting_writes);
+    assert_eq!((fd.log_entries, fd.bypass_rows), (0, 0));
+    assert!(fd.requests >= 10, "{fd:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_around_the_front_door_is_found_by_the_scan_repaired_and_alerted() -> Result<()> {
+    let env = TestEnv::new("t_fd_bypass").await?;
+    let db = env.name.clone();
+    let hook = Receiver::start().await?;
+    let extra = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 2s }\nalerts:\n  webhooks: [ { kind: generic, url_env: DR_TEST_WEBHOOK } ]\n";
+    let b = Agent::start(
+        &env,
+        &AgentSpec {
+            dc: "dc-b",
+            peer_address: "https://127.0.0.1:1".into(),
+            grpc_port: 0,
+            extra_yaml: extra,
+        },
+    )
+    .await?;
+    let a = Agent::start_with_vars(
+        &env,
+        &AgentSpec {
+            dc: "dc-a",
+            peer_address: format!("https://{}", b.grpc),
+            grpc_port: 0,
+            extra_yaml: extra,
+        },
+        &[("DR_TEST_WEBHOOK", &hook.url)],
+    )
+    .await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, 1).await?;
+    py(&[
+        "sequence",
+        "--uri",
+        &door(&a)?,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+        "--keep",
+    ])
+    .await?;
+    wait_until(LONG, "the standby to equal the primary", || {
+        identical(&env, "c")
+    })
+    .await?;
+    const BYPASS: &str = "milvus_dr_bypass_rows_total";
+    info!("phase: scans over what came through the door find nothing around it");
+    let before = sample(&metrics(&a).await?, PASSES).unwrap_or(0.0);
+    wait_until(LONG, "two more scan passes", || async {
+        let m = metrics(&a).await.ok()?;
+        (sample(&m, PASSES)? >= before + 2.0).then_some(())
+    })
+    .await?;
+    let m = metrics(&a).await?;
+    assert!(
+        !m.lines().any(|l| l.starts_with(BYPASS)),
+        "rows written through the door are not writes around it (their hashes as logged equal their hashes as scanned): {m}"
+    );
+
+    info!("phase: an insert and a delete straight into the primary's Milvus");
+    py(&[
+        "insert",
+        "--uri",
+        &env.endpoints[0].0,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+        "--id",
+        "7777",
+    ])
+    .await?;
+    env.primary
+        .delete(&db, "c", None, "id", &[Pk::Int(30)])
+        .await?;
+    let rows = wait_until(LONG, "the scan to replicate both", || async {
+        let b = data::read_all(&env.standby, &db, "c").await.ok()?;
+        (b.contains_key(&Pk::Int(7777)) && !b.contains_key(&Pk::Int(30))).then_some(())?;
+        identical(&env, "c").await
+    })
+    .await?;
+    assert_eq!(rows, 92);
+    let label = format!("{BYPASS}{{datacenter=\"dc-a\",collection=\"{db}.c\"}}");
+    let n = wait_until(LONG, "the bypass counted", || async {
+        sample(&metrics(&a).await.ok()?, &label)
+    })
+    .await?;
+    assert_eq!(n, 2.0, "one insert and one delete around the door");
+    let fired = hook
+        .wait_for(LONG, "the bypass_writes alert", |v| {
+            v["event"] == "bypass_writes" && v["status"] == "firing"
+        })
+        .await?;
+    info!(%fired, "alerted");
+    assert_eq!(fired["detail"]["rows"], 2, "{fired}");
+    assert_eq!(
+        fired["detail"]["collections"][0]["collection"],
+        format!("{db}.c")
+    );
+    hook.wait_for(LONG, "resolved by a clean pass", |v| {
+        v["event"] == "bypass_writes" && v["status"] == "resolved"
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs a burst through `uri` in the background: its final JSON.
+fn spawn_burst(uri: &str, db: &str, start: i64, count: i64) -> Result<std::process::Child> {
+    Ok(std::process::Command::new(dr_tests::venv_python()?)
+        .arg(dr_tests::repo_root().join("tests/py/frontdoor_ops.py"))
+        .args(["burst", "--uri", uri, "--db", db, "--collection", "c"])
+        .args([
+            "--id",
+            &start.to_string(),
+            "--count",
+            &count.to_string(),
+            "--batch",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+async fn burst_result(child: std::process::Child) -> Result<Vec<i64>> {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "burst failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    Ok(last["acked"]
+        .as_array()
+        .context("acked")?
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_either_agent_mid_burst_loses_no_acknowledged_write() -> Result<()> {
+    let env = TestEnv::new("t_fd_kill").await?;
+    let db = env.name.clone();
+    let (mut a, mut b) = start_pair(
+        &env,
+        "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }",
+        None,
+    )
+    .await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, 1).await?;
+    py(&[
+        "create",
+        "--uri",
+        &door(&a)?,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+    ])
+    .await?;
+    let mut acked: Vec<i64> = Vec::new();
+    const INSERTS: &str =
+        "milvus_dr_frontdoor_requests_total{datacenter=\"dc-a\",method=\"Insert\",outcome=\"ok\"}";
+
+    info!("phase: kill -9 the primary's agent in the middle of a burst");
+    let child = spawn_burst(&door(&a)?, &db, 0, 100_000)?;
+    wait_until(LONG, "20 batches through the door", || async {
+        (sample(&metrics(&a).await.ok()?, INSERTS)? >= 20.0).then_some(())
+    })
+    .await?;
+    a.kill9();
+    let got = burst_result(child).await?;
+    info!(acked = got.len(), "acknowledged before the kill");
+    ensure!(
+        got.len() >= 200 && got.len() < 100_000,
+        "the burst was cut: {}",
+        got.len()
+    );
+    acked.extend(got);
+    a.restart().await?;
+    wait_until(LONG, "dc-a to act as primary again", || async {
+        (ctl.status("dc-a").await.ok()?.role == "source").then_some(())
+    })
+    .await?;
+
+    info!("phase: kill -9 the standby's agent in the middle of a burst");
+    let child = spawn_burst(&door(&a)?, &db, 200_000, 2_000)?;
+    wait_until(LONG, "20 batches through the restarted door", || async {
+        (sample(&metrics(&a).await.ok()?, INSERTS)? >= 20.0).then_some(())
+    })
+    .await?;
+    b.kill9();
+    let got = burst_result(child).await?;
+    ensure!(
+        got.len() == 2_000,
+        "the primary takes every write while its standby is down: {}",
+        got.len()
+    );
+    acked.extend(got);
+    b.restart().await?;
+
+    let rows = wait_until(LONG, "both clusters identical", || identical(&env, "c")).await?;
+    let on_b = data::read_all(&env.standby, &db, "c").await?;
+    let missing: Vec<&i64> = acked
+        .iter()
+        .filter(|k| !on_b.contains_key(&Pk::Int(**k)))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes missing on the standby, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    info!(
+        rows,
+        acknowledged = acked.len(),
+        "identical, no duplicate keys, every acknowledged write on both"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges() -> Result<()> {
+    let env = TestEnv::new("t_fd_sync").await?;
+    let db = env.name.clone();
+    let fd = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }\n";
+    let (mut a, mut b) = start_pair(&env, fd, None).await?;
+    // The replication section is written before `extra`: set the mode by
+    // rewriting dc-a's config and restarting it.
+    let set_mode = |a: &Agent, on_timeout: &str| -> Result<()> {
+        let text = std::fs::read_to_string(&a.config)?;
+        let text = text.replace(
+            "replication:\n",
+            &format!(
+                "replication:\n  mode: sync\n  sync_timeout: 5s\n  sync_on_timeout: {on_timeout}\n"
+            ),
+        );
+        std::fs::write(&a.config, text)?;
+        Ok(())
+    };
+    a.stop()?;
+    set_mode(&a, "refuse")?;
+    a.restart().await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl, 1).await?;
+    py(&[
+        "create",
+        "--uri",
+        &door(&a)?,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+    ])
+    .await?;
+    let ok = py(&[
+        "insert",
+        "--uri",
+        &door(&a)?,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+        "--id",
+        "1",
+    ])
+    .await?;
+    assert_eq!(ok["insert"], 1, "{ok}");
+    // Acknowledged in sync mode: already on the standby.
+    let on_b = data::read_all(&env.standby, &db, "c").await?;
+    assert!(
+        on_b.contains_key(&Pk::Int(1)),
+        "a sync write is on the standby when acknowledged"
+    );
+    let st = ctl
+        .status("dc-a")
+        .await?
+        .frontdoor
+        .context("front door status")?;
+    assert_eq!(st.mode, "sync");
+    assert!(st.sync_state.starts_with("sync: writes wait"), "{st:?}");
+
+    info!("phase: the standby's agent stopped: writes are refused");
+    b.stop()?;
+    wait_until(LONG, "dc-a to see its standby gone", || async {
+        (!ctl.status("dc-a").await.ok()?.replication?.connected).then_some(())
+    })
+    .await?;
+    let r = py(&[
+        "insert",
+        "--uri",
+        &door(&a)?,
+        "--db",
+        &db,
+        "--collection",
+        "c",
+        "--id",
+        "2",
+    ])
+    .await?;
+    info!(%r, "refused");
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replication.mode is sync"),
+        "{r}"
+    );
+    assert!(
+        !data::read_all(&env.primary, &db, "c")
+            .await?
+            .contains_key(&Pk::Int(2)),
+        "refused before Milvus"
+    );
+
+    info!("phase: the standby back: writes wait for it again");
+    b.restart().await?;
+    wait_until(LONG, "a sync write to be accepted again", || async {
+        let r = py(&[
+            "insert",
+            "--uri",
+            &door(&a).ok()?,
+            "--db",
+            &db,
+            "--collection",
+            "c",
+            "--id",
+            "3",
+        ])
+        .await
+        .ok()?;
+        (r["insert"] == 1).then_some(())
+    })
+    .await?;
+    assert!(data::read_all(&env.standby, &db, "c")
+        .await?
+        .contains_key(&Pk::Int(3)));
+
+    info!("phase: sync_on_timeout: async: accepted while the standby is away, alerted");
+    a.stop()?;
+    let text = std::fs::read_to_string(&a.config)?
+        .replace("sync_on_timeout: refuse", "sync_on_timeout: async");
+    std::fs::write(&a.config, text)?;
+    a.restart().await?;
+    caught_up(&ctl, 1).await?;
+    b.stop()?;
+    for id in [4, 5] {
+        let r = py(&[
+            "insert",
+            "--uri",
+            &door(&a)?,
+            "--db",
+            &db,
+            "--collection",
+            "c",
+            "--id",
+            &id.to_string(),
+        ])
+        .await?;
+        assert_eq!(r["insert"], 1, "accepted asynchronously: {r}");
+    }
+    let st = ctl
+        .status("dc-a")
+        .await?
+        .frontdoor
+        .context("front door status")?;
+    assert!(st.sync_state.contains("accepted asynchronously"), "{st:?}");
+    assert!(st.log_entries >= 2, "waiting for the standby: {st:?}");
+    b.restart().await?;
+    let rows = wait_until(LONG, "both clusters identical", || identical(&env, "c")).await?;
+    assert_eq!(rows, 4, "1, 3, 4, 5");
+    wait_until(LONG, "sync mode confirming again", || async {
+        let st = ctl.status("dc-a").await.ok()?.frontdoor?;
+        st.sync_state.starts_with("sync: writes wait").then_some(())
+    })
+    .await?;
     Ok(())
 }

@@ -25,6 +25,11 @@ pub const FENCED_GRACE_MS: i64 = 10_000;
 /// An anti-entropy run repaired rows on the standby (resolved after the
 /// next run that repairs nothing).
 pub const ANTI_ENTROPY: &str = "anti_entropy_repair";
+/// With the front door: the newest scan pass found writes on the primary
+/// that did not come through it (resolved by the next pass finding none).
+pub const BYPASS: &str = "bypass_writes";
+/// Sync mode: the standby does not confirm writes in time.
+pub const SYNC_DEGRADED: &str = "sync_degraded";
 
 /// What should be active now: each key with its alert, or `None` (clear).
 /// `repairs_alerted`: `st.anti_entropy.repairing_runs` as of the previous
@@ -96,7 +101,49 @@ pub fn evaluate(
         (HELD, held),
         (FENCED, fenced),
         (ANTI_ENTROPY, anti_entropy(st, dc, repairs_alerted)),
+        (BYPASS, bypass(st, dc)),
+        (
+            SYNC_DEGRADED,
+            (st.sync_degraded && st.role == Role::Source).then(|| Alert {
+                key: SYNC_DEGRADED.into(),
+                severity: Severity::Error,
+                summary: format!(
+                    "sync replication from {dc} is degraded: the standby did not apply a write within replication.sync_timeout; writes are refused or acknowledged without it (replication.sync_on_timeout) until it catches up"
+                ),
+                detail: json!({
+                    "epoch": st.epoch,
+                    "connected": st.connected,
+                    "unapplied_writes": st.log_depth.entries,
+                    "last_error": st.last_error,
+                }),
+            }),
+        ),
     ]
+}
+
+/// Raised by the primary while its newest scan pass found rows that did
+/// not come through the front door.
+fn bypass(st: &ReplicationState, dc: &str) -> Option<Alert> {
+    let b = &st.bypass;
+    if st.role != Role::Source || !st.change_log || b.last_pass_rows == 0 {
+        return None;
+    }
+    let names: Vec<&str> = b.findings.iter().map(|f| f.0.as_str()).collect();
+    Some(Alert {
+        key: BYPASS.into(),
+        severity: Severity::Warning,
+        summary: format!(
+            "the scan of {dc}'s Milvus found {} row(s) written around the front door ({}); replicated from the scan, not the change log: until the next scan they were not on the standby",
+            b.last_pass_rows,
+            names.join(", ")
+        ),
+        detail: json!({
+            "collections": b.findings.iter().map(|(c, n, sample)| json!({"collection": c, "rows": n, "sample_keys": sample})).collect::<Vec<_>>(),
+            "rows": b.last_pass_rows,
+            "epoch": st.epoch,
+            "cause": "a client writes straight into the primary's Milvus instead of through the front door (check clients that do not use the service name)",
+        }),
+    })
 }
 
 /// Raised by the primary (the source runs anti-entropy) while its newest
@@ -263,6 +310,38 @@ mod tests {
             0
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn writes_around_the_front_door_are_alerted_until_a_clean_pass() {
+        let t = Duration::from_secs(60);
+        let mut st = ReplicationState {
+            role: Role::Source,
+            change_log: true,
+            ..Default::default()
+        };
+        let bypass = |v: &[(&'static str, Option<Alert>)]| {
+            v.iter()
+                .find(|(k, _)| *k == BYPASS)
+                .and_then(|(_, a)| a.clone())
+        };
+        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        st.bypass.last_pass_rows = 2;
+        st.bypass.findings = vec![("db.c".into(), 2, vec!["7".into(), "9".into()])];
+        let a = bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).expect("raised");
+        assert!(
+            a.summary
+                .contains("2 row(s) written around the front door (db.c)"),
+            "{}",
+            a.summary
+        );
+        assert_eq!(a.detail["collections"][0]["sample_keys"][1], "9");
+        // Not on a standby, and not without the change log.
+        st.role = Role::Sink;
+        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        st.role = Role::Source;
+        st.bypass.last_pass_rows = 0;
+        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
     }
 
     #[test]

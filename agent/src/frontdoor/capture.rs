@@ -11,7 +11,6 @@
 //! it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,13 +127,15 @@ pub fn ids_of(r: &MutationResult) -> Option<pb::Keys> {
     }
 }
 
-/// Sync mode's state: whether the standby is confirming writes in time.
+/// Sync mode's settings. Whether it is degraded (the standby did not
+/// confirm a write in time) is `ReplicationState::sync_degraded`: set here
+/// on a timeout, cleared by the source once the standby applied every
+/// logged write.
 #[derive(Debug, Default)]
 pub struct Sync {
     pub on: bool,
     pub timeout: Duration,
     pub refuse_when_degraded: bool,
-    degraded: AtomicBool,
 }
 
 impl Sync {
@@ -143,22 +144,13 @@ impl Sync {
             on,
             timeout,
             refuse_when_degraded,
-            degraded: AtomicBool::new(false),
         }
-    }
-
-    pub fn degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
-    }
-
-    pub fn set_degraded(&self, v: bool) {
-        self.degraded.store(v, Ordering::Relaxed);
     }
 
     /// What status shows: "async", or in sync mode whether writes wait for
     /// the standby.
-    pub fn describe(&self) -> &'static str {
-        match (self.on, self.degraded(), self.refuse_when_degraded) {
+    pub fn describe(&self, degraded: bool) -> &'static str {
+        match (self.on, degraded, self.refuse_when_degraded) {
             (false, _, _) => "async",
             (true, false, _) => "sync: writes wait until the standby applied them",
             (true, true, true) => {
@@ -262,7 +254,10 @@ impl Capture {
             let mut page = rows::primary_keys(&f, &pk)?;
             page.sort();
             let n = page.len();
-            if keys.last().is_some_and(|l| page.first().is_some_and(|f| f <= l)) {
+            if keys
+                .last()
+                .is_some_and(|l| page.first().is_some_and(|f| f <= l))
+            {
                 bail!("Milvus returned keys out of order while resolving a delete");
             }
             keys.extend(page);
@@ -308,11 +303,18 @@ impl Capture {
         let ok = tokio::time::timeout(self.sync.timeout, rx.wait_for(|a| *a >= at))
             .await
             .is_ok_and(|r| r.is_ok());
-        if !ok && !self.sync.degraded() {
-            tracing::warn!(timeout = ?self.sync.timeout, "sync mode: the standby did not apply a write in time; degraded until it catches up");
+        if !ok {
+            let mut s = self.state.lock().unwrap();
+            if !s.sync_degraded {
+                tracing::warn!(timeout = ?self.sync.timeout, "sync mode: the standby did not apply a write in time; degraded until it has applied every logged write");
+            }
+            s.sync_degraded = true;
         }
-        self.sync.set_degraded(!ok);
         ok
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.state.lock().unwrap().sync_degraded
     }
 }
 

@@ -369,7 +369,10 @@ mod tests {
         let one = entry(1, 1, "c").encoded_len() as u64;
         let log = ChangeLog::open(&path, one * 3).unwrap();
         for _ in 0..3 {
-            assert!(matches!(log.append(&entry(1, 1, "c")).unwrap(), Appended::At(_)));
+            assert!(matches!(
+                log.append(&entry(1, 1, "c")).unwrap(),
+                Appended::At(_)
+            ));
         }
         assert!(!log.take_rescan().unwrap());
         assert_eq!(log.append(&entry(1, 1, "c")).unwrap(), Appended::Overflowed);

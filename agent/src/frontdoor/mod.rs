@@ -19,9 +19,9 @@ pub mod capture;
 pub mod changelog;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -240,7 +240,7 @@ impl Described {
         dr_proto::pb::FrontdoorStatus {
             listen: self.listen.clone(),
             mode: if self.sync.on { "sync" } else { "async" }.into(),
-            sync_state: self.sync.describe().into(),
+            sync_state: self.sync.describe(s.sync_degraded).into(),
             requests: self.stats.total.get(),
             refused_writes: self.stats.refused_writes.get(),
             log_entries: s.log_depth.entries,
@@ -416,18 +416,27 @@ impl Frontdoor {
     }
 
     /// The request's parts, addressed to Milvus.
-    fn upstream(&self, mut parts: hyper::http::request::Parts) -> Result<hyper::http::request::Parts, String> {
+    fn upstream(
+        &self,
+        mut parts: hyper::http::request::Parts,
+    ) -> Result<hyper::http::request::Parts, String> {
         let mut uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone());
         if let Some(pq) = parts.uri.path_and_query() {
             uri = uri.path_and_query(pq.clone());
         }
-        parts.uri = uri.build().map_err(|e| format!("milvus-dr: cannot forward {}: {e}", parts.uri.path()))?;
+        parts.uri = uri
+            .build()
+            .map_err(|e| format!("milvus-dr: cannot forward {}: {e}", parts.uri.path()))?;
         Ok(parts)
     }
 
-    fn unreachable(&self, method: &str, e: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+    fn unreachable(
+        &self,
+        method: &str,
+        e: &hyper_util::client::legacy::Error,
+    ) -> Response<ResponseBody> {
         warn!(%method, error = %e, "front door: Milvus did not answer");
         trailers_only(
             UNAVAILABLE,
@@ -517,7 +526,7 @@ impl Frontdoor {
         if kind != Kind::Ddl
             && cap.sync.on
             && cap.sync.refuse_when_degraded
-            && (cap.sync.degraded() || !connected)
+            && (cap.degraded() || !connected)
         {
             self.stats.refused_writes.inc();
             return refuse(
@@ -669,7 +678,9 @@ impl Frontdoor {
             }
         }
         drop(_order);
-        if let (Some(at), true, false) = (logged, cap.sync.on, kind == Kind::Ddl) {
+        let waits =
+            cap.sync.on && kind != Kind::Ddl && !(cap.degraded() && !cap.sync.refuse_when_degraded);
+        if let (Some(at), true) = (logged, waits) {
             if !cap.wait_applied(at).await && cap.sync.refuse_when_degraded {
                 self.stats.record(&method, Outcome::Error, start.elapsed());
                 return trailers_only(

@@ -385,13 +385,9 @@ pub fn append(into: &mut [FieldData], more: &[FieldData]) -> bool {
                 (Some(S::StringData(a)), Some(S::StringData(b))) => {
                     a.data.extend_from_slice(&b.data)
                 }
-                (Some(S::BytesData(a)), Some(S::BytesData(b))) => {
-                    a.data.extend_from_slice(&b.data)
-                }
+                (Some(S::BytesData(a)), Some(S::BytesData(b))) => a.data.extend_from_slice(&b.data),
                 (Some(S::JsonData(a)), Some(S::JsonData(b))) => a.data.extend_from_slice(&b.data),
-                (Some(S::ArrayData(a)), Some(S::ArrayData(b))) => {
-                    a.data.extend_from_slice(&b.data)
-                }
+                (Some(S::ArrayData(a)), Some(S::ArrayData(b))) => a.data.extend_from_slice(&b.data),
                 _ => {}
             },
             (Some(Field::Vectors(x)), Some(Field::Vectors(y))) => match (&mut x.data, &y.data) {

@@ -94,6 +94,10 @@ pub struct ReplicationState {
     /// Source with the front door: writes the scan found that did not come
     /// through it.
     pub bypass: Bypass,
+    /// Sync mode: the standby did not apply a write within
+    /// `replication.sync_timeout`; cleared once it applied every logged
+    /// write.
+    pub sync_degraded: bool,
 }
 
 /// Writes around the front door, as the scan passes found them.

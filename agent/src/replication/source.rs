@@ -11,15 +11,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::antientropy::{self, Schedule};
-use crate::frontdoor::changelog::ChangeLog;
 use super::base::{self, Base, Change};
 use super::catalog::{self, Catalog, CollectionEntry, Filter};
 use super::SharedState;
+use crate::frontdoor::changelog::ChangeLog;
 use crate::milvus::retry;
 use crate::milvus::{self as mv, rows, Milvus, Pk};
 use dr_proto::now_ms;
-use milvus::proto::schema::FieldData;
 use dr_proto::pb::{self, replication_client::ReplicationClient, sink_message, source_message};
+use milvus::proto::schema::FieldData;
 
 /// Everything the source needs.
 #[derive(Clone)]
@@ -286,6 +286,10 @@ async fn session(
                     let mut s = state.lock().unwrap();
                     if let Some(log) = &log {
                         s.log_depth = log.depth();
+                        if s.sync_degraded && s.log_depth.entries == 0 {
+                            info!("sync mode: the standby applied every logged write; writes wait for it again");
+                            s.sync_degraded = false;
+                        }
                     }
                     s.acked_seq = a.seq;
                     if let Some(t) = snap {
@@ -451,12 +455,7 @@ async fn changed<T>(rx: &mut Option<tokio::sync::watch::Receiver<T>>) -> Option<
 impl Sender<'_> {
     /// Stages the batch's changes in the base, then sends it (waiting for a
     /// free slot in the in-flight window).
-    async fn send(
-        &mut self,
-        batch: pb::ChangeBatch,
-        scope: u64,
-        changes: &[Change],
-    ) -> Result<()> {
+    async fn send(&mut self, batch: pb::ChangeBatch, scope: u64, changes: &[Change]) -> Result<()> {
         self.send_staged(batch, &[(scope, changes)], None).await
     }
 
@@ -629,7 +628,28 @@ async fn send_catalog_marked(
     milvus: &Milvus,
     log_upto: Option<u64>,
 ) -> Result<Catalog> {
-    let cat: Catalog = retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
+    let mut cat: Catalog =
+        retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
+    if log_upto.is_some() {
+        // A load through the front door is answered before it completes:
+        // wait for it (up to 2 minutes), so that the standby loads too.
+        let mut waited = false;
+        for e in cat.collections.iter().filter(|e| !e.loaded) {
+            let until = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < until
+                && milvus
+                    .load_state(&e.info.database, &e.info.name)
+                    .await
+                    .is_ok_and(|st| st == milvus::proto::common::LoadState::Loading)
+            {
+                waited = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if waited {
+            cat = retry("read catalog", 5, || catalog::read(milvus, &s.cfg.filter)).await?;
+        }
+    }
     let known: BTreeMap<String, i64> = match s.base.meta("catalog_ids")? {
         None => BTreeMap::new(),
         Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
@@ -844,8 +864,10 @@ async fn scan_scope(
         if let Some(t) = &s.touched {
             // Sent by the change log since the pass began: newer than this
             // page.
-            diff.inserts.retain(|&i| !t.contains(&(scope, page[i].0.clone())));
-            diff.upserts.retain(|&i| !t.contains(&(scope, page[i].0.clone())));
+            diff.inserts
+                .retain(|&i| !t.contains(&(scope, page[i].0.clone())));
+            diff.upserts
+                .retain(|&i| !t.contains(&(scope, page[i].0.clone())));
             diff.deletes.retain(|k| !t.contains(&(scope, k.clone())));
             if !seeded_now {
                 let known = |k: &Pk| {
@@ -857,7 +879,12 @@ async fn scan_scope(
                     .inserts
                     .iter()
                     .map(|&i| &page[i].0)
-                    .chain(diff.upserts.iter().map(|&i| &page[i].0).filter(|k| known(k)))
+                    .chain(
+                        diff.upserts
+                            .iter()
+                            .map(|&i| &page[i].0)
+                            .filter(|k| known(k)),
+                    )
                     .chain(diff.deletes.iter().filter(|k| known(k)))
                     .collect();
                 note_bypass(s, entry, &found);
@@ -1005,7 +1032,9 @@ async fn drain(s: &mut Sender<'_>) -> Result<()> {
                 continue;
             };
             let target = |g: &Gathered| {
-                g.database == e.database && g.collection == e.collection && g.partition == e.partition
+                g.database == e.database
+                    && g.collection == e.collection
+                    && g.partition == e.partition
             };
             if let Some(keys) = &e.deletes {
                 let keys = base::keys_from_pb(keys);
@@ -1099,7 +1128,9 @@ async fn collection_of(
 /// The rows of a logged insert or upsert, as the standby will upsert
 /// them: with the keys Milvus chose when the collection has auto-id.
 fn log_rows(info: &mv::CollectionInfo, e: &pb::ChangeLogEntry) -> Result<Vec<FieldData>> {
-    use milvus::proto::schema::{field_data::Field, scalar_field::Data, LongArray, ScalarField, StringArray};
+    use milvus::proto::schema::{
+        field_data::Field, scalar_field::Data, LongArray, ScalarField, StringArray,
+    };
     let req = milvus::proto::milvus::InsertRequest::decode(e.rows_request.as_slice())
         .context("decode a logged insert")?;
     let mut fields = req.fields_data;
@@ -1176,7 +1207,10 @@ async fn flush(s: &mut Sender<'_>, g: Gathered, log_upto: u64) -> Result<()> {
             };
             staged.push((
                 scope,
-                keys.into_iter().zip(hashes).map(|(k, h)| (k, Some(h))).collect(),
+                keys.into_iter()
+                    .zip(hashes)
+                    .map(|(k, h)| (k, Some(h)))
+                    .collect(),
             ));
             batch.upserts = Some(pb::Rows {
                 num_rows: rows::num_rows(&fields)? as u64,
