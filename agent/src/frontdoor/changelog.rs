@@ -247,7 +247,7 @@ impl ChangeLog {
             let mut log = txn.open_table(LOG)?;
             let mut depth = Depth::default();
             log.retain(|_, v| {
-                let keep = ChangeLogEntry::decode(v).map_or(false, |e| e.epoch == epoch);
+                let keep = ChangeLogEntry::decode(v).is_ok_and(|e| e.epoch == epoch);
                 if keep {
                     if depth.entries == 0 {
                         depth.oldest_ms = ChangeLogEntry::decode(v).map_or(0, |e| e.acked_ms);

@@ -679,7 +679,7 @@ impl Frontdoor {
         }
         drop(_order);
         let waits =
-            cap.sync.on && kind != Kind::Ddl && !(cap.degraded() && !cap.sync.refuse_when_degraded);
+            cap.sync.on && kind != Kind::Ddl && (cap.sync.refuse_when_degraded || !cap.degraded());
         if let (Some(at), true) = (logged, waits) {
             if !cap.wait_applied(at).await && cap.sync.refuse_when_degraded {
                 self.stats.record(&method, Outcome::Error, start.elapsed());
