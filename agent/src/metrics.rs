@@ -279,6 +279,16 @@ fn change_log_metrics(reg: &mut Registry, s: &crate::replication::ReplicationSta
         s.log_depth.bytes as f64,
     );
     let bypass = Family::<Vec<(String, String)>, Counter>::default();
+    if s.role == crate::replication::Role::Source {
+        // A series from the start (0) for every replicated collection, so
+        // that the first rows found are an increase.
+        for c in &s.collections {
+            let _ = bypass.get_or_create(&vec![(
+                "collection".into(),
+                format!("{}.{}", c.database, c.collection),
+            )]);
+        }
+    }
     for (collection, n) in &s.bypass.total {
         bypass
             .get_or_create(&vec![("collection".into(), collection.clone())])

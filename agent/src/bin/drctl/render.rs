@@ -30,6 +30,22 @@ pub struct AgentStatus {
     /// With witnesses: why the agent is or is not acting as primary.
     pub failover: Option<String>,
     pub lease_remaining_ms: Option<i64>,
+    /// The front door, when the agent has one.
+    #[serde(default)]
+    pub frontdoor: Option<FrontdoorLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrontdoorLine {
+    pub listen: String,
+    pub mode: String,
+    pub sync_state: String,
+    pub accepting_writes: bool,
+    pub requests: u64,
+    pub refused_writes: u64,
+    pub unapplied_writes: u64,
+    pub unapplied_bytes: u64,
+    pub bypass_rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +76,7 @@ pub fn to_agent_status(dc: &str, r: Result<pb::StatusReply>) -> AgentStatus {
             last_error: None,
             failover: None,
             lease_remaining_ms: None,
+            frontdoor: None,
         },
         Ok(s) => {
             let r = s.replication.unwrap_or_default();
@@ -90,6 +107,17 @@ pub fn to_agent_status(dc: &str, r: Result<pb::StatusReply>) -> AgentStatus {
                 last_error: (!r.last_error.is_empty()).then_some(r.last_error),
                 failover: (!s.failover.is_empty()).then_some(s.failover),
                 lease_remaining_ms: (s.lease_remaining_ms > 0).then_some(s.lease_remaining_ms),
+                frontdoor: s.frontdoor.map(|f| FrontdoorLine {
+                    listen: f.listen,
+                    mode: f.mode,
+                    sync_state: f.sync_state,
+                    accepting_writes: f.accepting_writes,
+                    requests: f.requests,
+                    refused_writes: f.refused_writes,
+                    unapplied_writes: f.log_entries,
+                    unapplied_bytes: f.log_bytes,
+                    bypass_rows: f.bypass_rows,
+                }),
             }
         }
     }
@@ -145,6 +173,19 @@ pub fn status_table(all: &[AgentStatus]) -> String {
                 out += &format!(" (lease {:.1}s left)", l as f64 / 1000.0);
             }
             out += "\n";
+        }
+        if let Some(f) = &s.frontdoor {
+            out += &format!(
+                "    front door {}: {}, {}; {} call(s), {} write(s) refused; {} write(s) ({} bytes) not yet on the standby; {} row(s) found written around it\n",
+                f.listen,
+                if f.accepting_writes { "accepting writes" } else { "refusing writes (not the acting primary)" },
+                f.sync_state,
+                f.requests,
+                f.refused_writes,
+                f.unapplied_writes,
+                f.unapplied_bytes,
+                f.bypass_rows
+            );
         }
         for c in &s.collections {
             out += &format!(

@@ -1,0 +1,360 @@
+//! The front door benchmark, in one run against two real Milvus servers:
+//!
+//! (a) pymilvus insert throughput and search latency through the front
+//!     door, divided by the same directly against Milvus;
+//! (b) replication lag (the agent's own, sampled every 250 ms) under steady
+//!     writes at each rate of `BENCH_RATES` on collections of each size of
+//!     `BENCH_SIZES`, with the change log (writes through the front door)
+//!     and with scan capture alone (writes straight into Milvus);
+//! (c) the latency sync mode adds to a write;
+//! (d) the agents' peak RSS.
+//!
+//! `BENCH_SIZES` (100000,1000000), `BENCH_RATES` (500,5000),
+//! `BENCH_SECONDS` (20), `BENCH_DIM` (128), `BENCH_PY_ROWS` (50000).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use dr_agent::milvus::{Connection, Milvus};
+use dr_tests::bench::env_num;
+use dr_tests::data::{self, Shape};
+use dr_tests::{peak_rss_mib, start_pair, wait_until, Agent, TestEnv};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+fn client(endpoint: String) -> Result<Milvus> {
+    Ok(Milvus::connect(Connection {
+        endpoint,
+        health_url: None,
+        authorization: None,
+        request_timeout: Duration::from_secs(60),
+    })?)
+}
+
+async fn pymilvus(
+    uri: &str,
+    db: &str,
+    coll: &str,
+    rows: u64,
+    dim: usize,
+) -> Result<serde_json::Value> {
+    let (uri, db, coll) = (uri.to_string(), db.to_string(), coll.to_string());
+    tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+        let out = std::process::Command::new(dr_tests::venv_python()?)
+            .arg(dr_tests::repo_root().join("tests/py/frontdoor_bench.py"))
+            .args(["--uri", &uri, "--db", &db, "--collection", &coll])
+            .args(["--rows", &rows.to_string(), "--dim", &dim.to_string()])
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "frontdoor_bench.py: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_str(
+            stdout.lines().last().unwrap_or_default(),
+        )?)
+    })
+    .await?
+}
+
+/// Both agents, dc-a acting as primary and caught up.
+async fn pair(env: &TestEnv, extra: &str) -> Result<(Agent, Agent)> {
+    let (a, b) = start_pair(env, extra, None).await?;
+    let ctl = env.drctl(&a, &b);
+    wait_until(Duration::from_secs(900), "the initial sync", || async {
+        let st = ctl.status("dc-a").await.ok()?;
+        let r = st.replication?;
+        let log_empty = st.frontdoor.is_none_or(|f| f.log_entries == 0);
+        (st.role == "source" && r.applied_snapshot_ms > 0 && log_empty).then_some(())
+    })
+    .await?;
+    Ok((a, b))
+}
+
+struct Lag {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    achieved: f64,
+}
+
+/// Steady writes (40% insert, 40% upsert, 20% delete) through `writer` at
+/// `wps` for `secs`, sampling the agent's lag every 250 ms.
+async fn steady(
+    env: &TestEnv,
+    a: &Agent,
+    b: &Agent,
+    writer: &Milvus,
+    db: &str,
+    shape: Shape,
+    next_id: &mut i64,
+    wps: u64,
+    secs: u64,
+) -> Result<Lag> {
+    let ctl = env.drctl(a, b);
+    let tick = Duration::from_millis(100);
+    let per_tick = (wps / 10).max(1) as i64;
+    let (n_ins, n_ups) = (per_tick * 2 / 5, per_tick * 2 / 5);
+    let n_del = per_tick - n_ins - n_ups;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut rand = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let lags = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let (lags, stop, ctl) = (lags.clone(), stop.clone(), ctl.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if let Ok(s) = ctl.status("dc-a").await {
+                    if let Some(r) = s.replication.filter(|r| r.lag_ms >= 0) {
+                        lags.lock().unwrap().push(r.lag_ms as f64 / 1e3);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut writes = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        interval.tick().await;
+        let ins: Vec<i64> = (*next_id..*next_id + n_ins).collect();
+        *next_id += n_ins;
+        let mut ups: Vec<i64> = (0..n_ups)
+            .map(|_| (rand() % *next_id as u64) as i64)
+            .collect();
+        ups.sort();
+        ups.dedup();
+        let dels: Vec<i64> = (0..n_del)
+            .map(|_| (rand() % *next_id as u64) as i64)
+            .collect();
+        data::insert(writer, db, "c", shape, &ins, 1).await?;
+        data::upsert(writer, db, "c", shape, &ups, 2).await?;
+        data::delete(writer, db, "c", shape, &dels).await?;
+        writes += (ins.len() + ups.len() + dels.len()) as u64;
+    }
+    let achieved = writes as f64 / start.elapsed().as_secs_f64();
+    stop.cancel();
+    sampler.await?;
+    let mut l = lags.lock().unwrap().clone();
+    l.sort_by(f64::total_cmp);
+    Ok(Lag {
+        p50: percentile(&l, 0.5),
+        p99: percentile(&l, 0.99),
+        max: l.last().copied().unwrap_or(f64::NAN),
+        achieved,
+    })
+}
+
+/// Milliseconds of `n` single 10-row inserts through `writer`, sorted.
+async fn write_latencies(
+    writer: &Milvus,
+    db: &str,
+    shape: Shape,
+    next_id: &mut i64,
+    n: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ids: Vec<i64> = (*next_id..*next_id + 10).collect();
+        *next_id += 10;
+        let t = Instant::now();
+        data::insert(writer, db, "c", shape, &ids, 1).await?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+async fn identical(env: &TestEnv, a: &Agent, b: &Agent) -> Result<bool> {
+    let ctl = env.drctl(a, b);
+    wait_until(
+        Duration::from_secs(600),
+        "catch-up after the load",
+        || async {
+            let st = ctl.status("dc-a").await.ok()?;
+            (st.frontdoor.is_none_or(|f| f.log_entries == 0)).then_some(())
+        },
+    )
+    .await?;
+    Ok(data::read_all(&env.primary, &env.name, "c").await?
+        == data::read_all(&env.standby, &env.name, "c").await?)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let sizes = list("BENCH_SIZES", "100000,1000000");
+    let rates = list("BENCH_RATES", "500,5000");
+    let secs = env_num("BENCH_SECONDS", 20);
+    let dim = env_num("BENCH_DIM", 128) as usize;
+    let py_rows = env_num("BENCH_PY_ROWS", 50_000);
+    let shape = Shape::Simple { dim };
+    let door_yaml = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }";
+    let mut report = Vec::new();
+
+    // (a) pymilvus directly and through the door (agents idle otherwise).
+    let env = TestEnv::new("bench_fd_a").await?;
+    let (a, b) = pair(&env, door_yaml).await?;
+    let door = format!("http://{}", a.frontdoor.context("no front door")?);
+    let direct = env.endpoints[0].0.clone();
+    let mut runs = Vec::new();
+    for (i, uri) in [&direct, &door, &direct, &door].into_iter().enumerate() {
+        let r = pymilvus(uri, &env.name, &format!("py{i}"), py_rows, dim).await?;
+        println!(
+            "pymilvus via {}: {r}",
+            if uri == &door { "door" } else { "direct" }
+        );
+        runs.push((uri == &door, r));
+    }
+    let best = |door: bool, k: &str, max: bool| {
+        let v = runs
+            .iter()
+            .filter(|(d, _)| *d == door)
+            .filter_map(|(_, r)| r[k].as_f64());
+        if max {
+            v.fold(f64::MIN, f64::max)
+        } else {
+            v.fold(f64::MAX, f64::min)
+        }
+    };
+    let (ti_d, ti_f) = (
+        best(false, "insert_rows_per_s", true),
+        best(true, "insert_rows_per_s", true),
+    );
+    let (s99_d, s99_f) = (
+        best(false, "search_p99_ms", false),
+        best(true, "search_p99_ms", false),
+    );
+    let (s50_d, s50_f) = (
+        best(false, "search_p50_ms", false),
+        best(true, "search_p50_ms", false),
+    );
+    report.push(format!("(a) pymilvus, {py_rows} rows x {dim}-d in 1,000-row inserts, 300 searches (best of two runs each)"));
+    report.push(format!(
+        "    insert  direct {ti_d:>8.0} rows/s   door {ti_f:>8.0} rows/s   ratio {:.2}",
+        ti_f / ti_d
+    ));
+    report.push(format!("    search  direct p50 {s50_d:.2} ms p99 {s99_d:.2} ms   door p50 {s50_f:.2} ms p99 {s99_f:.2} ms   p99 +{:.2} ms", s99_f - s99_d));
+
+    // (c) sync mode's added latency, on the same small collection.
+    let mut next_id = 10_000_000i64;
+    data::create(&env.primary, &env.name, "c", shape).await?;
+    let writer = client(door.clone())?;
+    let lat_async = write_latencies(&writer, &env.name, shape, &mut next_id, 200).await?;
+    let (mut a, mut b) = (a, b);
+    a.stop()?;
+    b.stop()?;
+    drop((a, b));
+    let (a, b) = pair(&env, &format!("  mode: sync\n{door_yaml}")).await?;
+    let writer = client(format!("http://{}", a.frontdoor.context("no front door")?))?;
+    let lat_sync = write_latencies(&writer, &env.name, shape, &mut next_id, 200).await?;
+    report.push("(c) one 10-row insert through the door, 200 each, async then sync".into());
+    report.push(format!(
+        "    async p50 {:.2} ms p99 {:.2} ms   sync p50 {:.2} ms p99 {:.2} ms   added p50 {:.2} ms p99 {:.2} ms",
+        percentile(&lat_async, 0.5), percentile(&lat_async, 0.99),
+        percentile(&lat_sync, 0.5), percentile(&lat_sync, 0.99),
+        percentile(&lat_sync, 0.5) - percentile(&lat_async, 0.5),
+        percentile(&lat_sync, 0.99) - percentile(&lat_async, 0.99),
+    ));
+    drop((a, b));
+    drop(env);
+
+    // (b) lag, and (d) RSS.
+    let mut rss_door: f64 = 0.0;
+    report.push(format!(
+        "(b) lag (s) under steady writes, 40% insert / 40% upsert / 20% delete, {secs} s each"
+    ));
+    report.push(
+        "    rows      writes/s  capture       achieved  p50     p99     max     identical".into(),
+    );
+    for &size in &sizes {
+        let env = TestEnv::new(&format!("bench_fd_{size}")).await?;
+        let ids: Vec<i64> = (0..size as i64).collect();
+        data::create(&env.primary, &env.name, "c", shape).await?;
+        for chunk in ids.chunks(50_000) {
+            data::insert(&env.primary, &env.name, "c", shape, chunk, 1).await?;
+        }
+        let mut next_id = size as i64;
+        for (label, yaml) in [("scan", ""), ("change log", door_yaml)] {
+            let t = Instant::now();
+            let (a, b) = pair(&env, yaml).await?;
+            println!(
+                "{size} rows, {label}: in sync after {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            let writer = match a.frontdoor {
+                Some(addr) => client(format!("http://{addr}"))?,
+                None => env.primary.clone(),
+            };
+            for &wps in &rates {
+                let l = steady(
+                    &env,
+                    &a,
+                    &b,
+                    &writer,
+                    &env.name,
+                    shape,
+                    &mut next_id,
+                    wps,
+                    secs,
+                )
+                .await?;
+                let same = if label == "change log" {
+                    identical(&env, &a, &b).await?
+                } else {
+                    true
+                };
+                let line = format!(
+                    "    {size:<9} {wps:<9} {label:<13} {:<9.0} {:<7.2} {:<7.2} {:<7.2} {}",
+                    l.achieved,
+                    l.p50,
+                    l.p99,
+                    l.max,
+                    if label == "change log" {
+                        if same {
+                            "yes"
+                        } else {
+                            "NO"
+                        }
+                    } else {
+                        "-"
+                    }
+                );
+                println!("{line}");
+                report.push(line);
+            }
+            if label == "change log" {
+                rss_door = rss_door.max(peak_rss_mib(a.pid().unwrap_or(0)).unwrap_or(-1.0));
+                rss_door = rss_door.max(peak_rss_mib(b.pid().unwrap_or(0)).unwrap_or(-1.0));
+            }
+        }
+    }
+    report.push(format!(
+        "(d) peak RSS of an agent with the front door: {rss_door:.0} MiB"
+    ));
+    println!();
+    for l in report {
+        println!("{l}");
+    }
+    Ok(())
+}
