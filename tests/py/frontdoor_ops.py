@@ -59,8 +59,9 @@ def reads(c, name):
     }
 
 
-def sequence(c, name, keep):
-    out = {}
+def create(c, name):
+    """id, an 8-d vector with a FLAT index, n; loaded (MilvusClient loads a
+    collection created with an index)."""
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
@@ -68,6 +69,11 @@ def sequence(c, name, keep):
     index = MilvusClient.prepare_index_params()
     index.add_index("vector", index_type="FLAT", metric_type="L2")
     c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+
+
+def sequence(c, name, keep):
+    out = {}
+    create(c, name)
     out["created"] = c.has_collection(name)
     out["indexes"] = c.list_indexes(name)
     out["insert"] = c.insert(name, rows(range(100)))["insert_count"]
@@ -86,17 +92,6 @@ def sequence(c, name, keep):
         c.drop_collection(name)
         out["dropped"] = not c.has_collection(name)
     return out
-
-
-def create(c, name):
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    schema.add_field("n", DataType.INT64)
-    index = MilvusClient.prepare_index_params()
-    index.add_index("vector", index_type="FLAT", metric_type="L2")
-    c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
-    c.load_collection(name)
 
 
 def burst(c, name, start, count, batch):

@@ -345,6 +345,34 @@ mod tests {
     }
 
     #[test]
+    fn degraded_sync_mode_is_alerted_by_the_primary() {
+        let t = Duration::from_secs(60);
+        let mut st = ReplicationState {
+            role: Role::Source,
+            change_log: true,
+            ..Default::default()
+        };
+        let sync = |v: &[(&'static str, Option<Alert>)]| {
+            v.iter()
+                .find(|(k, _)| *k == SYNC_DEGRADED)
+                .and_then(|(_, a)| a.clone())
+        };
+        assert!(sync(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        st.sync_degraded = true;
+        st.log_depth.entries = 7;
+        let a = sync(&evaluate(&st, 1, t, "dc-a", None, 0)).expect("raised");
+        assert_eq!(a.severity, Severity::Error);
+        assert!(
+            a.summary.contains("sync replication from dc-a is degraded"),
+            "{}",
+            a.summary
+        );
+        assert_eq!(a.detail["unapplied_writes"], 7);
+        st.role = Role::Sink;
+        assert!(sync(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+    }
+
+    #[test]
     fn anti_entropy_repairs_are_alerted_by_the_primary_until_a_clean_run() {
         use crate::replication::antientropy::Finding;
         let t = Duration::from_secs(60);

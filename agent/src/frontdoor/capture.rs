@@ -229,6 +229,11 @@ impl Capture {
             .ok_or_else(|| anyhow!("{}: no primary key", req.collection_name))?
             .name
             .clone();
+        // The SDKs' delete by ids: `pk in [1, 2]`. Deleting a key that is
+        // not there is a no-op on both sides: no query needed.
+        if let Some(keys) = keys_in_expr(&req.expr, &pk) {
+            return Ok(keys);
+        }
         let partition = (!req.partition_name.is_empty()).then_some(req.partition_name.as_str());
         let mut keys: Vec<Pk> = Vec::new();
         loop {
@@ -318,6 +323,57 @@ impl Capture {
     }
 }
 
+/// The keys of an expression `pk in [k1, k2, ...]` on the primary key
+/// `pk` (integers, or strings in single or double quotes), as the SDKs
+/// write a delete by ids; `None` for any other expression.
+pub fn keys_in_expr(expr: &str, pk: &str) -> Option<Vec<Pk>> {
+    let rest = expr.trim().strip_prefix(pk)?;
+    let rest = rest.trim_start();
+    let rest = rest
+        .strip_prefix("in")
+        .or_else(|| rest.strip_prefix("IN"))?;
+    if !rest.starts_with(|c: char| c.is_whitespace() || c == '[') {
+        return None;
+    }
+    let list = rest.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let mut keys = Vec::new();
+    let mut chars = list.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        match chars.peek().copied() {
+            None => break,
+            Some(q @ ('"' | '\'')) => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next()? {
+                        '\\' => s.push(chars.next()?),
+                        c if c == q => break,
+                        c => s.push(c),
+                    }
+                }
+                keys.push(Pk::Str(s));
+            }
+            Some(_) => {
+                let mut n = String::new();
+                while let Some(c) = chars.next_if(|c| *c == '-' || c.is_ascii_digit()) {
+                    n.push(c);
+                }
+                keys.push(Pk::Int(n.parse().ok()?));
+            }
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        match chars.next() {
+            None => break,
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+    let mixed = keys.iter().any(|k| matches!(k, Pk::Int(_)))
+        && keys.iter().any(|k| matches!(k, Pk::Str(_)));
+    (!mixed).then_some(keys)
+}
+
 /// A log entry for rows a client inserted or upserted.
 pub fn rows_entry(
     epoch: u64,
@@ -393,6 +449,35 @@ mod tests {
             ..Default::default()
         };
         assert!(mutation_ok(Some(0), &framed(&failed.encode_to_vec())).is_none());
+    }
+
+    #[test]
+    fn deletes_by_ids_are_read_from_the_expression_and_others_are_not() {
+        assert_eq!(
+            keys_in_expr("id in [1, -2,3]", "id"),
+            Some(vec![Pk::Int(1), Pk::Int(-2), Pk::Int(3)])
+        );
+        assert_eq!(
+            keys_in_expr(r#"name in ["a", 'b\'c', "d,e"]"#, "name"),
+            Some(vec![
+                Pk::Str("a".into()),
+                Pk::Str("b'c".into()),
+                Pk::Str("d,e".into())
+            ])
+        );
+        assert_eq!(keys_in_expr("id in []", "id"), Some(vec![]));
+        for other in [
+            "id >= 90 and id < 95",
+            "id in [1, 2] or n > 3",
+            "idx in [1]",
+            "n in [1, 2]",
+            "id in [1 2]",
+            "id in [1.5]",
+            "id in [1, \"a\"]",
+            "id not in [1]",
+        ] {
+            assert_eq!(keys_in_expr(other, "id"), None, "{other}");
+        }
     }
 
     #[test]
