@@ -76,8 +76,8 @@ pub struct Frontdoor {
     pub reads_when_not_primary: ReadsWhenNotPrimary,
     /// Bound of the change log on disk (writes acknowledged to clients and
     /// not yet applied on the standby), in MiB. Past it the log is cleared
-    /// and a full scan pass replicates what it held (alert
-    /// `change_log_overflow`).
+    /// and a full scan pass replicates what it held (logged at WARN; the
+    /// Prometheus rule MilvusDrChangeLogBacklog fires well before).
     #[serde(default = "d_change_log_max_mb")]
     pub change_log_max_mb: u64,
     /// With the front door, writes reach the standby through the change
