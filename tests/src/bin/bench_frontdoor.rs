@@ -94,6 +94,7 @@ struct Lag {
 
 /// Steady writes (40% insert, 40% upsert, 20% delete) through `writer` at
 /// `wps` for `secs`, sampling the agent's lag every 250 ms.
+#[allow(clippy::too_many_arguments)]
 async fn steady(
     env: &TestEnv,
     a: &Agent,
