@@ -444,7 +444,9 @@ async fn a_write_around_the_front_door_is_found_by_the_scan_repaired_and_alerted
     .await?;
     let m = metrics(&a).await?;
     assert!(
-        !m.lines().any(|l| l.starts_with(BYPASS)),
+        m.lines()
+            .filter(|l| l.starts_with(BYPASS))
+            .all(|l| l.ends_with(" 0")),
         "rows written through the door are not writes around it (their hashes as logged equal their hashes as scanned): {m}"
     );
 
@@ -473,7 +475,7 @@ async fn a_write_around_the_front_door_is_found_by_the_scan_repaired_and_alerted
     assert_eq!(rows, 92);
     let label = format!("{BYPASS}{{datacenter=\"dc-a\",collection=\"{db}.c\"}}");
     let n = wait_until(LONG, "the bypass counted", || async {
-        sample(&metrics(&a).await.ok()?, &label)
+        sample(&metrics(&a).await.ok()?, &label).filter(|n| *n >= 2.0)
     })
     .await?;
     assert_eq!(n, 2.0, "one insert and one delete around the door");
