@@ -995,6 +995,25 @@ struct Gathered {
     n: usize,
 }
 
+impl Gathered {
+    /// A batch for `e`'s target, starting with its rows or deletes.
+    fn start(
+        e: &pb::ChangeLogEntry,
+        rows: Option<Vec<FieldData>>,
+        n: usize,
+        deletes: Vec<Pk>,
+    ) -> Gathered {
+        Gathered {
+            database: e.database.clone(),
+            collection: e.collection.clone(),
+            partition: e.partition.clone(),
+            rows,
+            deletes,
+            n,
+        }
+    }
+}
+
 /// Sends what the change log holds beyond what this stream sent:
 /// consecutive writes to one collection (and partition) are gathered into
 /// one batch of upserts, or of deletes, in log order.
@@ -1048,14 +1067,7 @@ async fn drain(s: &mut Sender<'_>) -> Result<()> {
                             flush(s, g, upto).await?;
                             marked = upto;
                         }
-                        acc = Some(Gathered {
-                            database: e.database.clone(),
-                            collection: e.collection.clone(),
-                            partition: e.partition.clone(),
-                            rows: None,
-                            n: keys.len(),
-                            deletes: keys,
-                        });
+                        acc = Some(Gathered::start(&e, None, keys.len(), keys));
                     }
                 }
             } else if !e.rows_request.is_empty() {
@@ -1077,14 +1089,7 @@ async fn drain(s: &mut Sender<'_>) -> Result<()> {
                         flush(s, g, upto).await?;
                         marked = upto;
                     }
-                    acc = Some(Gathered {
-                        database: e.database.clone(),
-                        collection: e.collection.clone(),
-                        partition: e.partition.clone(),
-                        rows: Some(fields),
-                        deletes: vec![],
-                        n,
-                    });
+                    acc = Some(Gathered::start(&e, Some(fields), n, vec![]));
                 }
             }
             upto = pos;
