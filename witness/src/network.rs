@@ -62,6 +62,16 @@ fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, BasicNode,
     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
 }
 
+/// Whether a call failed because its connection went away under it (not
+/// because the peer answered it with an error).
+fn connection_closed_under(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Cancelled | tonic::Code::Unavailable => true,
+        tonic::Code::Internal => s.message().starts_with("h2 protocol error"),
+        _ => false,
+    }
+}
+
 impl Client {
     async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
         &mut self,
@@ -85,13 +95,13 @@ impl Client {
             request
         };
         // A connection the peer closed (it rotated its certificate and
-        // sent GOAWAY) fails a call in transit with CANCELLED or
-        // UNAVAILABLE: once, on the reconnected channel, before calling
-        // the peer unreachable (Raft RPCs may be repeated).
+        // sent GOAWAY) fails a call in transit with CANCELLED,
+        // UNAVAILABLE or, for a GOAWAY with NO_ERROR that crosses the
+        // call, INTERNAL "h2 protocol error": once more, on the
+        // reconnected channel, before calling the peer unreachable (Raft
+        // RPCs may be repeated).
         let reply = match client.raft(rpc()).await {
-            Err(s) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) => {
-                client.raft(rpc()).await
-            }
+            Err(s) if connection_closed_under(&s) => client.raft(rpc()).await,
             r => r,
         }
         .map_err(|s| unreachable(format!("witness {}: {}", self.target, s.message())))?;
@@ -130,5 +140,24 @@ impl RaftNetwork<TypeConfig> for Client {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call::<_, _, openraft::error::Infallible>("vote", &rpc, &option)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_closed_under;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn only_a_connection_closed_under_a_call_is_retried() {
+        assert!(connection_closed_under(&Status::unavailable("x")));
+        assert!(connection_closed_under(&Status::cancelled("x")));
+        assert!(connection_closed_under(&Status::new(
+            Code::Internal,
+            "h2 protocol error: http2 error"
+        )));
+        assert!(!connection_closed_under(&Status::internal("store failed")));
+        assert!(!connection_closed_under(&Status::permission_denied("x")));
+        assert!(!connection_closed_under(&Status::deadline_exceeded("x")));
     }
 }
