@@ -119,6 +119,9 @@ def main():
     p.add_argument("--id", type=int, default=9999)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--batch", type=int, default=10)
+    # insert: the call's deadline, which also bounds pymilvus's retries of
+    # UNAVAILABLE (an int: pymilvus ignores a float there).
+    p.add_argument("--timeout", type=int, default=2)
     a = p.parse_args()
     c = MilvusClient(uri=a.uri, db_name=a.db)
     if a.op == "sequence":
@@ -134,7 +137,7 @@ def main():
         try:
             # The timeout bounds pymilvus' retries of UNAVAILABLE (sync
             # mode's refusal); PERMISSION_DENIED is not retried.
-            out = {"insert": c.insert(a.collection, rows([a.id]), timeout=2)["insert_count"]}
+            out = {"insert": c.insert(a.collection, rows([a.id]), timeout=a.timeout)["insert_count"]}
         except MilvusException as e:
             # After retries pymilvus wraps the gRPC error, its code a method.
             code = e.code() if callable(e.code) else e.code

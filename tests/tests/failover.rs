@@ -719,13 +719,43 @@ fn milvus_of<'a>(d: &'a Deployment, dc: &str) -> &'a dr_agent::milvus::Milvus {
     }
 }
 
+/// Where the writes of an epoch go: straight into the primary's Milvus, or
+/// through the primary's front door.
+#[derive(Clone, Copy, PartialEq)]
+enum Writes {
+    Direct,
+    FrontDoor,
+}
+
+/// A client of `dc`'s front door.
+fn door_of(d: &Deployment, dc: &str) -> Result<dr_agent::milvus::Milvus> {
+    let agent = if dc == "dc-a" { &d.a } else { &d.b };
+    let addr = agent.frontdoor.context("the agent has no front door")?;
+    Ok(dr_agent::milvus::Milvus::connect(
+        dr_agent::milvus::Connection {
+            endpoint: format!("http://{addr}"),
+            health_url: None,
+            authorization: None,
+            request_timeout: Duration::from_secs(60),
+        },
+    )?)
+}
+
 /// Inserts new keys, upserts and deletes existing ones, in both
-/// collections of the exactness test, on the Milvus of `dc`. Epoch `e`
-/// owns keys `1000 e ..`: rows 0..20 of that range are inserted, the
-/// previous epoch's first 10 keys (and 5 initial ones) upserted, its next
-/// 5 deleted, and one initial row deleted.
-async fn write_epoch(d: &Deployment, dc: &str, e: i64) -> Result<()> {
-    let m = milvus_of(d, dc);
+/// collections of the exactness test, on the Milvus of `dc` (directly or
+/// through its front door). Epoch `e` owns keys `1000 e ..`: rows 0..20
+/// of that range are inserted, the previous epoch's first 10 keys (and 5
+/// initial ones) upserted, its next 5 deleted, and one initial row
+/// deleted.
+async fn write_epoch(d: &Deployment, dc: &str, e: i64, writes: Writes) -> Result<()> {
+    let door;
+    let m = match writes {
+        Writes::Direct => milvus_of(d, dc),
+        Writes::FrontDoor => {
+            door = door_of(d, dc)?;
+            &door
+        }
+    };
     let db = &d.env.name;
     let new: Vec<i64> = (1000 * e..1000 * e + 20).collect();
     let prev = 1000 * (e - 1);
@@ -744,10 +774,27 @@ async fn write_epoch(d: &Deployment, dc: &str, e: i64) -> Result<()> {
     Ok(())
 }
 
+/// The front door of `dc`, not the primary at this epoch, refuses an
+/// insert (the row must then be on neither cluster: the row counts of
+/// [`assert_identical`] would show it).
+async fn door_refuses(d: &Deployment, dc: &str, e: i64) -> Result<()> {
+    let m = door_of(d, dc)?;
+    let r = data::insert(&m, &d.env.name, "c", SIMPLE, &[900_000 + e], 1).await;
+    let err = match r {
+        Ok(()) => anyhow::bail!("{dc}'s front door accepted a write at epoch {e}, as standby"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("is not the primary") || err.contains("PermissionDenied"),
+        "{dc}'s front door refused a write for another reason: {err}"
+    );
+    Ok(())
+}
+
 /// Waits until both clusters hold the same rows in both collections, then
 /// checks that `count(*)` equals the number of distinct keys on each
 /// (`read_all` fails on duplicates). Returns (rows of c, rows of s).
-async fn assert_identical(d: &Deployment, step: &str) -> Result<(usize, usize)> {
+async fn assert_identical(d: &Deployment, step: &str, writes: Writes) -> Result<(usize, usize)> {
     let db = d.env.name.clone();
     let mut sizes = (0, 0);
     for (i, coll) in ["c", "s"].into_iter().enumerate() {
@@ -776,15 +823,24 @@ async fn assert_identical(d: &Deployment, step: &str) -> Result<(usize, usize)> 
         .await
         .with_context(|| format!("last difference: {}", why.lock().unwrap()))
         .with_context(|| d.logs())?;
-        // Settle: one more pass must not change anything (no late inserts).
+        // Settle: one more pass (scan capture), or an empty change log
+        // (front door), must not change anything (no late inserts).
         let s = d.status("dc-a").await.and_then(|s| s.replication);
         let t = s.map_or(0, |r| r.last_pass_snapshot_ms);
-        wait_until(LONG, "one more pass", || async {
-            let p = [d.status("dc-a").await?, d.status("dc-b").await?]
-                .into_iter()
-                .find(|s| s.role == "source")?;
-            (p.replication?.applied_snapshot_ms > t.max(1)).then_some(())
-        })
+        wait_until(
+            LONG,
+            "one more pass, or every logged write applied",
+            || async {
+                let p = [d.status("dc-a").await?, d.status("dc-b").await?]
+                    .into_iter()
+                    .find(|s| s.role == "source")?;
+                match writes {
+                    Writes::Direct => p.replication?.applied_snapshot_ms > t.max(1),
+                    Writes::FrontDoor => p.frontdoor?.log_entries == 0,
+                }
+                .then_some(())
+            },
+        )
         .await?;
         for (dc, m, before) in [("dc-a", &d.env.primary, &a), ("dc-b", &d.env.standby, &b)] {
             let now = data::read_all(m, &db, coll)
@@ -851,29 +907,64 @@ async fn switch_to(d: &Deployment, to: &str, epoch: u64) -> Result<()> {
 /// Int64 and VarChar keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_changes_are_exact_across_switchovers_failover_and_failback() -> Result<()> {
+    role_changes_are_exact("fo_exact", Writes::Direct).await
+}
+
+/// The same sequence of epochs with every write made through the primary's
+/// front door, replicated from the change log (the scan runs only at each
+/// start), and the other datacenter's front door refusing a write at every
+/// epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_changes_are_exact_through_the_front_doors() -> Result<()> {
+    role_changes_are_exact("fo_exact_door", Writes::FrontDoor).await
+}
+
+async fn role_changes_are_exact(name: &str, writes: Writes) -> Result<()> {
     let _g = SERIAL.lock().await;
-    let d = deploy("fo_exact", FAST, None).await?;
-    let db = d.env.name.clone();
-    data::create(&d.env.primary, &db, "s", STR_KEYS).await?;
-    data::insert(
-        &d.env.primary,
-        &db,
-        "s",
-        STR_KEYS,
-        &(0..200).collect::<Vec<_>>(),
-        1,
+    let agents = match writes {
+        Writes::Direct => "",
+        Writes::FrontDoor => "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }",
+    };
+    let d = deploy_with(
+        name,
+        FAST,
+        None,
+        Extra {
+            agents,
+            ..Default::default()
+        },
     )
     .await?;
-    write_epoch(&d, "dc-a", 1).await?;
-    assert_identical(&d, "epoch 1, dc-a primary").await?;
+    let other = |dc: &str| if dc == "dc-a" { "dc-b" } else { "dc-a" };
+    let db = d.env.name.clone();
+    // The second collection is created after the agents started: through
+    // the front door when there is one (its DDL and rows are logged).
+    let door;
+    let first = match writes {
+        Writes::Direct => &d.env.primary,
+        Writes::FrontDoor => {
+            door = door_of(&d, "dc-a")?;
+            &door
+        }
+    };
+    data::create(first, &db, "s", STR_KEYS).await?;
+    data::insert(first, &db, "s", STR_KEYS, &(0..200).collect::<Vec<_>>(), 1).await?;
+    write_epoch(&d, "dc-a", 1, writes).await?;
+    if writes == Writes::FrontDoor {
+        door_refuses(&d, "dc-b", 1).await?;
+    }
+    assert_identical(&d, "epoch 1, dc-a primary", writes).await?;
 
     info!("phase: A -> B -> A -> B, writes on each primary");
     let mut epoch = 1;
     for to in ["dc-b", "dc-a", "dc-b", "dc-a"] {
         epoch += 1;
         switch_to(&d, to, epoch).await?;
-        write_epoch(&d, to, epoch as i64).await?;
-        assert_identical(&d, &format!("epoch {epoch}, {to} primary")).await?;
+        write_epoch(&d, to, epoch as i64, writes).await?;
+        if writes == Writes::FrontDoor {
+            door_refuses(&d, other(to), epoch as i64).await?;
+        }
+        assert_identical(&d, &format!("epoch {epoch}, {to} primary"), writes).await?;
     }
 
     info!("phase: failover from dc-a (its Milvus unreachable to everyone) to dc-b");
@@ -890,9 +981,17 @@ async fn role_changes_are_exact_across_switchovers_failover_and_failback() -> Re
     })
     .await
     .with_context(|| d.logs())?;
-    write_epoch(&d, "dc-b", epoch as i64).await?;
+    write_epoch(&d, "dc-b", epoch as i64, writes).await?;
+    if writes == Writes::FrontDoor {
+        door_refuses(&d, "dc-a", epoch as i64).await?;
+    }
     d.health_a.block(false);
-    assert_identical(&d, &format!("epoch {epoch} after a failover, dc-b primary")).await?;
+    assert_identical(
+        &d,
+        &format!("epoch {epoch} after a failover, dc-b primary"),
+        writes,
+    )
+    .await?;
 
     info!("phase: dc-a resynchronised, then a switchover back to it");
     d.ctl
@@ -908,10 +1007,14 @@ async fn role_changes_are_exact_across_switchovers_failover_and_failback() -> Re
     .await?;
     epoch += 1;
     switch_to(&d, "dc-a", epoch).await?;
-    write_epoch(&d, "dc-a", epoch as i64).await?;
+    write_epoch(&d, "dc-a", epoch as i64, writes).await?;
+    if writes == Writes::FrontDoor {
+        door_refuses(&d, "dc-b", epoch as i64).await?;
+    }
     let (c, s) = assert_identical(
         &d,
         &format!("epoch {epoch} after the failback, dc-a primary"),
+        writes,
     )
     .await?;
     // 200 initial rows, 20 new keys per epoch, 6 deletes per epoch of

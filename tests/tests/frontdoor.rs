@@ -620,7 +620,9 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
     let env = TestEnv::new("t_fd_sync").await?;
     let db = env.name.clone();
     let fd = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }\n";
-    let (mut a, mut b) = start_pair(&env, fd, None).await?;
+    // dc-a reaches dc-b's agent through a path that can drop every packet.
+    let path = dr_tests::proxy::Proxy::start().await?;
+    let (mut a, mut b) = start_pair(&env, fd, Some(&path)).await?;
     // The replication section is written before `extra`: set the mode by
     // rewriting dc-a's config and restarting it.
     let set_mode = |a: &Agent, on_timeout: &str| -> Result<()> {
@@ -733,6 +735,78 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
         .await?
         .contains_key(&Pk::Int(3)));
 
+    info!("phase: the path to the standby drops every packet (nothing refused, nothing closed)");
+    path.silence(true);
+    // A deadline past sync_timeout (pymilvus retries UNAVAILABLE until it).
+    let insert = |id: i64| {
+        let uri = door(&a);
+        let db = db.clone();
+        async move {
+            py(&[
+                "insert",
+                "--uri",
+                &uri?,
+                "--db",
+                &db,
+                "--collection",
+                "c",
+                "--id",
+                &id.to_string(),
+                "--timeout",
+                "8",
+            ])
+            .await
+        }
+    };
+    // The first write waits for a standby that never answers: after
+    // sync_timeout it is answered UNAVAILABLE (applied on the primary, not
+    // confirmed) and sync mode is degraded, so pymilvus's retries are
+    // refused before they reach Milvus. So is the next write.
+    let r = insert(6).await?;
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    ensure!(
+        std::fs::read_to_string(&a.log)?
+            .contains("sync mode: the standby did not apply a write in time"),
+        "dc-a did not time a write out"
+    );
+    let r = insert(7).await?;
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("writes are refused until it does"),
+        "{r}"
+    );
+    let on_a = data::read_all(&env.primary, &db, "c").await?;
+    assert!(
+        on_a.contains_key(&Pk::Int(6)),
+        "the unconfirmed write is applied on the primary"
+    );
+    assert!(!on_a.contains_key(&Pk::Int(7)), "the refused write is not");
+    let st = ctl
+        .status("dc-a")
+        .await?
+        .frontdoor
+        .context("front door status")?;
+    assert!(st.sync_state.contains("degraded"), "{st:?}");
+    assert!(!st.accepting_writes, "{st:?}");
+
+    info!("phase: the path heals: the standby applies the unconfirmed write, writes wait again");
+    path.silence(false);
+    wait_until(LONG, "sync mode confirming again", || async {
+        let st = ctl.status("dc-a").await.ok()?.frontdoor?;
+        (st.sync_state.starts_with("sync: writes wait") && st.accepting_writes).then_some(())
+    })
+    .await?;
+    let r = insert(8).await?;
+    assert_eq!(r["insert"], 1, "{r}");
+    let on_b = data::read_all(&env.standby, &db, "c").await?;
+    assert!(
+        on_b.contains_key(&Pk::Int(6)) && on_b.contains_key(&Pk::Int(8)),
+        "the unconfirmed and the new write are on the standby"
+    );
+
     info!("phase: sync_on_timeout: async: accepted while the standby is away, alerted");
     a.stop()?;
     let text = std::fs::read_to_string(&a.config)?
@@ -766,7 +840,7 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
     assert!(st.log_entries >= 2, "waiting for the standby: {st:?}");
     b.restart().await?;
     let rows = wait_until(LONG, "both clusters identical", || identical(&env, "c")).await?;
-    assert_eq!(rows, 4, "1, 3, 4, 5");
+    assert_eq!(rows, 6, "1, 3, 4, 5, 6, 8");
     wait_until(LONG, "sync mode confirming again", || async {
         let st = ctl.status("dc-a").await.ok()?.frontdoor?;
         st.sync_state.starts_with("sync: writes wait").then_some(())

@@ -612,8 +612,27 @@ async fn execute(
             // marker writer stops here, as clients must.
             drills.stop_any_markers().await;
             let deadline = Duration::from_millis(2 * rt.timing.confirmation_ms);
+            // With a front door: no write from here on (the door refuses
+            // them until the drain's deadline), and a scan pass now, which
+            // also drains the change log: the standby acknowledging it is
+            // the drain.
+            // On Milvus's clock, as pass snapshots are: a pass that starts
+            // after this point has a later snapshot (the agent's own clock
+            // may run ahead of Milvus's timestamp oracle).
+            let from =
+                match tokio::time::timeout(Duration::from_secs(2), rt.milvus.alloc_timestamp())
+                    .await
+                {
+                    Ok(Ok(ts)) => crate::milvus::hybrid_ts_to_ms(ts),
+                    _ => now_ms(),
+                };
+            state.lock().unwrap().draining_until = Some(Instant::now() + deadline);
+            if let Some(log) = &rt.source_cfg.log {
+                if let Err(e) = log.request_rescan() {
+                    warn!(error = %format!("{e:#}"), "switchover: could not ask for a pass");
+                }
+            }
             tokio::spawn(async move {
-                let from = now_ms();
                 info!(
                     epoch,
                     "switchover: draining (waiting for a full pass acknowledged by the standby)"
@@ -655,6 +674,7 @@ async fn execute(
             stop_source(source).await;
             rt.sink.set_view(epoch, &primary);
             let mut s = rt.state.lock().unwrap();
+            s.draining_until = None;
             if s.role != Role::Sink {
                 // What it applied before (as a sink in an older epoch) or
                 // what its standby acknowledged (as the source) says

@@ -22,7 +22,7 @@ use super::changelog::{Appended, ChangeLog};
 use crate::milvus::{self as mv, rows, Milvus, Pk};
 use crate::replication::base;
 use dr_proto::pb;
-use milvus::proto::milvus::{DeleteRequest, InsertRequest, MutationResult};
+use milvus::proto::milvus::{DeleteRequest, MutationResult};
 
 /// What the front door does with a call besides forwarding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,29 +273,82 @@ impl Capture {
         Ok(keys)
     }
 
+    /// Writes `entry` to the log before Milvus answers it (see
+    /// [`ChangeLog::prepare`]); `None`: it could not be, and a scan pass
+    /// was asked for.
+    pub async fn prepare(&self, entry: pb::ChangeLogEntry) -> Option<Prepared> {
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || log.prepare(&entry)).await {
+            Ok(Ok(Appended::At(at))) => Some(Prepared {
+                log: self.log.clone(),
+                at: Some(at),
+            }),
+            r => {
+                self.not_logged(r.map(|r| r.map(|_| ())));
+                None
+            }
+        }
+    }
+
+    /// Milvus acknowledged the prepared write: records its answer (and
+    /// the keys it assigned). Returns the position to wait for in sync
+    /// mode; `None` if the write is not in the log after all (a scan pass
+    /// was asked for).
+    pub async fn acknowledge(&self, mut p: Prepared, ids: Option<pb::Keys>) -> Option<u64> {
+        let at = p.at.take()?;
+        let log = self.log.clone();
+        let r =
+            tokio::task::spawn_blocking(move || log.acknowledge(at, dr_proto::now_ms(), ids)).await;
+        match r {
+            Ok(Ok(true)) => {
+                self.state.lock().unwrap().log_depth = self.log.depth();
+                Some(at)
+            }
+            Ok(Ok(false)) => None,
+            r => {
+                self.not_logged(r.map(|r| r.map(|_| ())));
+                None
+            }
+        }
+    }
+
+    /// Milvus refused the prepared write: it leaves the log.
+    pub async fn abandon(&self, mut p: Prepared) {
+        if let Some(at) = p.at.take() {
+            let log = self.log.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.abandon(at)).await {
+                tracing::error!(error = %format!("{e:#}"), "front door: dropping a refused write from the change log failed");
+            }
+        }
+    }
+
+    /// A write the log could not take: a scan pass will find it.
+    fn not_logged(&self, r: Result<Result<()>, tokio::task::JoinError>) {
+        match r {
+            Ok(Ok(())) => tracing::warn!("front door: the change log reached frontdoor.change_log_max_mb; cleared, a full scan pass replicates what it held"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "front door: a write could not be logged; a full scan pass will replicate it");
+                let _ = self.log.request_rescan();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "front door: logging a write failed");
+                let _ = self.log.request_rescan();
+            }
+        }
+    }
+
     /// Logs what Milvus acknowledged; a write the log cannot take asks for
     /// a scan pass instead (nothing acknowledged is lost: the scan finds
     /// it). Returns the position to wait for in sync mode.
     pub async fn log(&self, entry: pb::ChangeLogEntry) -> Option<u64> {
         let log = self.log.clone();
-        let r = tokio::task::spawn_blocking(move || log.append(&entry)).await;
-        match r {
+        match tokio::task::spawn_blocking(move || log.append(&entry)).await {
             Ok(Ok(Appended::At(at))) => {
                 self.state.lock().unwrap().log_depth = self.log.depth();
                 Some(at)
             }
-            Ok(Ok(Appended::Overflowed)) => {
-                tracing::warn!("front door: the change log reached frontdoor.change_log_max_bytes; cleared, a full scan pass replicates what it held");
-                None
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "front door: a write Milvus acknowledged could not be logged; a full scan pass will replicate it");
-                let _ = self.log.request_rescan();
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "front door: logging a write failed");
-                let _ = self.log.request_rescan();
+            r => {
+                self.not_logged(r.map(|r| r.map(|_| ())));
                 None
             }
         }
@@ -320,6 +373,31 @@ impl Capture {
 
     pub fn degraded(&self) -> bool {
         self.state.lock().unwrap().sync_degraded
+    }
+}
+
+/// A write in the change log waiting for Milvus's answer. Dropped
+/// unanswered (the client went away mid-call, or Milvus's answer was
+/// lost), it leaves the log and a scan pass is asked for: Milvus may have
+/// applied it.
+pub struct Prepared {
+    log: Arc<ChangeLog>,
+    at: Option<u64>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(at) = self.at.take() {
+            let log = self.log.clone();
+            let work = move || {
+                let _ = log.abandon(at);
+                let _ = log.request_rescan();
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(work)),
+                Err(_) => work(),
+            }
+        }
     }
 }
 
@@ -374,22 +452,31 @@ pub fn keys_in_expr(expr: &str, pk: &str) -> Option<Vec<Pk>> {
     (!mixed).then_some(keys)
 }
 
-/// A log entry for rows a client inserted or upserted.
-pub fn rows_entry(
-    epoch: u64,
-    db: &str,
-    req: &InsertRequest,
-    raw: &[u8],
-    result: &MutationResult,
-) -> pb::ChangeLogEntry {
+/// What the door reads of an Insert or Upsert request (the two share
+/// these field numbers): enough to order and log it, without decoding its
+/// rows (the raw request is what the log keeps).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RowsHead {
+    #[prost(string, tag = "2")]
+    pub db_name: String,
+    #[prost(string, tag = "3")]
+    pub collection_name: String,
+    #[prost(string, tag = "4")]
+    pub partition_name: String,
+    #[prost(uint32, tag = "7")]
+    pub num_rows: u32,
+}
+
+/// A log entry for an insert or upsert, before Milvus answered it (its
+/// answer, and the keys of an auto-id insert, come with
+/// [`Prepared::acknowledge`]).
+pub fn rows_entry(epoch: u64, db: &str, head: &RowsHead, raw: &[u8]) -> pb::ChangeLogEntry {
     pb::ChangeLogEntry {
         epoch,
-        acked_ms: dr_proto::now_ms(),
         database: db.to_string(),
-        collection: req.collection_name.clone(),
-        partition: req.partition_name.clone(),
+        collection: head.collection_name.clone(),
+        partition: head.partition_name.clone(),
         rows_request: raw.to_vec(),
-        ids: ids_of(result),
         ..Default::default()
     }
 }

@@ -1,6 +1,17 @@
 //! The change log: every write the front door passed to the primary's
-//! Milvus and Milvus acknowledged, kept on disk (redb, one fsync'd
-//! transaction per write) until the standby has applied it.
+//! Milvus and Milvus acknowledged, kept on disk (redb, fsync'd) until the
+//! standby has applied it.
+//!
+//! A large write (an insert or upsert's rows) is written in two steps so
+//! that its cost overlaps the Milvus call instead of adding to it:
+//! [`ChangeLog::prepare`] writes the request while Milvus applies it, and
+//! [`ChangeLog::acknowledge`] (a small transaction) records Milvus's answer
+//! before the client gets it; a write Milvus refused is
+//! [`ChangeLog::abandon`]ed. The source reads only up to the first write
+//! still waiting for its answer, so it sees acknowledged writes only, in
+//! order. A write prepared and never answered (the agent died in between)
+//! is dropped when the log is opened, and a scan pass asked for: Milvus
+//! may have applied it.
 //!
 //! Positions are dense and increasing. The replication source reads after
 //! the position the standby last acknowledged and [`ChangeLog::trim`]s on
@@ -8,7 +19,7 @@
 //! to clients and not yet applied on the standby: its oldest entry's
 //! age is the replication lag, whatever the collections' size.
 //!
-//! The log is bounded (`frontdoor.change_log_max_bytes`). A write that
+//! The log is bounded (`frontdoor.change_log_max_mb`). A write that
 //! would pass the bound is not logged: the log is cleared and marked
 //! *overflowed*, and the source runs a full scan pass, which finds every
 //! row the standby lacks (the scan capture is exact on its own, only
@@ -26,6 +37,9 @@ use dr_proto::pb::ChangeLogEntry;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Position -> what Milvus answered (`acked_ms`, and the keys it assigned
+/// to an auto-id insert), as a `ChangeLogEntry` holding only those.
+const ACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("acks");
 
 /// What the log holds now.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +53,24 @@ pub struct Depth {
 struct Inner {
     next: u64,
     depth: Depth,
+    /// Prepared, not yet acknowledged nor abandoned.
+    pending: std::collections::BTreeSet<u64>,
+}
+
+impl Inner {
+    /// The newest position up to which every write is answered: what the
+    /// source may read.
+    fn ready(&self) -> u64 {
+        self.pending.first().map_or(self.next - 1, |p| p - 1)
+    }
 }
 
 pub struct ChangeLog {
     db: Database,
     inner: Mutex<Inner>,
     max_bytes: u64,
-    /// The newest position written.
+    /// The newest position up to which every write is acknowledged (or
+    /// abandoned).
     appended: watch::Sender<u64>,
     /// Every position up to this one is applied on the standby (trimmed).
     applied: watch::Sender<u64>,
@@ -64,19 +89,48 @@ pub enum Appended {
 
 impl ChangeLog {
     pub fn open(path: &Path, max_bytes: u64) -> Result<ChangeLog> {
-        let db = Database::create(path).with_context(|| {
-            format!(
+        // redb caches up to 1 GiB of pages by default; an entry is written
+        // once and read once soon after, so the OS's page cache serves it.
+        let db = redb::Builder::new()
+            .set_cache_size(16 << 20)
+            .create(path)
+            .with_context(|| {
+                format!(
                 "open the front door's change log {}; if it is corrupt, stop the agent, move it \
                  away and start again (a full scan pass then finds what it held)",
                 path.display()
             )
-        })?;
+            })?;
+        // Writes prepared and never answered: the agent stopped while
+        // Milvus had them. Dropped; a scan pass settles whether Milvus
+        // applied them.
         let txn = db.begin_write()?;
-        {
-            txn.open_table(LOG)?;
-            txn.open_table(META)?;
-        }
+        let unanswered = {
+            let mut log = txn.open_table(LOG)?;
+            let acks = txn.open_table(ACKS)?;
+            let mut unanswered = Vec::new();
+            for e in log.iter()? {
+                let k = e?.0.value();
+                if acks.get(k)?.is_none() {
+                    unanswered.push(k);
+                }
+            }
+            for k in &unanswered {
+                log.remove(k)?;
+            }
+            let mut meta = txn.open_table(META)?;
+            if !unanswered.is_empty() {
+                meta.insert("rescan", 1)?;
+            }
+            unanswered.len()
+        };
         txn.commit()?;
+        if unanswered > 0 {
+            tracing::warn!(
+                writes = unanswered,
+                "front door: writes were passed to Milvus and not answered before the agent stopped; a scan pass replicates whichever Milvus applied"
+            );
+        }
         let (next, applied, rescan, depth) = {
             let r = db.begin_read()?;
             let meta = r.open_table(META)?;
@@ -86,15 +140,11 @@ impl ChangeLog {
             let mut last = None;
             for e in log.iter()? {
                 let (k, v) = e?;
-                if depth.entries == 0 {
-                    depth.oldest_ms = ChangeLogEntry::decode(v.value())
-                        .context("decode the change log's oldest entry")?
-                        .acked_ms;
-                }
                 depth.entries += 1;
                 depth.bytes += v.value().len() as u64;
                 last = Some(k.value());
             }
+            depth.oldest_ms = oldest_acked_ms(&r.open_table(ACKS)?)?;
             let applied = get("applied")?.unwrap_or(0);
             let next = get("next")?
                 .unwrap_or(1)
@@ -104,7 +154,11 @@ impl ChangeLog {
         };
         Ok(ChangeLog {
             db,
-            inner: Mutex::new(Inner { next, depth }),
+            inner: Mutex::new(Inner {
+                next,
+                depth,
+                pending: Default::default(),
+            }),
             max_bytes,
             appended: watch::channel(next - 1).0,
             applied: watch::channel(applied).0,
@@ -112,14 +166,27 @@ impl ChangeLog {
         })
     }
 
-    /// Appends `entry`, durably (the call returns once it is on disk).
+    /// Appends `entry`, acknowledged, durably (the call returns once it is
+    /// on disk): a write Milvus has already answered.
     pub fn append(&self, entry: &ChangeLogEntry) -> Result<Appended> {
+        self.write(entry, true)
+    }
+
+    /// Writes `entry` durably, before Milvus has answered it: the source
+    /// does not read it (nor anything after it) until it is
+    /// [`acknowledge`](Self::acknowledge)d or [`abandon`](Self::abandon)ed.
+    pub fn prepare(&self, entry: &ChangeLogEntry) -> Result<Appended> {
+        self.write(entry, false)
+    }
+
+    fn write(&self, entry: &ChangeLogEntry, acked: bool) -> Result<Appended> {
         let bytes = entry.encode_to_vec();
         let mut inner = self.inner.lock().unwrap();
         if inner.depth.bytes + bytes.len() as u64 > self.max_bytes {
             let txn = self.db.begin_write()?;
             {
                 txn.open_table(LOG)?.retain(|_, _| false)?;
+                txn.open_table(ACKS)?.retain(|_, _| false)?;
                 let mut meta = txn.open_table(META)?;
                 meta.insert("rescan", 1)?;
                 meta.insert("next", inner.next)?;
@@ -127,6 +194,8 @@ impl ChangeLog {
             }
             txn.commit()?;
             inner.depth = Depth::default();
+            // Writes in flight find their entry gone when answered.
+            inner.pending.clear();
             self.applied.send_replace(inner.next - 1);
             self.appended.send_replace(inner.next - 1);
             self.rescan.send_replace(true);
@@ -136,18 +205,79 @@ impl ChangeLog {
         let txn = self.db.begin_write()?;
         {
             txn.open_table(LOG)?.insert(at, bytes.as_slice())?;
+            if acked {
+                txn.open_table(ACKS)?
+                    .insert(at, ack_of(entry.acked_ms, None).as_slice())?;
+            }
             txn.open_table(META)?.insert("next", at + 1)?;
         }
         txn.commit()?;
         inner.next = at + 1;
-        if inner.depth.entries == 0 {
-            inner.depth.oldest_ms = entry.acked_ms;
-        }
         inner.depth.entries += 1;
         inner.depth.bytes += bytes.len() as u64;
-        drop(inner);
-        self.appended.send_replace(at);
+        if acked {
+            if inner.depth.oldest_ms == 0 {
+                inner.depth.oldest_ms = entry.acked_ms;
+            }
+        } else {
+            inner.pending.insert(at);
+        }
+        self.publish(&inner);
         Ok(Appended::At(at))
+    }
+
+    /// Milvus acknowledged the write prepared at `at`, at `acked_ms`,
+    /// assigning `ids` (auto-id) or not. Durable when it returns. `false`:
+    /// the entry is gone (the log overflowed, or a new epoch dropped it),
+    /// so the write is not in the log.
+    pub fn acknowledge(
+        &self,
+        at: u64,
+        acked_ms: i64,
+        ids: Option<dr_proto::pb::Keys>,
+    ) -> Result<bool> {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.pending.remove(&at) {
+            return Ok(false);
+        }
+        let txn = self.db.begin_write()?;
+        txn.open_table(ACKS)?
+            .insert(at, ack_of(acked_ms, ids).as_slice())?;
+        txn.commit()?;
+        if inner.depth.oldest_ms == 0 {
+            inner.depth.oldest_ms = acked_ms;
+        }
+        self.publish(&inner);
+        Ok(true)
+    }
+
+    /// Milvus did not apply the write prepared at `at`: drops it.
+    pub fn abandon(&self, at: u64) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.pending.remove(&at) {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        let freed = txn
+            .open_table(LOG)?
+            .remove(at)?
+            .map_or(0, |v| v.value().len() as u64);
+        txn.commit()?;
+        if freed > 0 {
+            inner.depth.entries = inner.depth.entries.saturating_sub(1);
+            inner.depth.bytes = inner.depth.bytes.saturating_sub(freed);
+        }
+        self.publish(&inner);
+        Ok(())
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let ready = inner.ready();
+        self.appended.send_if_modified(|v| {
+            let changed = *v != ready;
+            *v = ready;
+            changed
+        });
     }
 
     /// Asks for a scan pass (a write the log could not describe).
@@ -180,21 +310,34 @@ impl ChangeLog {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, ChangeLogEntry)>> {
+        let ready = *self.appended.borrow();
+        if ready <= after {
+            return Ok(Vec::new());
+        }
         let r = self.db.begin_read()?;
         let t = r.open_table(LOG)?;
+        let acks = r.open_table(ACKS)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for e in t.range(after + 1..)? {
+        for e in t.range(after + 1..=ready)? {
             let (k, v) = e?;
             if !out.is_empty() && bytes + v.value().len() > max_bytes {
                 break;
             }
+            let Some(ack) = acks.get(k.value())? else {
+                // Cannot happen up to `ready`; stop rather than pass it.
+                break;
+            };
             bytes += v.value().len();
-            out.push((
-                k.value(),
-                ChangeLogEntry::decode(v.value())
-                    .with_context(|| format!("decode change log entry {}", k.value()))?,
-            ));
+            let mut entry = ChangeLogEntry::decode(v.value())
+                .with_context(|| format!("decode change log entry {}", k.value()))?;
+            let ack = ChangeLogEntry::decode(ack.value())
+                .with_context(|| format!("decode the answer of change log entry {}", k.value()))?;
+            entry.acked_ms = ack.acked_ms;
+            if ack.ids.is_some() {
+                entry.ids = ack.ids;
+            }
+            out.push((k.value(), entry));
             if out.len() >= max_entries {
                 break;
             }
@@ -217,11 +360,10 @@ impl ChangeLog {
                 freed.1 += v.len() as u64;
                 false
             })?;
+            let mut acks = txn.open_table(ACKS)?;
+            acks.retain_in(..=upto, |_, _| false)?;
             txn.open_table(META)?.insert("applied", upto)?;
-            let oldest_ms = match log.first()? {
-                Some((_, v)) => ChangeLogEntry::decode(v.value())?.acked_ms,
-                None => 0,
-            };
+            let oldest_ms = oldest_acked_ms(&acks)?;
             Depth {
                 entries: inner.depth.entries.saturating_sub(freed.0),
                 bytes: inner.depth.bytes.saturating_sub(freed.1),
@@ -242,27 +384,33 @@ impl ChangeLog {
     pub fn keep_only_epoch(&self, epoch: u64) -> Result<u64> {
         let mut inner = self.inner.lock().unwrap();
         let txn = self.db.begin_write()?;
-        let mut dropped = 0;
+        let dropped;
         let depth = {
             let mut log = txn.open_table(LOG)?;
             let mut depth = Depth::default();
-            log.retain(|_, v| {
+            let mut gone = Vec::new();
+            log.retain(|k, v| {
                 let keep = ChangeLogEntry::decode(v).is_ok_and(|e| e.epoch == epoch);
                 if keep {
-                    if depth.entries == 0 {
-                        depth.oldest_ms = ChangeLogEntry::decode(v).map_or(0, |e| e.acked_ms);
-                    }
                     depth.entries += 1;
                     depth.bytes += v.len() as u64;
                 } else {
-                    dropped += 1;
+                    gone.push(k);
                 }
                 keep
             })?;
+            dropped = gone.len() as u64;
+            let mut acks = txn.open_table(ACKS)?;
+            for k in &gone {
+                acks.remove(k)?;
+                inner.pending.remove(k);
+            }
+            depth.oldest_ms = oldest_acked_ms(&acks)?;
             depth
         };
         txn.commit()?;
         inner.depth = depth;
+        self.publish(&inner);
         Ok(dropped)
     }
 
@@ -296,6 +444,27 @@ impl ChangeLog {
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+}
+
+/// The stored answer of a write.
+fn ack_of(acked_ms: i64, ids: Option<dr_proto::pb::Keys>) -> Vec<u8> {
+    ChangeLogEntry {
+        acked_ms,
+        ids,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// `acked_ms` of the first acknowledged entry (0 when none): the age of
+/// the oldest write not applied on the standby. Writes to different
+/// collections may be answered out of position order by at most one
+/// Milvus call; the first by position stands for the oldest.
+fn oldest_acked_ms(acks: &impl ReadableTable<u64, &'static [u8]>) -> Result<i64> {
+    Ok(match acks.first()? {
+        Some((_, v)) => ChangeLogEntry::decode(v.value())?.acked_ms,
+        None => 0,
+    })
 }
 
 #[cfg(test)]
@@ -399,5 +568,107 @@ mod tests {
         let left = log.read_after(0, 10, usize::MAX).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].1.collection, "b");
+    }
+
+    fn positions(got: &[(u64, ChangeLogEntry)]) -> Vec<u64> {
+        got.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn a_prepared_write_is_read_only_once_answered_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ChangeLog::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+        let appended = log.subscribe_appended();
+        let Appended::At(a) = log.prepare(&entry(1, 0, "c")).unwrap() else {
+            panic!("not logged")
+        };
+        // A write to another collection, answered first, waits behind it.
+        assert_eq!(log.append(&entry(1, 500, "d")).unwrap(), Appended::At(2));
+        let Appended::At(c) = log.prepare(&entry(1, 0, "c")).unwrap() else {
+            panic!("not logged")
+        };
+        assert!(log.read_after(0, 10, usize::MAX).unwrap().is_empty());
+        assert_eq!(*appended.borrow(), 0);
+        assert_eq!(log.depth().entries, 3);
+        let ids = dr_proto::pb::Keys {
+            ints: vec![41, 42],
+            strs: vec![],
+        };
+        assert!(log.acknowledge(a, 700, Some(ids.clone())).unwrap());
+        assert_eq!(*appended.borrow(), 2);
+        let got = log.read_after(0, 10, usize::MAX).unwrap();
+        assert_eq!(positions(&got), vec![1, 2]);
+        // The answer is merged in: the time and the keys Milvus assigned.
+        assert_eq!(got[0].1.acked_ms, 700);
+        assert_eq!(got[0].1.ids, Some(ids));
+        assert_eq!(got[0].1.collection, "c");
+        assert_eq!(got[1].1.acked_ms, 500);
+        // Refused by Milvus: it leaves the log and no longer holds it up.
+        log.abandon(c).unwrap();
+        assert_eq!(*appended.borrow(), 3);
+        assert_eq!(
+            positions(&log.read_after(0, 10, usize::MAX).unwrap()),
+            vec![1, 2]
+        );
+        assert_eq!(log.depth().entries, 2);
+        assert!(
+            !log.acknowledge(c, 900, None).unwrap(),
+            "an abandoned write is not in the log"
+        );
+        log.trim(2).unwrap();
+        assert_eq!(log.depth(), Depth::default());
+        assert!(log.is_empty().unwrap());
+    }
+
+    #[test]
+    fn a_write_prepared_and_never_answered_is_dropped_on_reopen_and_a_scan_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        {
+            let log = ChangeLog::open(&path, 1 << 20).unwrap();
+            log.append(&entry(1, 100, "c")).unwrap();
+            log.prepare(&entry(1, 0, "c")).unwrap();
+            log.append(&entry(1, 300, "c")).unwrap();
+            assert!(!*log.subscribe_rescan().borrow());
+        }
+        let log = ChangeLog::open(&path, 1 << 20).unwrap();
+        assert!(*log.subscribe_rescan().borrow(), "a scan pass settles it");
+        let got = log.read_after(0, 10, usize::MAX).unwrap();
+        assert_eq!(positions(&got), vec![1, 3]);
+        assert_eq!(log.depth().entries, 2);
+        assert_eq!(log.depth().oldest_ms, 100);
+        assert_eq!(log.append(&entry(1, 400, "c")).unwrap(), Appended::At(4));
+    }
+
+    #[test]
+    fn an_overflow_or_a_new_epoch_drops_prepared_writes_and_their_answer_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ChangeLog::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+        let Appended::At(a) = log.prepare(&entry(1, 0, "c")).unwrap() else {
+            panic!("not logged")
+        };
+        assert_eq!(log.keep_only_epoch(2).unwrap(), 1);
+        assert!(!log.acknowledge(a, 10, None).unwrap());
+        assert!(log.read_after(0, 10, usize::MAX).unwrap().is_empty());
+
+        let small = ChangeLog::open(&dir.path().join("small.redb"), 250).unwrap();
+        let Appended::At(b) = small.prepare(&entry(1, 0, "c")).unwrap() else {
+            panic!("not logged")
+        };
+        assert_eq!(
+            small.prepare(&entry(1, 0, "c")).unwrap(),
+            Appended::At(b + 1)
+        );
+        assert_eq!(
+            small.prepare(&entry(1, 0, "c")).unwrap(),
+            Appended::Overflowed
+        );
+        assert!(!small.acknowledge(b, 10, None).unwrap());
+        assert_eq!(
+            *small.subscribe_appended().borrow(),
+            b + 1,
+            "nothing holds the source up"
+        );
+        assert!(small.read_after(0, 10, usize::MAX).unwrap().is_empty());
     }
 }

@@ -200,12 +200,21 @@ impl Gate {
         if !write && self.reads == ReadsWhenNotPrimary::Allow {
             return None;
         }
-        let (role, epoch, primary) = {
+        let (role, epoch, primary, draining) = {
             let s = self.state.lock().unwrap();
-            (s.role, s.epoch, s.primary.clone())
+            let draining = s
+                .draining_until
+                .is_some_and(|until| until > std::time::Instant::now());
+            (s.role, s.epoch, s.primary.clone(), draining)
         };
-        if self.acting(role) {
+        if self.acting(role) && !(write && draining) {
             return None;
+        }
+        if self.acting(role) {
+            return Some(format!(
+                "milvus-dr: {} is handing the primary role over (a planned switchover is draining it at epoch {epoch}): writes are refused here; retry through the service name",
+                self.datacenter
+            ));
         }
         let dc = &self.datacenter;
         let whom = if primary.is_empty() {
@@ -246,7 +255,10 @@ impl Described {
             log_entries: s.log_depth.entries,
             log_bytes: s.log_depth.bytes,
             bypass_rows: s.bypass.total.values().sum(),
-            accepting_writes: self.gate.check("Insert").is_none(),
+            accepting_writes: self.gate.check("Insert").is_none()
+                && !(self.sync.on
+                    && self.sync.refuse_when_degraded
+                    && (s.sync_degraded || !s.connected)),
         }
     }
 }
@@ -513,7 +525,7 @@ impl Frontdoor {
         start: Instant,
     ) -> Response<ResponseBody> {
         use capture::Kind;
-        use milvus::proto::milvus::{DeleteRequest, InsertRequest};
+        use milvus::proto::milvus::DeleteRequest;
         use prost::Message;
         let refuse = |code: u32, msg: &str, outcome: Outcome| {
             self.stats.record(&method, outcome, start.elapsed());
@@ -564,13 +576,13 @@ impl Frontdoor {
         };
         // What to decode, and the collection whose write order it takes.
         enum Parsed {
-            Rows(InsertRequest, String),
-            Delete(DeleteRequest, String),
+            Rows(capture::RowsHead, String),
+            Delete(Box<DeleteRequest>, String),
             Ddl,
         }
         let parsed = match kind {
             Kind::Rows => match capture::grpc_message(&body)
-                .and_then(|m| InsertRequest::decode(m).map_err(|e| e.to_string()))
+                .and_then(|m| capture::RowsHead::decode(m).map_err(|e| e.to_string()))
             {
                 Ok(r) => {
                     let db = capture::database(&r.db_name, &headers);
@@ -583,7 +595,7 @@ impl Frontdoor {
             {
                 Ok(r) => {
                     let db = capture::database(&r.db_name, &headers);
-                    Parsed::Delete(r, db)
+                    Parsed::Delete(Box::new(r), db)
                 }
                 Err(e) => return bad(&method, e),
             },
@@ -606,13 +618,28 @@ impl Frontdoor {
             },
             _ => None,
         };
-        let resp = match self
+        // Rows are written to the log while Milvus applies them, and
+        // acknowledged there once Milvus has: the log's cost overlaps
+        // Milvus's instead of adding to it.
+        let forward = self
             .client
-            .request(Request::from_parts(parts, full(body.clone())))
-            .await
-        {
+            .request(Request::from_parts(parts, full(body.clone())));
+        let prepare = async {
+            match &parsed {
+                Parsed::Rows(head, db) if head.num_rows > 0 => {
+                    let raw = capture::grpc_message(&body).unwrap_or_default();
+                    cap.prepare(capture::rows_entry(epoch, db, head, raw)).await
+                }
+                _ => None,
+            }
+        };
+        let (resp, prepared) = tokio::join!(forward, prepare);
+        let resp = match resp {
             Ok(r) => r,
             Err(e) => {
+                if let Some(p) = prepared {
+                    cap.abandon(p).await;
+                }
                 self.stats.record(&method, Outcome::Error, start.elapsed());
                 return self.unreachable(&method, &e);
             }
@@ -621,7 +648,9 @@ impl Frontdoor {
         let collected = match rbody.collect().await {
             Ok(c) => c,
             Err(e) => {
-                // Milvus may have applied it: let a scan pass look.
+                // Milvus may have applied it: let a scan pass look (a
+                // prepared entry dropped unanswered asks for one too).
+                drop(prepared);
                 let _ = cap.log.request_rescan();
                 return refuse(
                     UNAVAILABLE,
@@ -639,14 +668,17 @@ impl Frontdoor {
         let mut logged = None;
         let mut ok = status == Some(0);
         match parsed {
-            Parsed::Rows(r, db) => {
+            Parsed::Rows(..) => {
                 ok = false;
-                if let Some(m) = capture::mutation_ok(status, &reply) {
-                    ok = true;
-                    if r.num_rows > 0 && !r.fields_data.is_empty() {
-                        let raw = capture::grpc_message(&body).unwrap_or_default();
-                        logged = cap.log(capture::rows_entry(epoch, &db, &r, raw, &m)).await;
+                match (capture::mutation_ok(status, &reply), prepared) {
+                    (Some(m), p) => {
+                        ok = true;
+                        if let Some(p) = p {
+                            logged = cap.acknowledge(p, capture::ids_of(&m)).await;
+                        }
                     }
+                    (None, Some(p)) => cap.abandon(p).await,
+                    (None, None) => {}
                 }
             }
             Parsed::Delete(r, db) => {
@@ -796,6 +828,21 @@ mod tests {
             assert!(g.check(m).is_none(), "{m}");
         }
         g.state.lock().unwrap().role = Role::Source;
+        assert!(g.check("Insert").is_none());
+    }
+
+    #[test]
+    fn a_draining_primary_refuses_writes_until_the_drain_deadline() {
+        use std::time::Instant;
+        let g = gate(ReadsWhenNotPrimary::Allow);
+        g.state.lock().unwrap().role = Role::Source;
+        g.state.lock().unwrap().draining_until = Some(Instant::now() + Duration::from_secs(60));
+        let msg = g.check("Insert").unwrap();
+        assert!(msg.contains("planned switchover is draining"), "{msg}");
+        assert!(g.check("CreateCollection").is_some());
+        assert!(g.check("Search").is_none(), "reads are served");
+        // The drain did not complete in time: the switchover is aborted.
+        g.state.lock().unwrap().draining_until = Some(Instant::now() - Duration::from_secs(1));
         assert!(g.check("Insert").is_none());
     }
 

@@ -61,13 +61,19 @@ pub struct Base {
 
 impl Base {
     pub fn open(path: &Path) -> Result<Base> {
-        let db = Database::create(path).with_context(|| {
-            format!(
-                "open the capture base {}; if it is corrupt, stop the agent and run \
+        // redb caches up to 1 GiB of pages by default: the whole base of
+        // a large deployment would stay in the agent's memory. Passes read
+        // the base in key order, which the OS's page cache serves well.
+        let db = redb::Builder::new()
+            .set_cache_size(32 << 20)
+            .create(path)
+            .with_context(|| {
+                format!(
+                    "open the capture base {}; if it is corrupt, stop the agent and run \
                  `dr-agent --config FILE reset-capture-base` (everything is then resent once)",
-                path.display()
-            )
-        })?;
+                    path.display()
+                )
+            })?;
         let txn = db.begin_write()?;
         {
             txn.open_table(INT)?;

@@ -98,6 +98,11 @@ pub struct ReplicationState {
     /// `replication.sync_timeout`; cleared once it applied every logged
     /// write.
     pub sync_degraded: bool,
+    /// A planned switchover is draining this primary until then: its front
+    /// door refuses writes (a write accepted now might miss the drain). If
+    /// the drain does not complete by then, the switchover is aborted and
+    /// writes are accepted again.
+    pub draining_until: Option<std::time::Instant>,
 }
 
 /// Writes around the front door, as the scan passes found them.

@@ -73,6 +73,10 @@ pub async fn run(
             // has: lag is unknown until the standby acknowledges a pass.
             s.applied_snapshot_ms = 0;
         }
+        if s.role != super::Role::Source || s.epoch != cfg.epoch {
+            // A drain belonged to the primary role it handed over.
+            s.draining_until = None;
+        }
         s.role = super::Role::Source;
         s.epoch = cfg.epoch;
         s.anti_entropy.enabled = !cfg.anti_entropy_interval.is_zero();

@@ -10,7 +10,8 @@
 //! (d) the agents' peak RSS.
 //!
 //! `BENCH_SIZES` (100000,1000000), `BENCH_RATES` (500,5000),
-//! `BENCH_SECONDS` (20), `BENCH_DIM` (128), `BENCH_PY_ROWS` (50000).
+//! `BENCH_SECONDS` (20), `BENCH_DIM` (128), `BENCH_PY_ROWS` (50000),
+//! `BENCH_PY_PAIRS` (5).
 
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,7 @@ async fn main() -> Result<()> {
     let secs = env_num("BENCH_SECONDS", 20);
     let dim = env_num("BENCH_DIM", 128) as usize;
     let py_rows = env_num("BENCH_PY_ROWS", 50_000);
+    let py_pairs = env_num("BENCH_PY_PAIRS", 5);
     let shape = Shape::Simple { dim };
     let door_yaml = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }";
     let mut report = Vec::new();
@@ -225,14 +227,18 @@ async fn main() -> Result<()> {
     // elsewhere).
     let (mut a, mut b) = (a, b);
     b.stop()?;
-    let mut runs = Vec::new();
-    for (i, uri) in [&direct, &door, &direct, &door].into_iter().enumerate() {
-        let r = pymilvus(uri, &env.name, &format!("py{i}"), py_rows, dim).await?;
-        println!(
-            "pymilvus via {}: {r}",
-            if uri == &door { "door" } else { "direct" }
-        );
-        runs.push((uri == &door, r));
+    // Alternating pairs (the machine's own noise varies more between runs
+    // than the door costs): medians of each side and of the pairs' ratios.
+    let mut runs: Vec<(bool, serde_json::Value)> = Vec::new();
+    for i in 0..py_pairs {
+        for (j, uri) in [&direct, &door].into_iter().enumerate() {
+            let r = pymilvus(uri, &env.name, &format!("py{i}_{j}"), py_rows, dim).await?;
+            println!(
+                "pymilvus via {}: {r}",
+                if uri == &door { "door" } else { "direct" }
+            );
+            runs.push((uri == &door, r));
+        }
     }
     b.restart().await?;
     let mut replicating = Vec::new();
@@ -244,35 +250,41 @@ async fn main() -> Result<()> {
         );
         replicating.push(r);
     }
-    let best = |door: bool, k: &str, max: bool| {
-        let v = runs
-            .iter()
+    let side = |door: bool, k: &str| -> Vec<f64> {
+        runs.iter()
             .filter(|(d, _)| *d == door)
-            .filter_map(|(_, r)| r[k].as_f64());
-        if max {
-            v.fold(f64::MIN, f64::max)
-        } else {
-            v.fold(f64::MAX, f64::min)
-        }
+            .filter_map(|(_, r)| r[k].as_f64())
+            .collect()
     };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let ratios: Vec<f64> = side(true, "insert_rows_per_s")
+        .iter()
+        .zip(side(false, "insert_rows_per_s"))
+        .map(|(f, d)| f / d)
+        .collect();
     let (ti_d, ti_f) = (
-        best(false, "insert_rows_per_s", true),
-        best(true, "insert_rows_per_s", true),
+        median(side(false, "insert_rows_per_s")),
+        median(side(true, "insert_rows_per_s")),
     );
     let (s99_d, s99_f) = (
-        best(false, "search_p99_ms", false),
-        best(true, "search_p99_ms", false),
+        median(side(false, "search_p99_ms")),
+        median(side(true, "search_p99_ms")),
     );
     let (s50_d, s50_f) = (
-        best(false, "search_p50_ms", false),
-        best(true, "search_p50_ms", false),
+        median(side(false, "search_p50_ms")),
+        median(side(true, "search_p50_ms")),
     );
-    report.push(format!("(a) pymilvus, {py_rows} rows x {dim}-d in 1,000-row inserts, 300 searches (best of two runs each), standby agent stopped"));
+    report.push(format!("(a) pymilvus, {py_rows} rows x {dim}-d in 1,000-row inserts, 300 searches, {py_pairs} alternating pairs (medians), standby agent stopped"));
     report.push(format!(
-        "    insert  direct {ti_d:>8.0} rows/s   door {ti_f:>8.0} rows/s   ratio {:.2}",
-        ti_f / ti_d
+        "    insert  direct {ti_d:>8.0} rows/s   door {ti_f:>8.0} rows/s   ratio of medians {:.2}   median of pair ratios {:.2} (pairs: {})",
+        ti_f / ti_d,
+        median(ratios.clone()),
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
     ));
-    report.push(format!("    search  direct p50 {s50_d:.2} ms p99 {s99_d:.2} ms   door p50 {s50_f:.2} ms p99 {s99_f:.2} ms   p99 +{:.2} ms", s99_f - s99_d));
+    report.push(format!("    search  direct p50 {s50_d:.2} ms p99 {s99_d:.2} ms   door p50 {s50_f:.2} ms p99 {s99_f:.2} ms   p99 {:+.2} ms", s99_f - s99_d));
 
     let f = |i: usize, k: &str| replicating[i][k].as_f64().unwrap_or(f64::NAN);
     report.push(format!(
