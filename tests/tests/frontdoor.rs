@@ -738,8 +738,8 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
     info!("phase: the path to the standby drops every packet (nothing refused, nothing closed)");
     path.silence(true);
     // A deadline past sync_timeout (pymilvus retries UNAVAILABLE until it).
-    let insert = |id: i64| {
-        let uri = door(&a);
+    let insert = |a: &Agent, id: i64| {
+        let uri = door(a);
         let db = db.clone();
         async move {
             py(&[
@@ -762,14 +762,14 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
     // sync_timeout it is answered UNAVAILABLE (applied on the primary, not
     // confirmed) and sync mode is degraded, so pymilvus's retries are
     // refused before they reach Milvus. So is the next write.
-    let r = insert(6).await?;
+    let r = insert(&a, 6).await?;
     assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
     ensure!(
         std::fs::read_to_string(&a.log)?
             .contains("sync mode: the standby did not apply a write in time"),
         "dc-a did not time a write out"
     );
-    let r = insert(7).await?;
+    let r = insert(&a, 7).await?;
     assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
     assert!(
         r["error"]["message"]
@@ -799,7 +799,7 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
         (st.sync_state.starts_with("sync: writes wait") && st.accepting_writes).then_some(())
     })
     .await?;
-    let r = insert(8).await?;
+    let r = insert(&a, 8).await?;
     assert_eq!(r["insert"], 1, "{r}");
     let on_b = data::read_all(&env.standby, &db, "c").await?;
     assert!(
@@ -817,18 +817,7 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
     caught_up(&ctl).await?;
     b.stop()?;
     for id in [4, 5] {
-        let r = py(&[
-            "insert",
-            "--uri",
-            &door(&a)?,
-            "--db",
-            &db,
-            "--collection",
-            "c",
-            "--id",
-            &id.to_string(),
-        ])
-        .await?;
+        let r = insert(&a, id).await?;
         assert_eq!(r["insert"], 1, "accepted asynchronously: {r}");
     }
     let st = ctl
