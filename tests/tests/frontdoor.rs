@@ -485,7 +485,13 @@ async fn a_write_around_the_front_door_is_found_by_the_scan_repaired_and_alerted
         })
         .await?;
     info!(%fired, "alerted");
-    assert_eq!(fired["detail"]["rows"], 2, "{fired}");
+    // The alert fires on the first pass that finds rows around the door:
+    // both, or only the insert when a pass ran between the two writes (the
+    // counter above is exact either way).
+    let rows = fired["detail"]["rows"].as_u64().unwrap_or(0);
+    assert!((1..=2).contains(&rows), "{fired}");
+    let keys = fired["detail"]["collections"][0]["sample_keys"].to_string();
+    assert!(keys.contains("7777") || keys.contains("\"30\""), "{fired}");
     assert_eq!(
         fired["detail"]["collections"][0]["collection"],
         format!("{db}.c")
