@@ -77,6 +77,19 @@ pub fn reset_capture_base(cfg: &Config) -> Result<String> {
     }
 }
 
+/// `addr` as this host reaches it (a wildcard address: loopback).
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
 /// Connects to a configured Milvus.
 pub fn milvus_for(ep: &crate::config::MilvusEndpoint) -> Result<Milvus> {
     Ok(Milvus::connect(mv::Connection {
@@ -213,7 +226,16 @@ pub async fn run(
         }
     };
     let sink_handle = sink.clone();
-    let drills = crate::drill::Drills::new(milvus.clone());
+    // A drill's markers are writes like a client's: with a front door they
+    // go through it (logged, replicated from the change log, refused when
+    // fenced), else straight into Milvus.
+    let drills = crate::drill::Drills::new(match bound.frontdoor {
+        Some(door) => milvus_for(&crate::config::MilvusEndpoint {
+            endpoint: format!("http://{}", loopback(door)),
+            ..local.milvus.clone()
+        })?,
+        None => milvus.clone(),
+    });
     let lease: crate::metrics::Lease = Default::default();
     let frontdoor_stats = cfg
         .frontdoor
@@ -306,6 +328,7 @@ pub async fn run(
                         milvus.clone(),
                         sync.clone(),
                         state.clone(),
+                        frontdoor_stats.clone().unwrap_or_default().log_seconds,
                     ))
                 }),
             )

@@ -76,8 +76,9 @@ pub struct Frontdoor {
     pub reads_when_not_primary: ReadsWhenNotPrimary,
     /// Bound of the change log on disk (writes acknowledged to clients and
     /// not yet applied on the standby), in MiB. Past it the log is cleared
-    /// and a full scan pass replicates what it held (logged at WARN; the
-    /// Prometheus rule MilvusDrChangeLogBacklog fires well before).
+    /// and a full scan pass replicates what it held (alert
+    /// `change_log_overflow`; the Prometheus rule MilvusDrChangeLogBacklog
+    /// fires well before).
     #[serde(default = "d_change_log_max_mb")]
     pub change_log_max_mb: u64,
     /// With the front door, writes reach the standby through the change
@@ -525,7 +526,8 @@ pub struct DnsVerify {
     /// ListDatabases).
     #[serde(default = "d_true")]
     pub service_check: bool,
-    /// Milvus's port behind the name. Default: this agent's Milvus port.
+    /// The Milvus API's port behind the name. Default: this agent's front
+    /// door port, else its Milvus port.
     #[serde(default)]
     pub milvus_port: Option<u16>,
 }

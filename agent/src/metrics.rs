@@ -278,6 +278,12 @@ fn change_log_metrics(reg: &mut Registry, s: &crate::replication::ReplicationSta
         "Size of those writes in the change log",
         s.log_depth.bytes as f64,
     );
+    counter(
+        reg,
+        "change_log_overflows",
+        "Times the change log reached frontdoor.change_log_max_mb and was cleared (a full scan pass then replicates what it held)",
+        s.log_overflows,
+    );
     let bypass = Family::<Vec<(String, String)>, Counter>::default();
     if s.role == crate::replication::Role::Source {
         // A series from the start (0) for every replicated collection, so
@@ -317,6 +323,11 @@ fn frontdoor_metrics(reg: &mut Registry, fd: &crate::frontdoor::Stats) {
         "frontdoor_refused_writes",
         "Write calls refused because this agent was not the acting primary",
         fd.refused_writes.clone(),
+    );
+    reg.register(
+        "change_log_write_seconds",
+        "Time the change log takes per write, by step: prepare (rows or keys written and flushed, while Milvus applies them), acknowledge (Milvus's answer recorded, on the client's path), append (a catalog change)",
+        fd.log_seconds.clone(),
     );
 }
 

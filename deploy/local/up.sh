@@ -2,7 +2,8 @@
 # Local demo: two real Milvus servers (dc-a primary, dc-b standby), three
 # dr-witnesses (the Raft quorum, fast failover profile), two dr-agents and
 # BIND 9 serving the service name milvus.demo.test (switched by the agents),
-# all on free loopback ports with mutual TLS; sample data and a mixed
+# all on free loopback ports with mutual TLS; clients go through the
+# agents' front doors (milvus.demo.test:PORT); sample data and a mixed
 # workload on the primary, then `drctl status`, `drctl verify`, a backup to
 # a local S3 store (s3s-fs) and a failover drill (DEMO_DRILL=0 skips it).
 # Everything stays running; state and logs live in .local/demo (or
@@ -81,6 +82,25 @@ PY
 )
 printf 'w1=%s w2=%s w3=%s a_port=%s b_port=%s dns_port=%s\n' "$w1" "$w2" "$w3" "$a_port" "$b_port" "$dns_port" > "$demo/ports.env"
 fi
+# The front doors: each datacenter's agent serves the Milvus API on its own
+# loopback address (dc-a 127.0.0.11, dc-b 127.0.0.12) and the same port, as
+# in production, so a client of milvus.demo.test:PORT follows the primary.
+if [ -z "${door_port:-}" ]; then
+door_port=$(python3 - <<'PY'
+import socket
+while True:
+    a = socket.socket(); a.bind(("127.0.0.11", 0)); port = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.12", port)); break
+    except OSError:
+        a.close(); b.close()
+print(port)
+a.close(); b.close()
+PY
+)
+echo "door_port=$door_port" >> "$demo/ports.env"
+fi
 A_ADDR="https://127.0.0.1:$a_port"; B_ADDR="https://127.0.0.1:$b_port"
 witnesses="{ 1: \"https://127.0.0.1:$w1\", 2: \"https://127.0.0.1:$w2\", 3: \"https://127.0.0.1:$w3\" }"
 failover="{ profile: fast }"
@@ -110,7 +130,7 @@ echo "up: witnesses running on ports $w1 $w2 $w3"
 # The service name: BIND 9, authoritative for demo.test, which the agents
 # switch by RFC 2136 (TSIG-signed compare-and-swap). Each datacenter has
 # its own loopback address (dc-a 127.0.0.11, dc-b 127.0.0.12), so the
-# record's value really changes; behind it is that datacenter's Milvus.
+# record's value really changes; behind it is that datacenter's front door.
 mkdir -p "$demo/dns"
 [ -s "$demo/dns/dr-key.key" ] || /usr/sbin/tsig-keygen -a hmac-sha256 dr-key > "$demo/dns/dr-key.key"
 [ -s "$demo/dns/demo.test.zone" ] || printf '$TTL 60\n@ IN SOA ns.demo.test. admin.demo.test. 1 60 60 600 5\n@ IN NS ns.demo.test.\nns IN A 127.0.0.1\n' > "$demo/dns/demo.test.zone"
@@ -148,7 +168,7 @@ s3_endpoint=$(json "$demo/s3/bound.json" endpoint)
 s3="{ bucket: $(json "$demo/s3/bound.json" bucket), prefix: demo/, endpoint: \"$s3_endpoint\", force_path_style: true, access_key_id_file: \"$(json "$demo/s3/bound.json" access_key_file)\", secret_access_key_file: \"$(json "$demo/s3/bound.json" secret_key_file)\" }"
 echo "up: S3 store on $s3_endpoint"
 
-write_config() { # dc, listen port
+write_config() { # dc, listen port, front door address
   cat > "$demo/agent-$1.yaml" <<YAML
 datacenter: $1
 initial_primary: dc-a
@@ -163,6 +183,10 @@ datacenters:
 listen: { grpc: "127.0.0.1:$2", metrics: "127.0.0.1:0" }
 tls: { ca: certs/ca.pem, cert: certs/agent.$1.pem, key: certs/agent.$1.key }
 replication: { poll_interval: 500ms }
+# Clients connect here (through milvus.demo.test), not to Milvus: writes
+# are logged and replicated from the change log, and refused unless this
+# datacenter is the acting primary.
+frontdoor: { listen: "$3:$door_port" }
 witnesses: $witnesses
 failover: $failover
 backup: { enabled: true, schedule: "0 2 * * *", timezone: UTC, retention_days: 30, s3: $s3 }
@@ -181,8 +205,8 @@ start_agent() { # dc
   started+=($!)
   wait_file "$demo/state-$1/bound.json"
 }
-write_config dc-b "$b_port"
-write_config dc-a "$a_port"
+write_config dc-b "$b_port" 127.0.0.12
+write_config dc-a "$a_port" 127.0.0.11
 start_agent dc-b
 start_agent dc-a
 
@@ -225,12 +249,12 @@ for _ in $(seq 1 1200); do
 done
 [ -n "$primary" ] || { echo "up: no agent acts as primary after 120 s; see drctl witness status and the agents' logs" >&2; exit 1; }
 want=$([ "$primary" = dc-b ] && echo 127.0.0.12 || echo 127.0.0.11)
-p_grpc=$([ "$primary" = dc-b ] && echo "$b_grpc" || echo "$a_grpc")
 for _ in $(seq 1 300); do [ "$(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A)" = "$want" ] && break; sleep 0.1; done
 echo "up: milvus.demo.test -> $(dig +short @127.0.0.1 -p "$dns_port" milvus.demo.test A) ($primary is primary, switched by its agent)"
+echo "up: front doors on 127.0.0.11:$door_port (dc-a) and 127.0.0.12:$door_port (dc-b): clients use milvus.demo.test:$door_port"
 
-echo "up: loading sample data and running a mixed workload on the primary ($primary)"
-"$bin/demo-workload" --endpoint "http://127.0.0.1:$p_grpc" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
+echo "up: loading sample data and running a mixed workload through the primary's front door ($primary)"
+"$bin/demo-workload" --endpoint "http://$want:$door_port" --database demo --rows "${DEMO_ROWS:-20000}" --seconds "${DEMO_SECONDS:-15}"
 echo
 "$bin/drctl" --config "$demo/drctl.yaml" status
 echo
@@ -252,6 +276,7 @@ echo "  curl -s \$(python3 -c \"import json;print(json.load(open('$demo/state.js
 echo "  $bin/drctl --config $demo/drctl.yaml witness status"
 echo "  $bin/drctl --config $demo/drctl.yaml witness switchover --to dc-b     # planned, loses nothing"
 echo "  dig +short @127.0.0.1 -p $dns_port milvus.demo.test A                 # the service name follows the primary"
+echo "  $venv/bin/python -c \"from pymilvus import MilvusClient as M; c = M(uri='http://127.0.0.12:$door_port', db_name='demo'); print(c.list_collections()); c.delete('products', ids=[1])\"   # a standby's front door (dc-b's while dc-a is primary) serves reads and refuses writes, naming the primary"
 echo "  $bin/drctl --config $demo/drctl.yaml drill list                         # kept drill reports (drill show ID)"
 echo "  bash deploy/local/dc.sh kill dc-a                                          # lose a datacenter (Milvus + agent, SIGKILL); dc.sh start dc-a brings it back"
 echo "  $bin/drctl backup --agent-config $demo/agent-dc-a.yaml list              # backups: verify ID, restore ID --rename-suffix _r, drill, prune --dry-run"

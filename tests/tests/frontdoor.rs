@@ -323,6 +323,36 @@ async fn identical(env: &TestEnv, coll: &str) -> Option<usize> {
 
 const PASSES: &str = "milvus_dr_replication_passes_total{datacenter=\"dc-a\"}";
 
+/// Both agents with `frontdoor` (a YAML line), dc-a primary, sending its
+/// alerts to `hook`.
+async fn alerting_pair(env: &TestEnv, frontdoor: &str, hook: &Receiver) -> Result<(Agent, Agent)> {
+    let extra = format!(
+        "{frontdoor}\nalerts:\n  webhooks: [ {{ kind: generic, url_env: DR_TEST_WEBHOOK }} ]\n"
+    );
+    let b = Agent::start(
+        env,
+        &AgentSpec {
+            dc: "dc-b",
+            peer_address: "https://127.0.0.1:1".into(),
+            grpc_port: 0,
+            extra_yaml: &extra,
+        },
+    )
+    .await?;
+    let a = Agent::start_with_vars(
+        env,
+        &AgentSpec {
+            dc: "dc-a",
+            peer_address: format!("https://{}", b.grpc),
+            grpc_port: 0,
+            extra_yaml: &extra,
+        },
+        &[("DR_TEST_WEBHOOK", &hook.url)],
+    )
+    .await?;
+    Ok((a, b))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_the_front_door_reach_the_standby_from_the_change_log_not_a_scan(
 ) -> Result<()> {
@@ -395,26 +425,10 @@ async fn a_write_around_the_front_door_is_found_by_the_scan_repaired_and_alerted
     let env = TestEnv::new("t_fd_bypass").await?;
     let db = env.name.clone();
     let hook = Receiver::start().await?;
-    let extra = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 2s }\nalerts:\n  webhooks: [ { kind: generic, url_env: DR_TEST_WEBHOOK } ]\n";
-    let b = Agent::start(
+    let (a, b) = alerting_pair(
         &env,
-        &AgentSpec {
-            dc: "dc-b",
-            peer_address: "https://127.0.0.1:1".into(),
-            grpc_port: 0,
-            extra_yaml: extra,
-        },
-    )
-    .await?;
-    let a = Agent::start_with_vars(
-        &env,
-        &AgentSpec {
-            dc: "dc-a",
-            peer_address: format!("https://{}", b.grpc),
-            grpc_port: 0,
-            extra_yaml: extra,
-        },
-        &[("DR_TEST_WEBHOOK", &hook.url)],
+        "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 2s }",
+        &hook,
     )
     .await?;
     let ctl = env.drctl(&a, &b);
@@ -841,5 +855,89 @@ async fn sync_mode_refuses_or_degrades_while_the_standby_is_away_and_converges()
         st.sync_state.starts_with("sync: writes wait").then_some(())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_bound_the_change_log_is_cleared_alerted_and_a_scan_replicates_what_it_held(
+) -> Result<()> {
+    let env = TestEnv::new("t_fd_overflow").await?;
+    let db = env.name.clone();
+    let hook = Receiver::start().await?;
+    // A 1 MB log; scans every 10 minutes, so only the first and the one
+    // the overflow asks for run during the test.
+    let (a, mut b) = alerting_pair(
+        &env,
+        "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m, change_log_max_mb: 1 }",
+        &hook,
+    )
+    .await?;
+    let ctl = env.drctl(&a, &b);
+    caught_up(&ctl).await?;
+    let (door, coll) = (door(&a)?, "c");
+    py(&["create", "--uri", &door, "--db", &db, "--collection", coll]).await?;
+    wait_until(LONG, "the collection on the standby", || {
+        identical(&env, coll)
+    })
+    .await?;
+    const OVERFLOWS: &str = "milvus_dr_change_log_overflows_total{datacenter=\"dc-a\"}";
+    assert_eq!(sample(&metrics(&a).await?, OVERFLOWS), Some(0.0));
+
+    info!("phase: the standby's agent stops; 40,000 rows (about 2 MB) through the door");
+    b.stop()?;
+    let out = py(&[
+        "burst",
+        "--uri",
+        &door,
+        "--db",
+        &db,
+        "--collection",
+        coll,
+        "--id",
+        "0",
+        "--count",
+        "40000",
+        "--batch",
+        "1000",
+    ])
+    .await?;
+    assert_eq!(
+        out["acked"].as_array().map(Vec::len),
+        Some(40_000),
+        "every write is accepted: {out}"
+    );
+    let m = metrics(&a).await?;
+    assert!(
+        sample(&m, OVERFLOWS).is_some_and(|n| n >= 1.0),
+        "the log reached its bound: {m}"
+    );
+    let bytes = sample(&m, "milvus_dr_change_log_bytes{datacenter=\"dc-a\"}").unwrap_or(-1.0);
+    assert!(
+        (0.0..=1_048_576.0).contains(&bytes),
+        "the log stays within its bound: {bytes}"
+    );
+    let fired = hook
+        .wait_for(LONG, "the change_log_overflow alert", |v| {
+            v["event"] == "change_log_overflow" && v["status"] == "firing"
+        })
+        .await?;
+    info!(%fired, "alerted");
+    assert_eq!(fired["detail"]["recovered"], false, "{fired}");
+    let st = ctl.status("dc-a").await?;
+    assert!(st.frontdoor.context("front door status")?.log_overflows >= 1);
+
+    info!("phase: the standby comes back; a scan pass replicates what the log dropped");
+    b.restart().await?;
+    let rows = wait_until(LONG, "the standby to equal the primary", || {
+        identical(&env, coll)
+    })
+    .await?;
+    assert_eq!(rows, 40_000);
+    hook.wait_for(LONG, "the alert resolved", |v| {
+        v["event"] == "change_log_overflow" && v["status"] == "resolved"
+    })
+    .await?;
+    let passes = sample(&metrics(&a).await?, PASSES).unwrap_or(0.0);
+    assert!(passes >= 2.0, "a scan pass replicated them: {passes}");
     Ok(())
 }

@@ -30,10 +30,24 @@ pub const ANTI_ENTROPY: &str = "anti_entropy_repair";
 pub const BYPASS: &str = "bypass_writes";
 /// Sync mode: the standby does not confirm writes in time.
 pub const SYNC_DEGRADED: &str = "sync_degraded";
+/// With the front door: the change log reached its bound and was cleared
+/// (resolved once the standby acknowledged the scan pass that replicates
+/// what it held).
+pub const CHANGE_LOG_OVERFLOW: &str = "change_log_overflow";
+
+/// What the previous evaluation saw of counted events, so that one that
+/// came and went between two evaluations is still alerted once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    /// `anti_entropy.repairing_runs`.
+    pub repairs: u64,
+    /// `log_overflows`.
+    pub overflows: u64,
+}
 
 /// What should be active now: each key with its alert, or `None` (clear).
-/// `repairs_alerted`: `st.anti_entropy.repairing_runs` as of the previous
-/// evaluation, so that a repairing run is alerted even if a clean run
+/// `seen`: the counts as of the previous evaluation, so that a repairing
+/// run (an overflow) is alerted even if a clean run (the recovery)
 /// followed it before this evaluation.
 pub fn evaluate(
     st: &ReplicationState,
@@ -41,7 +55,7 @@ pub fn evaluate(
     lag_alert: Duration,
     dc: &str,
     fenced_since_ms: Option<i64>,
-    repairs_alerted: u64,
+    seen: Seen,
 ) -> Vec<(&'static str, Option<Alert>)> {
     let lag = if st.role == Role::Source {
         // Unknown until the standby first acknowledges a pass (the stream
@@ -100,7 +114,7 @@ pub fn evaluate(
         (LAG, lag),
         (HELD, held),
         (FENCED, fenced),
-        (ANTI_ENTROPY, anti_entropy(st, dc, repairs_alerted)),
+        (ANTI_ENTROPY, anti_entropy(st, dc, seen.repairs)),
         (BYPASS, bypass(st, dc)),
         (
             SYNC_DEGRADED,
@@ -118,7 +132,34 @@ pub fn evaluate(
                 }),
             }),
         ),
+        (CHANGE_LOG_OVERFLOW, overflow(st, dc, seen.overflows)),
     ]
+}
+
+/// Raised by the primary from the change log's overflow until the standby
+/// acknowledged a scan pass that started after it (or, when the recovery
+/// came before this evaluation, once).
+fn overflow(st: &ReplicationState, dc: &str, overflows_alerted: u64) -> Option<Alert> {
+    let recovering = st.log_overflow_ms > 0 && st.applied_snapshot_ms < st.log_overflow_ms;
+    if st.role != Role::Source || !(recovering || st.log_overflows > overflows_alerted) {
+        return None;
+    }
+    Some(Alert {
+        key: CHANGE_LOG_OVERFLOW.into(),
+        severity: Severity::Error,
+        summary: format!(
+            "the change log of {dc} reached frontdoor.change_log_max_mb and was cleared: the writes it held reach the standby by a full scan pass instead, slower ({})",
+            if recovering { "in progress" } else { "done" }
+        ),
+        detail: json!({
+            "overflows": st.log_overflows,
+            "overflow_ms": st.log_overflow_ms,
+            "recovered": !recovering,
+            "epoch": st.epoch,
+            "connected": st.connected,
+            "cause": "the standby was away, or applied writes slower than clients made them, for longer than the log holds: raise frontdoor.change_log_max_mb, or bring the standby back sooner",
+        }),
+    })
 }
 
 /// Raised by the primary while its newest scan pass found rows that did
@@ -192,14 +233,17 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut fenced_since = None;
-    let mut repairs_alerted = 0;
+    let mut seen = Seen::default();
     loop {
         let now = dr_proto::now_ms();
         let conditions = {
             let st = state.lock().unwrap();
             fenced_since = (st.role == Role::Fenced).then(|| fenced_since.unwrap_or(now));
-            let v = evaluate(&st, now, lag_alert, &dc, fenced_since, repairs_alerted);
-            repairs_alerted = st.anti_entropy.repairing_runs;
+            let v = evaluate(&st, now, lag_alert, &dc, fenced_since, seen);
+            seen = Seen {
+                repairs: st.anti_entropy.repairing_runs,
+                overflows: st.log_overflows,
+            };
             v
         };
         for (key, alert) in conditions {
@@ -249,8 +293,16 @@ mod tests {
     #[test]
     fn lag_is_alerted_by_the_primary_over_the_threshold_only() {
         let t = Duration::from_secs(60);
-        assert!(active(&evaluate(&source(100_000), 150_000, t, "dc-a", None, 0)).is_empty());
-        let v = evaluate(&source(100_000), 170_001, t, "dc-a", None, 0);
+        assert!(active(&evaluate(
+            &source(100_000),
+            150_000,
+            t,
+            "dc-a",
+            None,
+            Seen::default()
+        ))
+        .is_empty());
+        let v = evaluate(&source(100_000), 170_001, t, "dc-a", None, Seen::default());
         assert_eq!(active(&v), vec![LAG]);
         let a = v[0].1.as_ref().unwrap();
         assert!(a.summary.contains("lags 70.0 s"), "{}", a.summary);
@@ -260,7 +312,15 @@ mod tests {
             role: Role::Sink,
             ..source(100_000)
         };
-        assert!(active(&evaluate(&standby, 999_999, t, "dc-b", None, 0)).is_empty());
+        assert!(active(&evaluate(
+            &standby,
+            999_999,
+            t,
+            "dc-b",
+            None,
+            Seen::default()
+        ))
+        .is_empty());
     }
 
     #[test]
@@ -280,7 +340,14 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let v = evaluate(&st, 100_500, Duration::from_secs(60), "dc-a", None, 0);
+        let v = evaluate(
+            &st,
+            100_500,
+            Duration::from_secs(60),
+            "dc-a",
+            None,
+            Seen::default(),
+        );
         assert_eq!(active(&v), vec![HELD]);
         assert_eq!(
             v[1].1.as_ref().unwrap().detail["collections"][0],
@@ -297,7 +364,7 @@ mod tests {
             Duration::from_secs(60),
             "dc-b",
             None,
-            0
+            Seen::default()
         ))
         .is_empty());
         st.collections.truncate(0);
@@ -307,7 +374,7 @@ mod tests {
             Duration::from_secs(60),
             "dc-a",
             None,
-            0
+            Seen::default()
         ))
         .is_empty());
     }
@@ -325,10 +392,10 @@ mod tests {
                 .find(|(k, _)| *k == BYPASS)
                 .and_then(|(_, a)| a.clone())
         };
-        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).is_none());
         st.bypass.last_pass_rows = 2;
         st.bypass.findings = vec![("db.c".into(), 2, vec!["7".into(), "9".into()])];
-        let a = bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).expect("raised");
+        let a = bypass(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).expect("raised");
         assert!(
             a.summary
                 .contains("2 row(s) written around the front door (db.c)"),
@@ -338,10 +405,10 @@ mod tests {
         assert_eq!(a.detail["collections"][0]["sample_keys"][1], "9");
         // Not on a standby, and not without the change log.
         st.role = Role::Sink;
-        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).is_none());
         st.role = Role::Source;
         st.bypass.last_pass_rows = 0;
-        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        assert!(bypass(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).is_none());
     }
 
     #[test]
@@ -357,10 +424,10 @@ mod tests {
                 .find(|(k, _)| *k == SYNC_DEGRADED)
                 .and_then(|(_, a)| a.clone())
         };
-        assert!(sync(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        assert!(sync(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).is_none());
         st.sync_degraded = true;
         st.log_depth.entries = 7;
-        let a = sync(&evaluate(&st, 1, t, "dc-a", None, 0)).expect("raised");
+        let a = sync(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).expect("raised");
         assert_eq!(a.severity, Severity::Error);
         assert!(
             a.summary.contains("sync replication from dc-a is degraded"),
@@ -369,7 +436,7 @@ mod tests {
         );
         assert_eq!(a.detail["unapplied_writes"], 7);
         st.role = Role::Sink;
-        assert!(sync(&evaluate(&st, 1, t, "dc-a", None, 0)).is_none());
+        assert!(sync(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).is_none());
     }
 
     #[test]
@@ -377,7 +444,17 @@ mod tests {
         use crate::replication::antientropy::Finding;
         let t = Duration::from_secs(60);
         let ae = |st: &ReplicationState, seen: u64| {
-            let v = evaluate(st, 100_500, t, "dc-a", None, seen);
+            let v = evaluate(
+                st,
+                100_500,
+                t,
+                "dc-a",
+                None,
+                Seen {
+                    repairs: seen,
+                    overflows: 0,
+                },
+            );
             assert_eq!(v[3].0, ANTI_ENTROPY);
             v[3].1.clone()
         };
@@ -396,7 +473,7 @@ mod tests {
         }];
         let a = ae(&st, 0).expect("raised");
         assert_eq!(
-            active(&evaluate(&st, 100_500, t, "dc-a", None, 0)),
+            active(&evaluate(&st, 100_500, t, "dc-a", None, Seen::default())),
             vec![ANTI_ENTROPY]
         );
         assert_eq!(a.severity, Severity::Warning);
@@ -441,8 +518,16 @@ mod tests {
             ..source(0)
         };
         // A short fence (a switchover's hand-over) is not alerted.
-        assert!(active(&evaluate(&fenced, 105_000, t, "dc-a", Some(100_000), 0)).is_empty());
-        let v = evaluate(&fenced, 110_000, t, "dc-a", Some(100_000), 0);
+        assert!(active(&evaluate(
+            &fenced,
+            105_000,
+            t,
+            "dc-a",
+            Some(100_000),
+            Seen::default()
+        ))
+        .is_empty());
+        let v = evaluate(&fenced, 110_000, t, "dc-a", Some(100_000), Seen::default());
         assert_eq!(active(&v), vec![FENCED]);
         let a = v[2].1.as_ref().unwrap();
         assert!(
@@ -461,8 +546,48 @@ mod tests {
             t,
             "dc-a",
             Some(100_000),
-            0
+            Seen::default()
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn a_change_log_overflow_is_alerted_until_the_standby_applied_the_scan_after_it() {
+        let t = Duration::from_secs(60);
+        let ov = |st: &ReplicationState, seen: u64| {
+            let v = evaluate(
+                st,
+                100_500,
+                t,
+                "dc-a",
+                None,
+                Seen {
+                    repairs: 0,
+                    overflows: seen,
+                },
+            );
+            let (k, a) = v.last().unwrap().clone();
+            assert_eq!(k, CHANGE_LOG_OVERFLOW);
+            a
+        };
+        let mut st = source(100_000);
+        assert!(ov(&st, 0).is_none(), "never overflowed");
+        st.log_overflows = 1;
+        st.log_overflow_ms = 100_200;
+        let a = ov(&st, 0).expect("raised");
+        assert_eq!(a.severity, Severity::Error);
+        assert_eq!(a.detail["recovered"], false);
+        assert!(ov(&st, 1).is_some(), "held until the standby has the scan");
+        st.applied_snapshot_ms = 100_300;
+        assert!(ov(&st, 1).is_none(), "recovered and already alerted");
+        assert_eq!(
+            ov(&st, 0)
+                .expect("came and went between two evaluations")
+                .detail["recovered"],
+            true
+        );
+        st.applied_snapshot_ms = 0;
+        st.role = Role::Sink;
+        assert!(ov(&st, 0).is_none(), "a standby does not raise it");
     }
 }

@@ -40,7 +40,14 @@ impl Verify {
                 nameservers.push(resolve_addr(&r.server)?);
             }
         }
-        let own_port = url_port(&cfg.local().milvus.endpoint);
+        // The port clients use behind the name: the front door's when there
+        // is one, else Milvus's own.
+        let own_port = cfg
+            .frontdoor
+            .as_ref()
+            .map(|f| f.listen.port())
+            .filter(|p| *p != 0)
+            .or_else(|| url_port(&cfg.local().milvus.endpoint));
         Ok(Verify {
             nameservers,
             record: cfg

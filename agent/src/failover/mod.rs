@@ -628,7 +628,7 @@ async fn execute(
                 };
             state.lock().unwrap().draining_until = Some(Instant::now() + deadline);
             if let Some(log) = &rt.source_cfg.log {
-                if let Err(e) = log.request_rescan() {
+                if let Err(e) = log.request_rescan("a switchover drains this primary") {
                     warn!(error = %format!("{e:#}"), "switchover: could not ask for a pass");
                 }
             }

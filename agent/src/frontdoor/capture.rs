@@ -171,7 +171,16 @@ pub struct Capture {
     state: crate::replication::SharedState,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     schemas: std::sync::Mutex<HashMap<String, mv::CollectionInfo>>,
+    /// The log's time per write, by step (see [`super::Stats`]).
+    log_seconds: LogSeconds,
 }
+
+/// The change log's time per step, as a metric family.
+pub type LogSeconds = prometheus_client::metrics::family::Family<
+    Vec<(String, String)>,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
 
 impl Capture {
     pub fn new(
@@ -179,6 +188,7 @@ impl Capture {
         milvus: Milvus,
         sync: Arc<Sync>,
         state: crate::replication::SharedState,
+        log_seconds: LogSeconds,
     ) -> Capture {
         Capture {
             log,
@@ -187,7 +197,23 @@ impl Capture {
             state,
             locks: Default::default(),
             schemas: Default::default(),
+            log_seconds,
         }
+    }
+
+    /// Runs `work` on the log off the async threads, timed as `step`.
+    async fn timed<T: Send + 'static>(
+        &self,
+        step: &str,
+        work: impl FnOnce(&ChangeLog) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let log = self.log.clone();
+        let start = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || work(&log)).await;
+        self.log_seconds
+            .get_or_create(&vec![("step".into(), step.into())])
+            .observe(start.elapsed().as_secs_f64());
+        r
     }
 
     /// The write order of one collection.
@@ -277,14 +303,13 @@ impl Capture {
     /// [`ChangeLog::prepare`]); `None`: it could not be, and a scan pass
     /// was asked for.
     pub async fn prepare(&self, entry: pb::ChangeLogEntry) -> Option<Prepared> {
-        let log = self.log.clone();
-        match tokio::task::spawn_blocking(move || log.prepare(&entry)).await {
+        match self.timed("prepare", move |log| log.prepare(&entry)).await {
             Ok(Ok(Appended::At(at))) => Some(Prepared {
                 log: self.log.clone(),
                 at: Some(at),
             }),
             r => {
-                self.not_logged(r.map(|r| r.map(|_| ())));
+                self.not_logged(NotLogged::of(r));
                 None
             }
         }
@@ -296,17 +321,23 @@ impl Capture {
     /// was asked for).
     pub async fn acknowledge(&self, mut p: Prepared, ids: Option<pb::Keys>) -> Option<u64> {
         let at = p.at.take()?;
-        let log = self.log.clone();
-        let r =
-            tokio::task::spawn_blocking(move || log.acknowledge(at, dr_proto::now_ms(), ids)).await;
+        let r = self
+            .timed("acknowledge", move |log| {
+                log.acknowledge(at, dr_proto::now_ms(), ids)
+            })
+            .await;
         match r {
             Ok(Ok(true)) => {
                 self.state.lock().unwrap().log_depth = self.log.depth();
                 Some(at)
             }
             Ok(Ok(false)) => None,
-            r => {
-                self.not_logged(r.map(|r| r.map(|_| ())));
+            Ok(Err(e)) => {
+                self.not_logged(NotLogged::Failed(e));
+                None
+            }
+            Err(e) => {
+                self.not_logged(NotLogged::Panicked(e));
                 None
             }
         }
@@ -323,16 +354,26 @@ impl Capture {
     }
 
     /// A write the log could not take: a scan pass will find it.
-    fn not_logged(&self, r: Result<Result<()>, tokio::task::JoinError>) {
-        match r {
-            Ok(Ok(())) => tracing::warn!("front door: the change log reached frontdoor.change_log_max_mb; cleared, a full scan pass replicates what it held"),
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "front door: a write could not be logged; a full scan pass will replicate it");
-                let _ = self.log.request_rescan();
+    fn not_logged(&self, why: NotLogged) {
+        match why {
+            NotLogged::Overflowed => {
+                tracing::warn!("front door: the change log reached frontdoor.change_log_max_mb; cleared, a full scan pass replicates what it held");
+                let mut s = self.state.lock().unwrap();
+                s.log_overflows += 1;
+                s.log_overflow_ms = dr_proto::now_ms();
+                s.log_depth = self.log.depth();
             }
-            Err(e) => {
+            NotLogged::Failed(e) => {
+                tracing::error!(error = %format!("{e:#}"), "front door: a write could not be logged; a full scan pass will replicate it");
+                let _ = self
+                    .log
+                    .request_rescan(&format!("a write could not be logged: {e:#}"));
+            }
+            NotLogged::Panicked(e) => {
                 tracing::error!(error = %e, "front door: logging a write failed");
-                let _ = self.log.request_rescan();
+                let _ = self
+                    .log
+                    .request_rescan(&format!("logging a write failed: {e}"));
             }
         }
     }
@@ -341,14 +382,13 @@ impl Capture {
     /// a scan pass instead (nothing acknowledged is lost: the scan finds
     /// it). Returns the position to wait for in sync mode.
     pub async fn log(&self, entry: pb::ChangeLogEntry) -> Option<u64> {
-        let log = self.log.clone();
-        match tokio::task::spawn_blocking(move || log.append(&entry)).await {
+        match self.timed("append", move |log| log.append(&entry)).await {
             Ok(Ok(Appended::At(at))) => {
                 self.state.lock().unwrap().log_depth = self.log.depth();
                 Some(at)
             }
             r => {
-                self.not_logged(r.map(|r| r.map(|_| ())));
+                self.not_logged(NotLogged::of(r));
                 None
             }
         }
@@ -376,6 +416,26 @@ impl Capture {
     }
 }
 
+/// Why a write is not in the change log (a scan pass replicates it).
+enum NotLogged {
+    /// The log reached its bound and was cleared.
+    Overflowed,
+    Failed(anyhow::Error),
+    Panicked(tokio::task::JoinError),
+}
+
+impl NotLogged {
+    /// From a log write that did not return a position.
+    fn of(r: Result<Result<Appended>, tokio::task::JoinError>) -> NotLogged {
+        match r {
+            Ok(Ok(Appended::Overflowed)) => NotLogged::Overflowed,
+            Ok(Ok(Appended::At(at))) => NotLogged::Failed(anyhow!("logged at {at}")),
+            Ok(Err(e)) => NotLogged::Failed(e),
+            Err(e) => NotLogged::Panicked(e),
+        }
+    }
+}
+
 /// A write in the change log waiting for Milvus's answer. Dropped
 /// unanswered (the client went away mid-call, or Milvus's answer was
 /// lost), it leaves the log and a scan pass is asked for: Milvus may have
@@ -391,7 +451,9 @@ impl Drop for Prepared {
             let log = self.log.clone();
             let work = move || {
                 let _ = log.abandon(at);
-                let _ = log.request_rescan();
+                let _ = log.request_rescan(
+                    "a write was passed to Milvus and its answer never came back (the client went away, or the answer was lost)",
+                );
             };
             match tokio::runtime::Handle::try_current() {
                 Ok(h) => drop(h.spawn_blocking(work)),
@@ -465,6 +527,22 @@ pub struct RowsHead {
     pub partition_name: String,
     #[prost(uint32, tag = "7")]
     pub num_rows: u32,
+}
+
+/// The head every collection-scoped DDL request of MilvusService shares
+/// (`db_name` 2, `collection_name` 3; RenameCollection's `oldName` 3):
+/// the write order it takes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DdlHead {
+    #[prost(string, tag = "2")]
+    pub db_name: String,
+    #[prost(string, tag = "3")]
+    pub collection_name: String,
+}
+
+/// Whether a DDL method is about one collection (not a database's).
+pub fn collection_scoped(method: &str) -> bool {
+    !matches!(method, "CreateDatabase" | "DropDatabase")
 }
 
 /// A log entry for an insert or upsert, before Milvus answered it (its
@@ -565,6 +643,71 @@ mod tests {
         ] {
             assert_eq!(keys_in_expr(other, "id"), None, "{other}");
         }
+    }
+
+    #[test]
+    fn ddl_calls_are_ordered_by_the_collection_they_name() {
+        use milvus::proto::milvus::{
+            CreateCollectionRequest, DropIndexRequest, LoadCollectionRequest,
+            RenameCollectionRequest,
+        };
+        let head = |m: Vec<u8>| {
+            let h = DdlHead::decode(grpc_message(&framed(&m)).unwrap()).unwrap();
+            (h.db_name, h.collection_name)
+        };
+        let want = ("db1".to_string(), "c".to_string());
+        assert_eq!(
+            head(
+                CreateCollectionRequest {
+                    db_name: "db1".into(),
+                    collection_name: "c".into(),
+                    schema: vec![1, 2, 3],
+                    shards_num: 2,
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            ),
+            want
+        );
+        assert_eq!(
+            head(
+                RenameCollectionRequest {
+                    db_name: "db1".into(),
+                    old_name: "c".into(),
+                    new_name: "d".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            ),
+            want
+        );
+        assert_eq!(
+            head(
+                DropIndexRequest {
+                    db_name: "db1".into(),
+                    collection_name: "c".into(),
+                    field_name: "v".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            ),
+            want
+        );
+        assert_eq!(
+            head(
+                LoadCollectionRequest {
+                    db_name: "db1".into(),
+                    collection_name: "c".into(),
+                    replica_number: 1,
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            ),
+            want
+        );
+        assert!(DDL_METHODS.iter().all(|m| kind(m) == Some(Kind::Ddl)));
+        assert!(!collection_scoped("CreateDatabase") && !collection_scoped("DropDatabase"));
+        assert!(collection_scoped("RenameCollection"));
     }
 
     #[test]

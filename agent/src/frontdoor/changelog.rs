@@ -2,12 +2,12 @@
 //! Milvus and Milvus acknowledged, kept on disk (redb, fsync'd) until the
 //! standby has applied it.
 //!
-//! A large write (an insert or upsert's rows) is written in two steps so
-//! that its cost overlaps the Milvus call instead of adding to it:
-//! [`ChangeLog::prepare`] writes the request while Milvus applies it, and
-//! [`ChangeLog::acknowledge`] (a small transaction) records Milvus's answer
-//! before the client gets it; a write Milvus refused is
-//! [`ChangeLog::abandon`]ed. The source reads only up to the first write
+//! A write (an insert or upsert's rows, a delete's keys) is written in two
+//! steps so that its cost overlaps the Milvus call instead of adding to
+//! it: [`ChangeLog::prepare`] writes and flushes the request while Milvus
+//! applies it, and [`ChangeLog::acknowledge`] (a small transaction, not
+//! flushed: the next flush carries it) records Milvus's answer before the
+//! client gets it; a write Milvus refused is [`ChangeLog::abandon`]ed. The source reads only up to the first write
 //! still waiting for its answer, so it sees acknowledged writes only, in
 //! order. A write prepared and never answered (the agent died in between)
 //! is dropped when the log is opened, and a scan pass asked for: Milvus
@@ -75,9 +75,16 @@ pub struct ChangeLog {
     /// Every position up to this one is applied on the standby (trimmed).
     applied: watch::Sender<u64>,
     /// Set when a write was not logged (bound reached, or a write the door
-    /// could not describe): a scan pass must run.
+    /// could not describe), or a drain asked: a scan pass must run.
     rescan: watch::Sender<bool>,
+    /// Why the pending scan pass was asked for (the first reason since the
+    /// last pass), for the log line that starts it.
+    rescan_why: Mutex<Option<String>>,
 }
+
+/// Why a scan pass is asked for when the log reaches its bound.
+pub const OVERFLOW: &str =
+    "the change log reached frontdoor.change_log_max_mb and was cleared (the standby was away or slower than the writes)";
 
 /// Where a write went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +159,13 @@ impl ChangeLog {
                 .max(applied + 1);
             (next, applied, get("rescan")?.unwrap_or(0) == 1, depth)
         };
+        let rescan_why = if unanswered > 0 {
+            Some("writes passed to Milvus were not answered before the agent stopped".to_string())
+        } else if rescan {
+            Some("asked for before the agent stopped, and not run yet".to_string())
+        } else {
+            None
+        };
         Ok(ChangeLog {
             db,
             inner: Mutex::new(Inner {
@@ -163,6 +177,7 @@ impl ChangeLog {
             appended: watch::channel(next - 1).0,
             applied: watch::channel(applied).0,
             rescan: watch::channel(rescan).0,
+            rescan_why: Mutex::new(rescan_why),
         })
     }
 
@@ -198,7 +213,7 @@ impl ChangeLog {
             inner.pending.clear();
             self.applied.send_replace(inner.next - 1);
             self.appended.send_replace(inner.next - 1);
-            self.rescan.send_replace(true);
+            self.asked(OVERFLOW);
             return Ok(Appended::Overflowed);
         }
         let at = inner.next;
@@ -227,7 +242,13 @@ impl ChangeLog {
     }
 
     /// Milvus acknowledged the write prepared at `at`, at `acked_ms`,
-    /// assigning `ids` (auto-id) or not. Durable when it returns. `false`:
+    /// assigning `ids` (auto-id) or not. Not flushed: the entry itself is on
+    /// disk since [`prepare`](Self::prepare), and the record of its answer
+    /// reaches the disk with the next durable commit. An agent killed before
+    /// that finds the entry unanswered at its restart: it is dropped and a
+    /// scan pass replicates what Milvus applied, as for a write that was
+    /// never answered (nothing acknowledged is lost; it takes a scan).
+    /// `false`:
     /// the entry is gone (the log overflowed, or a new epoch dropped it),
     /// so the write is not in the log.
     pub fn acknowledge(
@@ -240,7 +261,10 @@ impl ChangeLog {
         if !inner.pending.remove(&at) {
             return Ok(false);
         }
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // No flush on the client's path: the next durable commit (the next
+        // write's prepare, a trim) carries it.
+        txn.set_durability(redb::Durability::None);
         txn.open_table(ACKS)?
             .insert(at, ack_of(acked_ms, ids).as_slice())?;
         txn.commit()?;
@@ -280,26 +304,36 @@ impl ChangeLog {
         });
     }
 
-    /// Asks for a scan pass (a write the log could not describe).
-    pub fn request_rescan(&self) -> Result<()> {
+    /// Asks for a scan pass, saying `why` (a write the log could not
+    /// describe, a switchover's drain); the request survives a restart.
+    pub fn request_rescan(&self, why: &str) -> Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(META)?.insert("rescan", 1)?;
         txn.commit()?;
-        self.rescan.send_replace(true);
+        self.asked(why);
         Ok(())
     }
 
-    /// Whether a scan pass was asked for; clears the request (the caller
-    /// runs the pass).
-    pub fn take_rescan(&self) -> Result<bool> {
+    fn asked(&self, why: &str) {
+        self.rescan_why
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| why.to_string());
+        self.rescan.send_replace(true);
+    }
+
+    /// Whether a scan pass was asked for, and why; clears the request (the
+    /// caller runs the pass).
+    pub fn take_rescan(&self) -> Result<Option<String>> {
         if !*self.rescan.borrow() {
-            return Ok(false);
+            return Ok(None);
         }
         let txn = self.db.begin_write()?;
         txn.open_table(META)?.insert("rescan", 0)?;
         txn.commit()?;
         self.rescan.send_replace(false);
-        Ok(true)
+        let why = self.rescan_why.lock().unwrap().take();
+        Ok(Some(why.unwrap_or_else(|| "asked for".into())))
     }
 
     /// Up to `max_entries` entries after position `after`, in order (at
@@ -543,15 +577,20 @@ mod tests {
                 Appended::At(_)
             ));
         }
-        assert!(!log.take_rescan().unwrap());
+        assert_eq!(log.take_rescan().unwrap(), None);
         assert_eq!(log.append(&entry(1, 1, "c")).unwrap(), Appended::Overflowed);
         assert_eq!(log.depth().entries, 0);
         assert!(log.is_empty().unwrap());
         drop(log);
         // The request survives a restart, and is taken once.
         let log = ChangeLog::open(&path, one * 3).unwrap();
-        assert!(log.take_rescan().unwrap());
-        assert!(!log.take_rescan().unwrap());
+        assert!(log.take_rescan().unwrap().is_some());
+        assert_eq!(log.take_rescan().unwrap(), None);
+        // Asked for again, it says why (the first reason since the last
+        // pass).
+        log.request_rescan("a drain").unwrap();
+        log.request_rescan("another").unwrap();
+        assert_eq!(log.take_rescan().unwrap().as_deref(), Some("a drain"));
         assert_eq!(log.append(&entry(1, 1, "c")).unwrap(), Appended::At(4));
     }
 

@@ -91,6 +91,10 @@ pub struct ReplicationState {
     /// and lag is the age of its oldest entry.
     pub change_log: bool,
     pub log_depth: crate::frontdoor::changelog::Depth,
+    /// Times the change log reached its bound and was cleared, and the
+    /// newest (ms since the Unix epoch; 0: never).
+    pub log_overflows: u64,
+    pub log_overflow_ms: i64,
     /// Source with the front door: writes the scan found that did not come
     /// through it.
     pub bypass: Bypass,

@@ -338,10 +338,10 @@ async fn session(
                 None => true,
                 Some(log) => {
                     let asked = log.take_rescan()?;
-                    if asked {
-                        info!("a scan pass was asked for by the change log (bound reached, or a write it could not describe)");
+                    if let Some(why) = &asked {
+                        info!(%why, "scan pass: asked for");
                     }
-                    asked || Instant::now() >= next_scan
+                    asked.is_some() || Instant::now() >= next_scan
                 }
             };
             if scan_now {

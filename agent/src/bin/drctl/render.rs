@@ -46,6 +46,7 @@ pub struct FrontdoorLine {
     pub unapplied_writes: u64,
     pub unapplied_bytes: u64,
     pub bypass_rows: u64,
+    pub log_overflows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +118,7 @@ pub fn to_agent_status(dc: &str, r: Result<pb::StatusReply>) -> AgentStatus {
                     unapplied_writes: f.log_entries,
                     unapplied_bytes: f.log_bytes,
                     bypass_rows: f.bypass_rows,
+                    log_overflows: f.log_overflows,
                 }),
             }
         }
@@ -186,6 +188,12 @@ pub fn status_table(all: &[AgentStatus]) -> String {
                 f.unapplied_bytes,
                 f.bypass_rows
             );
+            if f.log_overflows > 0 {
+                out += &format!(
+                    "    front door: the change log reached its bound {} time(s) since the agent started (cleared; a scan pass replicated what it held)\n",
+                    f.log_overflows
+                );
+            }
         }
         for c in &s.collections {
             out += &format!(
