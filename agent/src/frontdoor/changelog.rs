@@ -53,15 +53,18 @@ pub struct Depth {
 struct Inner {
     next: u64,
     depth: Depth,
-    /// Prepared, not yet acknowledged nor abandoned.
-    pending: std::collections::BTreeSet<u64>,
+    /// Prepared, not yet acknowledged nor abandoned: position -> when
+    /// (ms since the Unix epoch).
+    pending: std::collections::BTreeMap<u64, i64>,
 }
 
 impl Inner {
     /// The newest position up to which every write is answered: what the
     /// source may read.
     fn ready(&self) -> u64 {
-        self.pending.first().map_or(self.next - 1, |p| p - 1)
+        self.pending
+            .first_key_value()
+            .map_or(self.next - 1, |(p, _)| p - 1)
     }
 }
 
@@ -235,7 +238,7 @@ impl ChangeLog {
                 inner.depth.oldest_ms = entry.acked_ms;
             }
         } else {
-            inner.pending.insert(at);
+            inner.pending.insert(at, dr_proto::now_ms());
         }
         self.publish(&inner);
         Ok(Appended::At(at))
@@ -258,7 +261,7 @@ impl ChangeLog {
         ids: Option<dr_proto::pb::Keys>,
     ) -> Result<bool> {
         let mut inner = self.inner.lock().unwrap();
-        if !inner.pending.remove(&at) {
+        if inner.pending.remove(&at).is_none() {
             return Ok(false);
         }
         let mut txn = self.db.begin_write()?;
@@ -278,7 +281,7 @@ impl ChangeLog {
     /// Milvus did not apply the write prepared at `at`: drops it.
     pub fn abandon(&self, at: u64) -> Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        if !inner.pending.remove(&at) {
+        if inner.pending.remove(&at).is_none() {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
@@ -446,6 +449,20 @@ impl ChangeLog {
         inner.depth = depth;
         self.publish(&inner);
         Ok(dropped)
+    }
+
+    /// A time such that every write acknowledged to a client before it is
+    /// readable now: now, or when the oldest write still waiting for
+    /// Milvus's answer was prepared (writes behind it wait for it, and were
+    /// acknowledged after it was prepared). Taken before a read that comes
+    /// back empty, it says the reader has everything acknowledged before it.
+    pub fn readable_as_of(&self) -> i64 {
+        let inner = self.inner.lock().unwrap();
+        let now = dr_proto::now_ms();
+        inner
+            .pending
+            .first_key_value()
+            .map_or(now, |(_, at)| (*at).min(now))
     }
 
     pub fn depth(&self) -> Depth {
@@ -709,5 +726,30 @@ mod tests {
             "nothing holds the source up"
         );
         assert!(small.read_after(0, 10, usize::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn what_is_readable_is_as_of_the_oldest_write_still_waiting_for_milvus() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ChangeLog::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+        let before = dr_proto::now_ms();
+        assert!(log.readable_as_of() >= before, "nothing waits: now");
+        let Appended::At(a) = log.prepare(&entry(1, 0, "c")).unwrap() else {
+            panic!("not logged")
+        };
+        let prepared = dr_proto::now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A later write, answered, waits behind the first: it is not
+        // readable, and the time says so.
+        assert_eq!(log.append(&entry(1, 5, "c")).unwrap(), Appended::At(a + 1));
+        let as_of = log.readable_as_of();
+        assert!(
+            (before..=prepared).contains(&as_of),
+            "{before} <= {as_of} <= {prepared}"
+        );
+        assert!(log.read_after(0, 10, usize::MAX).unwrap().is_empty());
+        assert!(log.acknowledge(a, 10, None).unwrap());
+        assert!(log.readable_as_of() >= prepared + 20);
+        assert_eq!(log.read_after(0, 10, usize::MAX).unwrap().len(), 2);
     }
 }

@@ -561,8 +561,11 @@ impl Inner {
             ms = started.elapsed().as_millis() as u64, "applied batch"
         );
         cp.applied_seq = b.seq;
-        if b.pass_snapshot_ms > 0 {
-            cp.applied_snapshot_ms = cp.applied_snapshot_ms.max(b.pass_snapshot_ms);
+        // A scan pass's snapshot, or the change log's (writes through the
+        // front door): the primary's state as of then is applied here.
+        let snapshot = b.pass_snapshot_ms.max(b.log_snapshot_ms);
+        if snapshot > 0 {
+            cp.applied_snapshot_ms = cp.applied_snapshot_ms.max(snapshot);
         }
         cp.store(&self.path).map_err(internal)?;
         let mut s = self.state.lock().unwrap();

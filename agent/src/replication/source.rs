@@ -323,6 +323,7 @@ async fn session(
         catalog: None,
         milvus: milvus.clone(),
         log_sent: cfg.log.as_ref().map_or(0, |l| l.applied()),
+        log_snapshot_sent: 0,
         touched: None,
         bypass: BTreeMap::new(),
     };
@@ -367,7 +368,11 @@ async fn session(
             }
             if !rotated.has_changed().unwrap_or(false) {
                 let wait = if cfg.log.is_some() {
-                    next_scan.saturating_duration_since(Instant::now())
+                    // Woken by writes; otherwise every poll_interval, to
+                    // send the log's applied time (see `drain`).
+                    next_scan
+                        .saturating_duration_since(Instant::now())
+                        .min(cfg.poll_interval)
                 } else {
                     cfg.poll_interval
                 };
@@ -436,6 +441,8 @@ struct Sender<'a> {
     milvus: Milvus,
     /// The newest change-log position sent on this stream.
     log_sent: u64,
+    /// The newest `log_snapshot_ms` sent on this stream.
+    log_snapshot_sent: i64,
     /// While a scan pass runs: keys the change log sent since it began.
     /// The pass, pinned to its start, must not undo them.
     touched: Option<std::collections::HashSet<(u64, Pk)>>,
@@ -1021,13 +1028,29 @@ impl Gathered {
 /// Sends what the change log holds beyond what this stream sent:
 /// consecutive writes to one collection (and partition) are gathered into
 /// one batch of upserts, or of deletes, in log order.
+/// How often an idle change log tells the standby how far it is applied.
+const LOG_SNAPSHOT_EVERY_MS: i64 = 250;
+
 async fn drain(s: &mut Sender<'_>) -> Result<()> {
     let Some(log) = s.cfg.log.clone() else {
         return Ok(());
     };
     loop {
+        let as_of = log.readable_as_of();
         let entries = log.read_after(s.log_sent, 1024, 32 << 20)?;
         let Some(&(last, _)) = entries.last() else {
+            // Every write acknowledged through the door before `as_of` is
+            // on the stream: say so after it, so that the standby's applied
+            // time (its lag, the witnesses' data-loss estimate, `verify
+            // --settle`) advances between scan passes, writes or none.
+            if as_of >= s.log_snapshot_sent + LOG_SNAPSHOT_EVERY_MS {
+                let mark = pb::ChangeBatch {
+                    log_snapshot_ms: as_of,
+                    ..Default::default()
+                };
+                s.send_staged(mark, &[(0, &[])], None).await?;
+                s.log_snapshot_sent = as_of;
+            }
             return Ok(());
         };
         let mut acc: Option<Gathered> = None;
