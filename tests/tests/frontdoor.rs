@@ -410,6 +410,23 @@ async fn writes_through_the_front_door_reach_the_standby_from_the_change_log_not
         .is_some_and(|l| l == 0.0),
         "nothing unapplied: no lag: {depth}"
     );
+    info!("phase: idle; the standby's applied time keeps up without a scan");
+    let t = dr_proto::now_ms();
+    let applied = wait_until(
+        Duration::from_secs(30),
+        "the standby's applied time to pass now",
+        || async {
+            let r = ctl.status("dc-b").await.ok()?.replication?;
+            (r.applied_snapshot_ms >= t).then_some(r.applied_snapshot_ms)
+        },
+    )
+    .await?;
+    info!(behind_ms = applied - t, "standby applied time");
+    assert_eq!(
+        sample(&metrics(&a).await?, PASSES),
+        Some(1.0),
+        "still no scan pass"
+    );
     let st = ctl.status("dc-a").await?;
     let fd = st.frontdoor.context("status shows the front door")?;
     info!(?fd, "dc-a's front door in status");
