@@ -729,6 +729,17 @@ pub async fn start_pair(
     extra_yaml: &str,
     via: Option<&proxy::Proxy>,
 ) -> Result<(Agent, Agent)> {
+    start_pair_with_vars(env, extra_yaml, via, &[]).await
+}
+
+/// [`start_pair`], with environment variables for the primary's process
+/// (e.g. the URL of an alert webhook).
+pub async fn start_pair_with_vars(
+    env: &TestEnv,
+    extra_yaml: &str,
+    via: Option<&proxy::Proxy>,
+    primary_vars: &[(&str, &str)],
+) -> Result<(Agent, Agent)> {
     let b = Agent::start(
         env,
         &AgentSpec {
@@ -746,7 +757,7 @@ pub async fn start_pair(
         }
         None => b.grpc,
     };
-    let a = Agent::start(
+    let a = Agent::start_with_vars(
         env,
         &AgentSpec {
             dc: "dc-a",
@@ -754,6 +765,7 @@ pub async fn start_pair(
             grpc_port: 0,
             extra_yaml,
         },
+        primary_vars,
     )
     .await?;
     Ok((a, b))

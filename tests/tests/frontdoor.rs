@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use dr_agent::client::DrctlConfig;
 use dr_agent::milvus::Pk;
 use dr_tests::webhook::Receiver;
-use dr_tests::{data, start_pair, wait_until, Agent, AgentSpec, TestEnv};
+use dr_tests::{data, start_pair, start_pair_with_vars, wait_until, Agent, TestEnv};
 use serde_json::Value;
 use tracing::info;
 
@@ -329,28 +329,7 @@ async fn alerting_pair(env: &TestEnv, frontdoor: &str, hook: &Receiver) -> Resul
     let extra = format!(
         "{frontdoor}\nalerts:\n  webhooks: [ {{ kind: generic, url_env: DR_TEST_WEBHOOK }} ]\n"
     );
-    let b = Agent::start(
-        env,
-        &AgentSpec {
-            dc: "dc-b",
-            peer_address: "https://127.0.0.1:1".into(),
-            grpc_port: 0,
-            extra_yaml: &extra,
-        },
-    )
-    .await?;
-    let a = Agent::start_with_vars(
-        env,
-        &AgentSpec {
-            dc: "dc-a",
-            peer_address: format!("https://{}", b.grpc),
-            grpc_port: 0,
-            extra_yaml: &extra,
-        },
-        &[("DR_TEST_WEBHOOK", &hook.url)],
-    )
-    .await?;
-    Ok((a, b))
+    start_pair_with_vars(env, &extra, None, &[("DR_TEST_WEBHOOK", &hook.url)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
