@@ -62,6 +62,9 @@ pub struct Extra<'a> {
     pub agents: &'a str,
     /// Every witness.
     pub witnesses: &'a str,
+    /// More keys of both agents' `replication:` section, each line
+    /// indented by two spaces (`"  mode: sync\n"`).
+    pub replication: &'a str,
 }
 
 /// [`deploy`], with more YAML for the agents' and witnesses' configs.
@@ -102,7 +105,8 @@ pub async fn deploy_with(
             peer_address: format!("https://{}", pa.addr),
             grpc_port: 0,
             extra_yaml: &format!(
-                "{}\nfailover: {failover}\n{}",
+                "{}{}\nfailover: {failover}\n{}",
+                extra.replication,
                 w.agent_yaml("dc-b"),
                 extra.agents
             ),
@@ -116,7 +120,8 @@ pub async fn deploy_with(
             peer_address: format!("https://{}", pb.addr),
             grpc_port: 0,
             extra_yaml: &format!(
-                "{}\nfailover: {failover}\n{}{}",
+                "{}{}\nfailover: {failover}\n{}{}",
+                extra.replication,
                 w.agent_yaml("dc-a"),
                 extra.agents,
                 extra.a

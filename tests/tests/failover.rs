@@ -1629,3 +1629,240 @@ for c in man["collections"]:
     );
     Ok(())
 }
+
+/// One write a client made through a front door, as the client saw it.
+struct Sent {
+    key: i64,
+    acked: bool,
+    /// When the client had the answer (µs since the epoch).
+    answered_us: i64,
+    error: String,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// A client writing one new key at a time through `door`, 50 writes a
+/// second, until `stop` turns true.
+async fn door_writer(
+    door: dr_agent::milvus::Milvus,
+    db: String,
+    first: i64,
+    stop: tokio::sync::watch::Receiver<bool>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Sent>>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for key in first.. {
+        tick.tick().await;
+        if *stop.borrow() {
+            break;
+        }
+        let r = data::insert(&door, &db, "c", SIMPLE, &[key], 1).await;
+        sent.lock().unwrap().push(Sent {
+            key,
+            acked: r.is_ok(),
+            answered_us: now_us(),
+            error: r.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+        });
+    }
+}
+
+/// A primary cut off silently (packets to the witnesses and to its peer
+/// dropped) while a client that still reaches it writes through its front
+/// door, 50 writes a second, before and after the standby takes over. The
+/// door refuses the client once its lease has run out, and acknowledges no
+/// write after the new primary acts (the issue measured 904–914 such
+/// writes per run going straight into the old primary's Milvus). In sync
+/// mode every write it acknowledged is on the new primary when it takes
+/// over; in async mode those that are not are the replication lag's loss,
+/// counted. After the heal, both clusters are identical and hold every
+/// acknowledged write; the old primary's unacknowledged writes are the
+/// divergent rows it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_primarys_front_door_acknowledges_nothing_the_new_primary_lacks_in_sync_mode(
+) -> Result<()> {
+    cut_off_door("fo_door_cut_sync", true).await
+}
+
+/// The same cut in async mode: no write acknowledged after the new
+/// primary acts; the writes acknowledged before the cut that had not
+/// reached the standby are counted (and kept by the old primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_primarys_front_door_refuses_its_clients_once_fenced() -> Result<()> {
+    cut_off_door("fo_door_cut_async", false).await
+}
+
+async fn cut_off_door(name: &str, sync: bool) -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let replication = if sync {
+        "  mode: sync\n  sync_timeout: 3s\n  sync_on_timeout: refuse\n"
+    } else {
+        ""
+    };
+    let d = deploy_with(
+        name,
+        FAST_WIDE_BUDGET,
+        None,
+        Extra {
+            agents: "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }",
+            replication,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let db = d.env.name.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = tokio::spawn(door_writer(
+        door_of(&d, "dc-a")?,
+        db.clone(),
+        100_000,
+        stopped,
+        sent.clone(),
+    ));
+    // (count(*): the rows keep coming, so no key-by-key read matches it.)
+    wait_until(LONG, "the client's writes replicating", || async {
+        let m = &d.env.standby;
+        let n = m.count(&m.describe(&db, "c").await.ok()?).await.ok()?;
+        (n >= 250).then_some(())
+    })
+    .await
+    .with_context(|| {
+        let s = sent.lock().unwrap();
+        let last = s.iter().rev().find(|s| !s.acked).map(|s| s.error.clone());
+        format!("{} writes sent, last error: {last:?}", s.len())
+    })
+    .with_context(|| d.logs())?;
+
+    info!("cut dc-a off silently: from the witnesses and from dc-b's agent, both ways");
+    let cut_us = now_us();
+    d.w.isolate_a(true);
+    d.pa.silence(true);
+    d.pb.silence(true);
+    wait_source(&d, "dc-b", 2).await?;
+    let promoted = log_time(
+        &d.b.log,
+        &[
+            "acting as primary: starting the replication source",
+            "epoch=2",
+        ],
+    )
+    .context("dc-b logged its promotion")?;
+    // The client keeps reaching dc-a's door for a while after the takeover.
+    wait_until(LONG, "two seconds of writes after the takeover", || async {
+        (now_us() > promoted + 2_000_000).then_some(())
+    })
+    .await?;
+    stop.send_replace(true);
+    writer.await?;
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let fenced = stopped_acting_after(&d.a.log, cut_us).context("dc-a stopped acting")?;
+    let on_b = data::read_all(&d.env.standby, &db, "c").await?;
+    let on_a = data::read_all(&d.env.primary, &db, "c").await?;
+
+    let acked: Vec<&Sent> = sent.iter().filter(|s| s.acked).collect();
+    let late: Vec<i64> = acked
+        .iter()
+        .filter(|s| s.answered_us >= promoted)
+        .map(|s| s.key)
+        .collect();
+    let after_fence = acked.iter().filter(|s| s.answered_us > fenced).count();
+    let refused = sent
+        .iter()
+        .filter(|s| s.error.contains("is not the primary"))
+        .count();
+    let missing: Vec<i64> = acked
+        .iter()
+        .filter(|s| !on_b.contains_key(&data::pks(SIMPLE, &[s.key])[0]))
+        .map(|s| s.key)
+        .collect();
+    let others: Vec<&str> = sent
+        .iter()
+        .filter(|s| !s.acked && !s.error.contains("is not the primary"))
+        .map(|s| s.error.as_str())
+        .collect();
+    println!(
+        "{}: {} writes, {} acknowledged; dc-a stopped acting {:.2}s after the cut, dc-b acted {:.2}s after it; \
+         acknowledged after dc-a stopped acting: {after_fence}, after dc-b acted: {}; \
+         refused as not the primary: {refused}; otherwise not acknowledged: {}; \
+         acknowledged and not on dc-b when it took over: {}",
+        if sync { "sync" } else { "async" },
+        sent.len(),
+        acked.len(),
+        (fenced - cut_us) as f64 / 1e6,
+        (promoted - cut_us) as f64 / 1e6,
+        late.len(),
+        others.len(),
+        missing.len(),
+    );
+    if let Some(e) = others.first() {
+        info!(error = %e, "a write that was not acknowledged");
+    }
+    ensure!(
+        late.is_empty(),
+        "dc-a's door acknowledged {} write(s) after dc-b acted as primary: {late:?}",
+        late.len()
+    );
+    ensure!(
+        refused > 0,
+        "the client reached dc-a's door after the takeover and was never refused"
+    );
+    if sync {
+        ensure!(
+            missing.is_empty(),
+            "sync mode: {} acknowledged write(s) are not on the new primary: {missing:?}",
+            missing.len()
+        );
+    }
+    // What dc-a holds that dc-b lacks: acknowledged writes that had not
+    // replicated (async), and writes its Milvus applied that were not
+    // acknowledged (the sync timeout, or the lease running out meanwhile).
+    let divergent = on_a.keys().filter(|k| !on_b.contains_key(k)).count() as u64;
+    ensure!(
+        divergent >= missing.len() as u64,
+        "{divergent} keys on dc-a only, {} acknowledged ones missing on dc-b",
+        missing.len()
+    );
+
+    info!("heal: dc-a comes back as the standby, keeps its divergent rows, resyncs");
+    d.w.isolate_a(false);
+    d.pa.silence(false);
+    d.pb.silence(false);
+    let st = wait_leader_status(&d.ctl, LONG, "dc-a's divergent writes recorded", |s| {
+        s.cluster.divergent.contains_key("dc-a")
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let kept = &st.cluster.divergent["dc-a"];
+    ensure!(
+        kept.primary_epoch == 1 && kept.rows == divergent && kept.deleted_keys == 0,
+        "kept {kept:?}, expected {divergent} rows"
+    );
+    let (a, b) = wait_until(LONG, "c identical on both", || async {
+        let a = data::read_all(&d.env.primary, &db, "c").await.ok()?;
+        let b = data::read_all(&d.env.standby, &db, "c").await.ok()?;
+        (a == b).then_some((a, b))
+    })
+    .await
+    .with_context(|| d.logs())?;
+    let lost: Vec<i64> = acked
+        .iter()
+        .filter(|s| !missing.contains(&s.key))
+        .filter(|s| !a.contains_key(&data::pks(SIMPLE, &[s.key])[0]))
+        .map(|s| s.key)
+        .collect();
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes on dc-b at the takeover are gone after the heal: {lost:?}"
+    );
+    ensure!(
+        a.len() == b.len() && a.len() == on_b.len(),
+        "rows: dc-a {}, dc-b {}, dc-b at the takeover {}",
+        a.len(),
+        b.len(),
+        on_b.len()
+    );
+    Ok(())
+}

@@ -13,7 +13,10 @@
 //! agent is the acting primary (the replication source at its epoch, with
 //! a valid lease when there are witnesses), with PERMISSION_DENIED and a
 //! message naming the primary. With `reads_when_not_primary: refuse`,
-//! every call is refused that way.
+//! every call is refused that way. A logged write is checked again once
+//! Milvus has answered it: if the agent stopped acting meanwhile, the
+//! client is answered UNAVAILABLE (applied, not acknowledged), so no
+//! write is acknowledged after a new primary may act.
 
 pub mod capture;
 pub mod changelog;
@@ -207,6 +210,13 @@ impl Gate {
                 .and_then(|rx| *rx.borrow())
                 .is_some_and(|until| until > std::time::Instant::now()),
         }
+    }
+
+    /// Whether this agent acts as primary at this instant (the role and,
+    /// with witnesses, the lease), whatever a drain says.
+    pub fn acting_now(&self) -> bool {
+        let role = self.state.lock().unwrap().role;
+        self.acting(role)
     }
 
     /// `None` when `method` may go through now; otherwise why not, as the
@@ -750,8 +760,10 @@ impl Frontdoor {
         drop(_order);
         let waits =
             cap.sync.on && kind != Kind::Ddl && (cap.sync.refuse_when_degraded || !cap.degraded());
+        let mut confirmed = false;
         if let (Some(at), true) = (logged, waits) {
-            if !cap.wait_applied(at).await && cap.sync.refuse_when_degraded {
+            confirmed = cap.wait_applied(at).await;
+            if !confirmed && cap.sync.refuse_when_degraded {
                 self.stats.record(&method, Outcome::Error, start.elapsed());
                 return trailers_only(
                     UNAVAILABLE,
@@ -761,6 +773,24 @@ impl Frontdoor {
                     ),
                 );
             }
+        }
+        // The gate let this write in while the agent was the acting
+        // primary; it may have lost the role (its lease ran out) while
+        // Milvus applied it. Acknowledged now, the write could be one the
+        // new primary never sees: unless the standby already applied it
+        // (sync mode), the client is told it is not confirmed.
+        if ok && !confirmed && !self.gate.acting_now() {
+            self.stats.refused_writes.inc();
+            let dc = &self.gate.datacenter;
+            warn!(%method, "front door: a write was applied after {dc} stopped acting as primary; not acknowledged");
+            self.stats
+                .record(&method, Outcome::Refused, start.elapsed());
+            return trailers_only(
+                UNAVAILABLE,
+                &format!(
+                    "milvus-dr: {dc}'s Milvus applied this write, but {dc} stopped acting as primary before it could be acknowledged (its lease ran out or its role changed): it may be lost when the new primary takes over; retry through the service name (upsert: the write may be applied)"
+                ),
+            );
         }
         self.stats.record(
             &method,
