@@ -6,6 +6,13 @@ object: insert rows/s and search latency percentiles (ms).
 
 Used by the bench_frontdoor benchmark, against Milvus directly and through
 the front door, in the same run.
+
+With --uri2, both addresses in one process, call by call: each batch is
+inserted into a collection through --uri and the same batch into a second
+collection through --uri2 (which goes first alternates), each call timed
+alone; then each query is searched through both the same way. Both sides
+see the same background load of Milvus (flushes, index builds), which
+whole runs one after the other do not. Prints {"uri": {...}, "uri2": {...}}.
 """
 import argparse
 import json
@@ -27,23 +34,14 @@ def main():
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--searches", type=int, default=300)
+    p.add_argument("--uri2")
     a = p.parse_args()
+    if a.uri2:
+        return interleaved(a)
     c = MilvusClient(uri=a.uri, db_name=a.db)
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=a.dim)
-    index = MilvusClient.prepare_index_params()
-    index.add_index("vector", index_type="FLAT", metric_type="L2")
-    c.create_collection(a.collection, schema=schema, index_params=index)
+    create(c, a.collection, a.dim)
     rnd = random.Random(7)
-    batches = []
-    for lo in range(0, a.rows, a.batch):
-        batches.append(
-            [
-                {"id": i, "vector": [rnd.random() for _ in range(a.dim)]}
-                for i in range(lo, min(lo + a.batch, a.rows))
-            ]
-        )
+    batches = make_batches(rnd, a)
     t = time.perf_counter()
     for b in batches:
         c.insert(a.collection, b)
@@ -58,18 +56,80 @@ def main():
         t = time.perf_counter()
         c.search(a.collection, data=[q], limit=10)
         lat.append((time.perf_counter() - t) * 1000.0)
-    lat.sort()
-    pick = lambda p: lat[min(len(lat) - 1, int(round((len(lat) - 1) * p)))]
     c.drop_collection(a.collection)
+    print(json.dumps(summary(a.rows, insert_s, lat)))
+
+
+def interleaved(a):
+    sides = [
+        (MilvusClient(uri=a.uri, db_name=a.db), a.collection + "_1"),
+        (MilvusClient(uri=a.uri2, db_name=a.db), a.collection + "_2"),
+    ]
+    for c, name in sides:
+        create(c, name, a.dim)
+    rnd = random.Random(7)
+    batches = make_batches(rnd, a)
+    insert_s = [0.0, 0.0]
+    for i, b in enumerate(batches):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            c, name = sides[k]
+            t = time.perf_counter()
+            c.insert(name, b)
+            insert_s[k] += time.perf_counter() - t
+    for c, name in sides:
+        c.load_collection(name)
+    queries = [[rnd.random() for _ in range(a.dim)] for _ in range(a.searches)]
+    for q in queries[:20]:
+        for c, name in sides:
+            c.search(name, data=[q], limit=10)
+    lat = [[], []]
+    for i, q in enumerate(queries):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            c, name = sides[k]
+            t = time.perf_counter()
+            c.search(name, data=[q], limit=10)
+            lat[k].append((time.perf_counter() - t) * 1000.0)
+    for c, name in sides:
+        c.drop_collection(name)
     print(
         json.dumps(
             {
-                "insert_rows_per_s": a.rows / insert_s,
-                "search_p50_ms": pick(0.5),
-                "search_p99_ms": pick(0.99),
+                "uri": summary(a.rows, insert_s[0], lat[0]),
+                "uri2": summary(a.rows, insert_s[1], lat[1]),
             }
         )
     )
+
+
+def create(c, name, dim):
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    index = MilvusClient.prepare_index_params()
+    index.add_index("vector", index_type="FLAT", metric_type="L2")
+    c.create_collection(name, schema=schema, index_params=index)
+
+
+def make_batches(rnd, a):
+    batches = []
+    for lo in range(0, a.rows, a.batch):
+        batches.append(
+            [
+                {"id": i, "vector": [rnd.random() for _ in range(a.dim)]}
+                for i in range(lo, min(lo + a.batch, a.rows))
+            ]
+        )
+    return batches
+
+
+def summary(rows, insert_s, lat):
+    lat = sorted(lat)
+    pick = lambda p: lat[min(len(lat) - 1, int(round((len(lat) - 1) * p)))]
+    return {
+        "insert_rows_per_s": rows / insert_s,
+        "search_p50_ms": pick(0.5),
+        "search_p99_ms": pick(0.99),
+    }
 
 
 if __name__ == "__main__":

@@ -1379,6 +1379,31 @@ async fn drills_measure_every_step_and_leave_both_clusters_identical() -> Result
 
 /// Each row of a SIMPLE collection as `id|vector bytes (hex, little
 /// endian f32)|tag|n`, as the test data writes it.
+/// What the witnesses recorded of dc-a's kept divergent writes, once
+/// they have.
+async fn kept_by_dc_a(d: &Deployment) -> Result<dr_witness::model::Divergent> {
+    let st = wait_leader_status(&d.ctl, LONG, "dc-a's divergent writes recorded", |s| {
+        s.cluster.divergent.contains_key("dc-a")
+    })
+    .await
+    .with_context(|| d.logs())?;
+    Ok(st.cluster.divergent["dc-a"].clone())
+}
+
+type Rows = std::collections::BTreeMap<dr_agent::milvus::Pk, u64>;
+
+/// Both clusters' rows of collection `c`, once identical.
+async fn c_identical(d: &Deployment) -> Result<(Rows, Rows)> {
+    let db = &d.env.name;
+    wait_until(LONG, "c identical on both", || async {
+        let a = data::read_all(&d.env.primary, db, "c").await.ok()?;
+        let b = data::read_all(&d.env.standby, db, "c").await.ok()?;
+        (a == b).then_some((a, b))
+    })
+    .await
+    .with_context(|| d.logs())
+}
+
 fn simple_lines(ids: &[i64], version: u32) -> Vec<String> {
     use milvus::proto::schema::{
         field_data::Field, scalar_field::Data as S, vector_field::Data as V,
@@ -1495,12 +1520,7 @@ async fn writes_a_cut_off_primary_accepted_are_kept_before_the_resync_removes_th
     d.w.isolate_a(false);
     d.pa.block(false);
     d.pb.block(false);
-    let st = wait_leader_status(&d.ctl, LONG, "dc-a's export recorded", |s| {
-        s.cluster.divergent.contains_key("dc-a")
-    })
-    .await
-    .with_context(|| d.logs())?;
-    let kept = &st.cluster.divergent["dc-a"];
+    let kept = kept_by_dc_a(&d).await?;
     ensure!(
         kept.primary_epoch == 1 && kept.rows == 13 && kept.deleted_keys == 3,
         "{kept:?}"
@@ -1576,13 +1596,7 @@ for c in man["collections"]:
     );
 
     info!("then the resync: both identical, the divergent rows gone from dc-a");
-    let (a, b) = wait_until(LONG, "c identical on both", || async {
-        let a = data::read_all(&d.env.primary, &db, "c").await.ok()?;
-        let b = data::read_all(&d.env.standby, &db, "c").await.ok()?;
-        (a == b).then_some((a, b))
-    })
-    .await
-    .with_context(|| d.logs())?;
+    let (a, b) = c_identical(&d).await?;
     let pks = |ids: &[i64]| data::pks(SIMPLE, ids);
     ensure!(
         pks(&extra).iter().all(|k| !a.contains_key(k)),
@@ -1830,23 +1844,12 @@ async fn cut_off_door(name: &str, sync: bool) -> Result<()> {
     d.w.isolate_a(false);
     d.pa.silence(false);
     d.pb.silence(false);
-    let st = wait_leader_status(&d.ctl, LONG, "dc-a's divergent writes recorded", |s| {
-        s.cluster.divergent.contains_key("dc-a")
-    })
-    .await
-    .with_context(|| d.logs())?;
-    let kept = &st.cluster.divergent["dc-a"];
+    let kept = kept_by_dc_a(&d).await?;
     ensure!(
         kept.primary_epoch == 1 && kept.rows == divergent && kept.deleted_keys == 0,
         "kept {kept:?}, expected {divergent} rows"
     );
-    let (a, b) = wait_until(LONG, "c identical on both", || async {
-        let a = data::read_all(&d.env.primary, &db, "c").await.ok()?;
-        let b = data::read_all(&d.env.standby, &db, "c").await.ok()?;
-        (a == b).then_some((a, b))
-    })
-    .await
-    .with_context(|| d.logs())?;
+    let (a, b) = c_identical(&d).await?;
     let lost: Vec<i64> = acked
         .iter()
         .filter(|s| !missing.contains(&s.key))

@@ -11,7 +11,8 @@
 //!
 //! `BENCH_SIZES` (100000,1000000), `BENCH_RATES` (500,5000),
 //! `BENCH_SECONDS` (20), `BENCH_DIM` (128), `BENCH_PY_ROWS` (50000),
-//! `BENCH_PY_PAIRS` (5).
+//! `BENCH_PY_PAIRS` (5: whole runs alternating direct and door),
+//! `BENCH_PY_INTERLEAVED` (3: runs alternating call by call).
 
 use std::time::{Duration, Instant};
 
@@ -45,20 +46,27 @@ fn client(endpoint: String) -> Result<Milvus> {
     })?)
 }
 
+/// frontdoor_bench.py against `uri` (and call by call against `uri2` too,
+/// when given).
 async fn pymilvus(
     uri: &str,
+    uri2: Option<&str>,
     db: &str,
     coll: &str,
     rows: u64,
     dim: usize,
 ) -> Result<serde_json::Value> {
     let (uri, db, coll) = (uri.to_string(), db.to_string(), coll.to_string());
+    let uri2 = uri2.map(str::to_string);
     tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-        let out = std::process::Command::new(dr_tests::venv_python()?)
-            .arg(dr_tests::repo_root().join("tests/py/frontdoor_bench.py"))
+        let mut cmd = std::process::Command::new(dr_tests::venv_python()?);
+        cmd.arg(dr_tests::repo_root().join("tests/py/frontdoor_bench.py"))
             .args(["--uri", &uri, "--db", &db, "--collection", &coll])
-            .args(["--rows", &rows.to_string(), "--dim", &dim.to_string()])
-            .output()?;
+            .args(["--rows", &rows.to_string(), "--dim", &dim.to_string()]);
+        if let Some(u) = &uri2 {
+            cmd.args(["--uri2", u]);
+        }
+        let out = cmd.output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(
             out.status.success(),
@@ -211,6 +219,7 @@ async fn main() -> Result<()> {
     let dim = env_num("BENCH_DIM", 128) as usize;
     let py_rows = env_num("BENCH_PY_ROWS", 50_000);
     let py_pairs = env_num("BENCH_PY_PAIRS", 5);
+    let py_interleaved = env_num("BENCH_PY_INTERLEAVED", 3);
     let shape = Shape::Simple { dim };
     let door_yaml = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }";
     let mut report = Vec::new();
@@ -232,7 +241,7 @@ async fn main() -> Result<()> {
     let mut runs: Vec<(bool, serde_json::Value)> = Vec::new();
     for i in 0..py_pairs {
         for (j, uri) in [&direct, &door].into_iter().enumerate() {
-            let r = pymilvus(uri, &env.name, &format!("py{i}_{j}"), py_rows, dim).await?;
+            let r = pymilvus(uri, None, &env.name, &format!("py{i}_{j}"), py_rows, dim).await?;
             println!(
                 "pymilvus via {}: {r}",
                 if uri == &door { "door" } else { "direct" }
@@ -240,10 +249,26 @@ async fn main() -> Result<()> {
             runs.push((uri == &door, r));
         }
     }
+    // Call by call in one client: both sides under the same background
+    // load of Milvus.
+    let mut interleaved: Vec<serde_json::Value> = Vec::new();
+    for i in 0..py_interleaved {
+        let r = pymilvus(
+            &direct,
+            Some(&door),
+            &env.name,
+            &format!("pi{i}"),
+            py_rows,
+            dim,
+        )
+        .await?;
+        println!("pymilvus direct and door, call by call: {r}");
+        interleaved.push(r);
+    }
     b.restart().await?;
     let mut replicating = Vec::new();
     for (i, uri) in [&direct, &door].into_iter().enumerate() {
-        let r = pymilvus(uri, &env.name, &format!("pr{i}"), py_rows, dim).await?;
+        let r = pymilvus(uri, None, &env.name, &format!("pr{i}"), py_rows, dim).await?;
         println!(
             "pymilvus via {}, replicating: {r}",
             if uri == &door { "door" } else { "direct" }
@@ -285,6 +310,49 @@ async fn main() -> Result<()> {
         ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
     ));
     report.push(format!("    search  direct p50 {s50_d:.2} ms p99 {s99_d:.2} ms   door p50 {s50_f:.2} ms p99 {s99_f:.2} ms   p99 {:+.2} ms", s99_f - s99_d));
+
+    if !interleaved.is_empty() {
+        let of = |side: &str, k: &str| -> Vec<f64> {
+            interleaved
+                .iter()
+                .filter_map(|r| r[side][k].as_f64())
+                .collect()
+        };
+        let per_run = |k: &str, f: fn(f64, f64) -> f64| -> Vec<f64> {
+            of("uri2", k)
+                .into_iter()
+                .zip(of("uri", k))
+                .map(|(door, direct)| f(door, direct))
+                .collect()
+        };
+        let show = |v: &[f64], unit: &str| {
+            v.iter()
+                .map(|r| format!("{r:.2}{unit}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let ins = per_run("insert_rows_per_s", |f, d| f / d);
+        let p99 = per_run("search_p99_ms", |f, d| f - d);
+        let p50 = per_run("search_p50_ms", |f, d| f - d);
+        report.push(format!("(a') the same, call by call in one client ({py_interleaved} runs: each batch and each search through both, which first alternating; medians)"));
+        report.push(format!(
+            "    insert  direct {:>8.0} rows/s   door {:>8.0} rows/s   door / direct {:.2} (runs: {})",
+            median(of("uri", "insert_rows_per_s")),
+            median(of("uri2", "insert_rows_per_s")),
+            median(ins.clone()),
+            show(&ins, "")
+        ));
+        report.push(format!(
+            "    search  direct p50 {:.2} ms p99 {:.2} ms   door p50 {:.2} ms p99 {:.2} ms   door - direct: p50 {:+.2} ms, p99 {:+.2} ms (runs: {})",
+            median(of("uri", "search_p50_ms")),
+            median(of("uri", "search_p99_ms")),
+            median(of("uri2", "search_p50_ms")),
+            median(of("uri2", "search_p99_ms")),
+            median(p50),
+            median(p99.clone()),
+            show(&p99, " ms")
+        ));
+    }
 
     let f = |i: usize, k: &str| replicating[i][k].as_f64().unwrap_or(f64::NAN);
     report.push(format!(
