@@ -326,7 +326,7 @@ fn frontdoor_metrics(reg: &mut Registry, fd: &crate::frontdoor::Stats) {
     );
     reg.register(
         "change_log_write_seconds",
-        "Time the change log takes per write, by step: prepare (rows or keys written and flushed, while Milvus applies them), acknowledge (Milvus's answer recorded, on the client's path), append (a catalog change)",
+        "Time the change log takes per write, by step: prepare (rows or keys written and flushed, while Milvus applies them), acknowledge (Milvus's answer recorded: after the client has it in async mode, before in sync mode), append (a catalog change)",
         fd.log_seconds.clone(),
     );
 }

@@ -1692,8 +1692,7 @@ async fn door_writer(
 /// mode every write it acknowledged is on the new primary when it takes
 /// over; in async mode those that are not are the replication lag's loss,
 /// counted. After the heal, both clusters are identical and hold every
-/// acknowledged write; the old primary's unacknowledged writes are the
-/// divergent rows it kept.
+/// acknowledged write; the old primary kept the rows dc-b lacked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_primarys_front_door_acknowledges_nothing_the_new_primary_lacks_in_sync_mode(
 ) -> Result<()> {
@@ -1845,9 +1844,14 @@ async fn cut_off_door(name: &str, sync: bool) -> Result<()> {
     d.pa.silence(false);
     d.pb.silence(false);
     let kept = kept_by_dc_a(&d).await?;
+    // It keeps what it cannot show its standby acknowledged: those rows,
+    // and any sent just before the cut whose acknowledgement was dropped
+    // (dc-b has them), at most a second of writes.
     ensure!(
-        kept.primary_epoch == 1 && kept.rows == divergent && kept.deleted_keys == 0,
-        "kept {kept:?}, expected {divergent} rows"
+        kept.primary_epoch == 1
+            && (divergent..=divergent + 50).contains(&kept.rows)
+            && kept.deleted_keys == 0,
+        "kept {kept:?}, {divergent} rows on dc-a only"
     );
     let (a, b) = c_identical(&d).await?;
     let lost: Vec<i64> = acked

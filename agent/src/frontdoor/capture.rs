@@ -315,16 +315,19 @@ impl Capture {
         }
     }
 
-    /// Milvus acknowledged the prepared write: records its answer (and
-    /// the keys it assigned). Returns the position to wait for in sync
-    /// mode; `None` if the write is not in the log after all (a scan pass
-    /// was asked for).
-    pub async fn acknowledge(&self, mut p: Prepared, ids: Option<pb::Keys>) -> Option<u64> {
+    /// Milvus acknowledged the prepared write at `acked_ms`: records its
+    /// answer (and the keys it assigned). Returns the position to wait for
+    /// in sync mode; `None` if the write is not in the log after all (a
+    /// scan pass was asked for).
+    pub async fn acknowledge(
+        &self,
+        mut p: Prepared,
+        acked_ms: i64,
+        ids: Option<pb::Keys>,
+    ) -> Option<u64> {
         let at = p.at.take()?;
         let r = self
-            .timed("acknowledge", move |log| {
-                log.acknowledge(at, dr_proto::now_ms(), ids)
-            })
+            .timed("acknowledge", move |log| log.acknowledge(at, acked_ms, ids))
             .await;
         match r {
             Ok(Ok(true)) => {

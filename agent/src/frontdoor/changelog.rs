@@ -6,8 +6,10 @@
 //! steps so that its cost overlaps the Milvus call instead of adding to
 //! it: [`ChangeLog::prepare`] writes and flushes the request while Milvus
 //! applies it, and [`ChangeLog::acknowledge`] (a small transaction, not
-//! flushed: the next flush carries it) records Milvus's answer before the
-//! client gets it; a write Milvus refused is [`ChangeLog::abandon`]ed. The source reads only up to the first write
+//! flushed: the next flush carries it) records Milvus's answer: in async
+//! mode just after the client got it, in sync mode before (the standby
+//! must apply it first). A write Milvus refused is
+//! [`ChangeLog::abandon`]ed. The source reads only up to the first write
 //! still waiting for its answer, so it sees acknowledged writes only, in
 //! order. A write prepared and never answered (the agent died in between)
 //! is dropped when the log is opened, and a scan pass asked for: Milvus

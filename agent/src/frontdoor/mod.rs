@@ -547,7 +547,7 @@ impl Frontdoor {
     /// applied on the standby) before the client gets Milvus's answer.
     async fn captured(
         &self,
-        cap: &capture::Capture,
+        cap: &Arc<capture::Capture>,
         kind: capture::Kind,
         method: String,
         req: Request<Incoming>,
@@ -723,6 +723,8 @@ impl Frontdoor {
             .or_else(|| grpc_status(&rparts.headers));
         let mut logged = None;
         let mut ok = status == Some(0);
+        let waits =
+            cap.sync.on && kind != Kind::Ddl && (cap.sync.refuse_when_degraded || !cap.degraded());
         match parsed {
             Parsed::Rows(..) | Parsed::Delete(..) => {
                 let rows = matches!(parsed, Parsed::Rows(..));
@@ -732,7 +734,22 @@ impl Frontdoor {
                     // The keys Milvus assigned (auto-id) go with an insert.
                     (Some(m), Some(p)) => {
                         let ids = if rows { capture::ids_of(&m) } else { None };
-                        logged = cap.acknowledge(p, ids).await;
+                        let acked_ms = dr_proto::now_ms();
+                        if waits {
+                            logged = cap.acknowledge(p, acked_ms, ids).await;
+                        } else {
+                            // Not on the client's path: the source reads no
+                            // further than the first write still waiting
+                            // for its answer to be recorded, so the order
+                            // holds; an agent killed before it is recorded
+                            // finds the entry unanswered at its restart (a
+                            // scan pass then replicates it), as when it is
+                            // recorded and not yet flushed.
+                            let cap = cap.clone();
+                            tokio::spawn(async move {
+                                cap.acknowledge(p, acked_ms, ids).await;
+                            });
+                        }
                     }
                     (Some(_), None) if !rows && resolved.is_none() => {
                         let _ = cap
@@ -758,8 +775,6 @@ impl Frontdoor {
             }
         }
         drop(_order);
-        let waits =
-            cap.sync.on && kind != Kind::Ddl && (cap.sync.refuse_when_degraded || !cap.degraded());
         let mut confirmed = false;
         if let (Some(at), true) = (logged, waits) {
             confirmed = cap.wait_applied(at).await;
