@@ -439,24 +439,29 @@ mod tests {
         assert!(sync(&evaluate(&st, 1, t, "dc-a", None, Seen::default())).is_none());
     }
 
+    /// `kind`'s alert as [`evaluate`] decides it for `st` at 100.5 s (dc-a,
+    /// lag alert after 60 s, not fenced).
+    fn decided(st: &ReplicationState, seen: Seen, kind: &str) -> Option<Alert> {
+        evaluate(st, 100_500, Duration::from_secs(60), "dc-a", None, seen)
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .unwrap_or_else(|| panic!("evaluate decides {kind}"))
+            .1
+    }
+
     #[test]
     fn anti_entropy_repairs_are_alerted_by_the_primary_until_a_clean_run() {
         use crate::replication::antientropy::Finding;
         let t = Duration::from_secs(60);
         let ae = |st: &ReplicationState, seen: u64| {
-            let v = evaluate(
+            decided(
                 st,
-                100_500,
-                t,
-                "dc-a",
-                None,
                 Seen {
                     repairs: seen,
                     overflows: 0,
                 },
-            );
-            assert_eq!(v[3].0, ANTI_ENTROPY);
-            v[3].1.clone()
+                ANTI_ENTROPY,
+            )
         };
         let mut st = source(100_000);
         st.anti_entropy.runs = 1;
@@ -553,22 +558,15 @@ mod tests {
 
     #[test]
     fn a_change_log_overflow_is_alerted_until_the_standby_applied_the_scan_after_it() {
-        let t = Duration::from_secs(60);
         let ov = |st: &ReplicationState, seen: u64| {
-            let v = evaluate(
+            decided(
                 st,
-                100_500,
-                t,
-                "dc-a",
-                None,
                 Seen {
                     repairs: 0,
                     overflows: seen,
                 },
-            );
-            let (k, a) = v.last().unwrap().clone();
-            assert_eq!(k, CHANGE_LOG_OVERFLOW);
-            a
+                CHANGE_LOG_OVERFLOW,
+            )
         };
         let mut st = source(100_000);
         assert!(ov(&st, 0).is_none(), "never overflowed");
