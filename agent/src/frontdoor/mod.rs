@@ -543,8 +543,10 @@ impl Frontdoor {
 
     /// A write the change log records: the whole request is read, the
     /// call forwarded under the collection's write order, the whole reply
-    /// read; once Milvus acknowledged it, it is logged (and in sync mode
-    /// applied on the standby) before the client gets Milvus's answer.
+    /// read. The entry is written while Milvus applies the call; Milvus's
+    /// answer is recorded after the client has it (async mode) or before,
+    /// followed by the standby applying it (sync mode). The role is
+    /// checked again before the client is answered.
     async fn captured(
         &self,
         cap: &Arc<capture::Capture>,

@@ -285,6 +285,13 @@ async fn main() -> Result<()> {
         v.sort_by(f64::total_cmp);
         percentile(&v, 0.5)
     };
+    // Each run's figure, for the report.
+    let show = |v: &[f64], unit: &str| {
+        v.iter()
+            .map(|r| format!("{r:.2}{unit}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let ratios: Vec<f64> = side(true, "insert_rows_per_s")
         .iter()
         .zip(side(false, "insert_rows_per_s"))
@@ -307,7 +314,7 @@ async fn main() -> Result<()> {
         "    insert  direct {ti_d:>8.0} rows/s   door {ti_f:>8.0} rows/s   ratio of medians {:.2}   median of pair ratios {:.2} (pairs: {})",
         ti_f / ti_d,
         median(ratios.clone()),
-        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
+        show(&ratios, "")
     ));
     report.push(format!("    search  direct p50 {s50_d:.2} ms p99 {s99_d:.2} ms   door p50 {s50_f:.2} ms p99 {s99_f:.2} ms   p99 {:+.2} ms", s99_f - s99_d));
 
@@ -324,12 +331,6 @@ async fn main() -> Result<()> {
                 .zip(of("uri", k))
                 .map(|(door, direct)| f(door, direct))
                 .collect()
-        };
-        let show = |v: &[f64], unit: &str| {
-            v.iter()
-                .map(|r| format!("{r:.2}{unit}"))
-                .collect::<Vec<_>>()
-                .join(" ")
         };
         let ins = per_run("insert_rows_per_s", |f, d| f / d);
         let p99 = per_run("search_p99_ms", |f, d| f - d);
