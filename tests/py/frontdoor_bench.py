@@ -7,15 +7,20 @@ object: insert rows/s and search latency percentiles (ms).
 Used by the bench_frontdoor benchmark, against Milvus directly and through
 the front door, in the same run.
 
-With --uri2, both addresses in one process, call by call: each batch is
-inserted into a collection through --uri and the same batch into a second
-collection through --uri2 (which goes first alternates), each call timed
-alone; then each query is searched through both the same way. Both sides
-see the same background load of Milvus (flushes, index builds), which
-whole runs one after the other do not. Prints {"uri": {...}, "uri2": {...}}.
+With --also (one or more further addresses), all addresses in one process,
+call by call: each batch is inserted through every address, into one
+collection per address, the order rotating from batch to batch, each call
+timed alone; then each query is searched through every address the same
+way. All sides see the same background load of Milvus (flushes, index
+builds), which whole runs one after the other do not. Prints
+{"sides": [...]}, one object per address in the order given: the summary
+and every call's time in ms ("insert_ms", "search_ms"), so that calls can
+be compared pair by pair. With --cpu-pid, also the CPU time that process
+(an agent) used during each side's inserts ("cpu_pid_insert_s").
 """
 import argparse
 import json
+import os
 import random
 import time
 import warnings
@@ -34,9 +39,10 @@ def main():
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--searches", type=int, default=300)
-    p.add_argument("--uri2")
+    p.add_argument("--also", action="append", default=[])
+    p.add_argument("--cpu-pid", type=int)
     a = p.parse_args()
-    if a.uri2:
+    if a.also:
         return interleaved(a)
     c = MilvusClient(uri=a.uri, db_name=a.db)
     create(c, a.collection, a.dim)
@@ -61,44 +67,63 @@ def main():
 
 
 def interleaved(a):
+    uris = [a.uri] + a.also
     sides = [
-        (MilvusClient(uri=a.uri, db_name=a.db), a.collection + "_1"),
-        (MilvusClient(uri=a.uri2, db_name=a.db), a.collection + "_2"),
+        (MilvusClient(uri=u, db_name=a.db), "%s_%d" % (a.collection, k + 1))
+        for k, u in enumerate(uris)
     ]
+    n = len(sides)
     for c, name in sides:
         create(c, name, a.dim)
     rnd = random.Random(7)
     batches = make_batches(rnd, a)
-    insert_s = [0.0, 0.0]
+
+    def rotate(i):
+        return [(i + j) % n for j in range(n)]
+
+    insert_ms = [[] for _ in sides]
+    cpu_s = [0.0 for _ in sides]
     for i, b in enumerate(batches):
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
+        for k in rotate(i):
             c, name = sides[k]
+            before = cpu_seconds(a.cpu_pid)
             t = time.perf_counter()
             c.insert(name, b)
-            insert_s[k] += time.perf_counter() - t
+            insert_ms[k].append((time.perf_counter() - t) * 1000.0)
+            cpu_s[k] += cpu_seconds(a.cpu_pid) - before
     for c, name in sides:
         c.load_collection(name)
     queries = [[rnd.random() for _ in range(a.dim)] for _ in range(a.searches)]
     for q in queries[:20]:
         for c, name in sides:
             c.search(name, data=[q], limit=10)
-    lat = [[], []]
+    search_ms = [[] for _ in sides]
     for i, q in enumerate(queries):
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
+        for k in rotate(i):
             c, name = sides[k]
             t = time.perf_counter()
             c.search(name, data=[q], limit=10)
-            lat[k].append((time.perf_counter() - t) * 1000.0)
+            search_ms[k].append((time.perf_counter() - t) * 1000.0)
     for c, name in sides:
         c.drop_collection(name)
-    print(
-        json.dumps(
-            {
-                "uri": summary(a.rows, insert_s[0], lat[0]),
-                "uri2": summary(a.rows, insert_s[1], lat[1]),
-            }
-        )
-    )
+    out = []
+    for k in range(n):
+        d = summary(a.rows, sum(insert_ms[k]) / 1000.0, search_ms[k])
+        d["insert_ms"] = [round(x, 3) for x in insert_ms[k]]
+        d["search_ms"] = [round(x, 3) for x in search_ms[k]]
+        if a.cpu_pid:
+            d["cpu_pid_insert_s"] = cpu_s[k]
+        out.append(d)
+    print(json.dumps({"sides": out}))
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of process pid (every thread), 0 without."""
+    if not pid:
+        return 0.0
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def create(c, name, dim):

@@ -12,7 +12,8 @@
 //! `BENCH_SIZES` (100000,1000000), `BENCH_RATES` (500,5000),
 //! `BENCH_SECONDS` (20), `BENCH_DIM` (128), `BENCH_PY_ROWS` (50000),
 //! `BENCH_PY_PAIRS` (5: whole runs alternating direct and door),
-//! `BENCH_PY_INTERLEAVED` (3: runs alternating call by call).
+//! `BENCH_PY_INTERLEAVED` (5: runs call by call through direct, a plain
+//! TCP relay and the door; the firmer figure, see [`call_by_call`]).
 
 use std::time::{Duration, Instant};
 
@@ -46,25 +47,29 @@ fn client(endpoint: String) -> Result<Milvus> {
     })?)
 }
 
-/// frontdoor_bench.py against `uri` (and call by call against `uri2` too,
-/// when given).
+/// frontdoor_bench.py against `uri` (and call by call against each of
+/// `also` too, when given).
 async fn pymilvus(
     uri: &str,
-    uri2: Option<&str>,
+    also: &[&str],
+    cpu_pid: Option<u32>,
     db: &str,
     coll: &str,
     rows: u64,
     dim: usize,
 ) -> Result<serde_json::Value> {
     let (uri, db, coll) = (uri.to_string(), db.to_string(), coll.to_string());
-    let uri2 = uri2.map(str::to_string);
+    let also: Vec<String> = also.iter().map(|u| u.to_string()).collect();
     tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
         let mut cmd = std::process::Command::new(dr_tests::venv_python()?);
         cmd.arg(dr_tests::repo_root().join("tests/py/frontdoor_bench.py"))
             .args(["--uri", &uri, "--db", &db, "--collection", &coll])
             .args(["--rows", &rows.to_string(), "--dim", &dim.to_string()]);
-        if let Some(u) = &uri2 {
-            cmd.args(["--uri2", u]);
+        for u in &also {
+            cmd.args(["--also", u]);
+        }
+        if let Some(pid) = cpu_pid {
+            cmd.args(["--cpu-pid", &pid.to_string()]);
         }
         let out = cmd.output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -211,6 +216,107 @@ async fn identical(env: &TestEnv, a: &Agent, b: &Agent) -> Result<bool> {
         == data::read_all(&env.standby, &env.name, "c").await?)
 }
 
+/// Phase (a'): the runs of frontdoor_bench.py with sides direct, relay
+/// and door (in that order). Per call, a door call's time divided by the
+/// direct call of the same batch, pooled over every run: Milvus's stalls
+/// (a flush, an index build, taking one call hundreds of ms) land on
+/// either side at random, so whole-run totals move by ±20% from run to
+/// run while the median of the per-call ratios moves by a few percent.
+/// Both are reported.
+fn call_by_call(
+    runs: &[serde_json::Value],
+    n: u64,
+    show: &dyn Fn(&[f64], &str) -> String,
+) -> Vec<String> {
+    const SIDES: [&str; 3] = ["direct", "relay", "door"];
+    let calls = |run: &serde_json::Value, k: usize, what: &str| -> Vec<f64> {
+        run["sides"][k][what]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_f64())
+            .collect()
+    };
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let pooled =
+        |k: usize, what: &str| sorted(runs.iter().flat_map(|r| calls(r, k, what)).collect());
+    // Per-call ratios side ÷ direct, pooled; and per run from the totals.
+    let per_call = |k: usize| {
+        sorted(
+            runs.iter()
+                .flat_map(|r| {
+                    calls(r, k, "insert_ms")
+                        .into_iter()
+                        .zip(calls(r, 0, "insert_ms"))
+                        .map(|(s, d)| s / d)
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        )
+    };
+    let totals = |k: usize| -> Vec<f64> {
+        runs.iter()
+            .map(|r| {
+                r["sides"][k]["insert_rows_per_s"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+                    / r["sides"][0]["insert_rows_per_s"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+            })
+            .collect()
+    };
+    let ins: Vec<Vec<f64>> = (0..3).map(|k| pooled(k, "insert_ms")).collect();
+    let srch: Vec<Vec<f64>> = (0..3).map(|k| pooled(k, "search_ms")).collect();
+    let each = |v: &[Vec<f64>], p: f64| {
+        (0..3)
+            .map(|k| format!("{} {:.2}", SIDES[k], percentile(&v[k], p)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (relay_call, door_call) = (per_call(1), per_call(2));
+    // The door agent's CPU during each side's inserts: during direct and
+    // relay calls it is the agent's background work.
+    let cpu_ms = |k: usize| {
+        let s: f64 = runs
+            .iter()
+            .filter_map(|r| r["sides"][k]["cpu_pid_insert_s"].as_f64())
+            .sum();
+        1000.0 * s / ins[k].len().max(1) as f64
+    };
+    let (relay_tot, door_tot) = (totals(1), totals(2));
+    let median = |v: &[f64]| percentile(&sorted(v.to_vec()), 0.5);
+    vec![
+        format!("(a') call by call in one client, {n} runs: each batch and each search through direct, a plain TCP relay and the door, the order rotating; {} inserts and {} searches per side", ins[0].len(), srch[0].len()),
+        format!("    insert ms per call, p50: {}; p90: {}", each(&ins, 0.5), each(&ins, 0.9)),
+        format!(
+            "    insert throughput, door / direct: {:.2} from the median per-call ratio ({} pairs; relay / direct {:.2}); {:.2} from the runs' total times, median (runs: {}; relay {:.2})",
+            1.0 / percentile(&door_call, 0.5),
+            door_call.len(),
+            1.0 / percentile(&relay_call, 0.5),
+            median(&door_tot),
+            show(&door_tot, ""),
+            median(&relay_tot),
+        ),
+        format!(
+            "    the door's agent, CPU ms per insert: during door calls {:.2}, during direct calls {:.2}, during relay calls {:.2}",
+            cpu_ms(2),
+            cpu_ms(0),
+            cpu_ms(1)
+        ),
+        format!("    search ms, p50: {}; p99: {}", each(&srch, 0.5), each(&srch, 0.99)),
+        format!(
+            "    search, door - direct: p50 {:+.2} ms, p99 {:+.2} ms (relay - direct: p99 {:+.2} ms)",
+            percentile(&srch[2], 0.5) - percentile(&srch[0], 0.5),
+            percentile(&srch[2], 0.99) - percentile(&srch[0], 0.99),
+            percentile(&srch[1], 0.99) - percentile(&srch[0], 0.99),
+        ),
+    ]
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let sizes = list("BENCH_SIZES", "100000,1000000");
@@ -219,7 +325,7 @@ async fn main() -> Result<()> {
     let dim = env_num("BENCH_DIM", 128) as usize;
     let py_rows = env_num("BENCH_PY_ROWS", 50_000);
     let py_pairs = env_num("BENCH_PY_PAIRS", 5);
-    let py_interleaved = env_num("BENCH_PY_INTERLEAVED", 3);
+    let py_interleaved = env_num("BENCH_PY_INTERLEAVED", 5);
     let shape = Shape::Simple { dim };
     let door_yaml = "frontdoor: { listen: \"127.0.0.1:0\", scan_interval: 10m }";
     let mut report = Vec::new();
@@ -241,7 +347,16 @@ async fn main() -> Result<()> {
     let mut runs: Vec<(bool, serde_json::Value)> = Vec::new();
     for i in 0..py_pairs {
         for (j, uri) in [&direct, &door].into_iter().enumerate() {
-            let r = pymilvus(uri, None, &env.name, &format!("py{i}_{j}"), py_rows, dim).await?;
+            let r = pymilvus(
+                uri,
+                &[],
+                None,
+                &env.name,
+                &format!("py{i}_{j}"),
+                py_rows,
+                dim,
+            )
+            .await?;
             println!(
                 "pymilvus via {}: {r}",
                 if uri == &door { "door" } else { "direct" }
@@ -249,26 +364,53 @@ async fn main() -> Result<()> {
             runs.push((uri == &door, r));
         }
     }
-    // Call by call in one client: both sides under the same background
-    // load of Milvus.
+    // Call by call in one client: every side under the same background
+    // load of Milvus. Beside direct and the door, a plain TCP relay (the
+    // test proxy: 64 KiB reads, tokio): what any extra hop on loopback
+    // costs on this machine, whatever it does.
+    let relay = dr_tests::proxy::Proxy::start().await?;
+    relay.set_target(
+        direct
+            .trim_start_matches("http://")
+            .parse()
+            .context("the Milvus endpoint as host:port")?,
+    );
+    let relay_uri = format!("http://{}", relay.addr);
     let mut interleaved: Vec<serde_json::Value> = Vec::new();
     for i in 0..py_interleaved {
         let r = pymilvus(
             &direct,
-            Some(&door),
+            &[&relay_uri, &door],
+            a.pid(),
             &env.name,
             &format!("pi{i}"),
             py_rows,
             dim,
         )
         .await?;
-        println!("pymilvus direct and door, call by call: {r}");
+        let brief: Vec<serde_json::Value> = r["sides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                serde_json::json!({
+                    "insert_rows_per_s": s["insert_rows_per_s"],
+                    "search_p50_ms": s["search_p50_ms"],
+                    "search_p99_ms": s["search_p99_ms"],
+                })
+            })
+            .collect();
+        println!(
+            "pymilvus direct, relay and door, call by call: {}",
+            serde_json::Value::Array(brief)
+        );
         interleaved.push(r);
     }
+    drop(relay);
     b.restart().await?;
     let mut replicating = Vec::new();
     for (i, uri) in [&direct, &door].into_iter().enumerate() {
-        let r = pymilvus(uri, None, &env.name, &format!("pr{i}"), py_rows, dim).await?;
+        let r = pymilvus(uri, &[], None, &env.name, &format!("pr{i}"), py_rows, dim).await?;
         println!(
             "pymilvus via {}, replicating: {r}",
             if uri == &door { "door" } else { "direct" }
@@ -319,40 +461,7 @@ async fn main() -> Result<()> {
     report.push(format!("    search  direct p50 {s50_d:.2} ms p99 {s99_d:.2} ms   door p50 {s50_f:.2} ms p99 {s99_f:.2} ms   p99 {:+.2} ms", s99_f - s99_d));
 
     if !interleaved.is_empty() {
-        let of = |side: &str, k: &str| -> Vec<f64> {
-            interleaved
-                .iter()
-                .filter_map(|r| r[side][k].as_f64())
-                .collect()
-        };
-        let per_run = |k: &str, f: fn(f64, f64) -> f64| -> Vec<f64> {
-            of("uri2", k)
-                .into_iter()
-                .zip(of("uri", k))
-                .map(|(door, direct)| f(door, direct))
-                .collect()
-        };
-        let ins = per_run("insert_rows_per_s", |f, d| f / d);
-        let p99 = per_run("search_p99_ms", |f, d| f - d);
-        let p50 = per_run("search_p50_ms", |f, d| f - d);
-        report.push(format!("(a') the same, call by call in one client ({py_interleaved} runs: each batch and each search through both, which first alternating; medians)"));
-        report.push(format!(
-            "    insert  direct {:>8.0} rows/s   door {:>8.0} rows/s   door / direct {:.2} (runs: {})",
-            median(of("uri", "insert_rows_per_s")),
-            median(of("uri2", "insert_rows_per_s")),
-            median(ins.clone()),
-            show(&ins, "")
-        ));
-        report.push(format!(
-            "    search  direct p50 {:.2} ms p99 {:.2} ms   door p50 {:.2} ms p99 {:.2} ms   door - direct: p50 {:+.2} ms, p99 {:+.2} ms (runs: {})",
-            median(of("uri", "search_p50_ms")),
-            median(of("uri", "search_p99_ms")),
-            median(of("uri2", "search_p50_ms")),
-            median(of("uri2", "search_p99_ms")),
-            median(p50),
-            median(p99.clone()),
-            show(&p99, " ms")
-        ));
+        report.extend(call_by_call(&interleaved, py_interleaved, &show));
     }
 
     let f = |i: usize, k: &str| replicating[i][k].as_f64().unwrap_or(f64::NAN);
